@@ -1,0 +1,72 @@
+"""The contract between :class:`~sb3_td3_cnnclip.envs.driving_env.DrivingEnv` and a simulator backend.
+
+A backend drives one ego vehicle in one simulator and reports raw measurements as a :class:`Frame`.
+Everything that must be identical across backends (observation stacking, reward, termination, info keys)
+lives in ``DrivingEnv``; a backend only moves the car and measures.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sb3_td3_cnnclip.envs.config import ScenarioConfig
+
+
+@dataclass
+class Frame:
+    """Raw measurements of the ego vehicle after one simulator tick.
+
+    :param image: front camera as a grayscale ``uint8`` array of shape ``(image_size, image_size)``
+    :param speed: ego speed in m/s
+    :param lateral_deviation: signed distance in metres from the route's centre line (left positive)
+    :param heading_error: signed angle in radians between the ego heading and the route direction
+    :param route_completion: fraction of the route driven, in ``[0, 1]``
+    :param distance_to_goal: straight-line distance in metres from the ego to the route's end
+    :param collision: whether the ego collided with anything since the previous tick
+    :param off_road: whether the ego left the drivable area since the previous tick
+    :param lane_invasion: whether the ego crossed a lane marking since the previous tick
+    :param min_npc_distance: distance in metres to the nearest other vehicle (``inf`` when there is none)
+    :param waypoints: the next route waypoints in the ego frame (x forward, y left), shape ``(n_waypoints, 2)``
+    :param extra: backend-specific diagnostics, copied into ``info`` under ``backend/``
+    """
+
+    image: np.ndarray
+    speed: float
+    lateral_deviation: float
+    heading_error: float
+    route_completion: float
+    distance_to_goal: float
+    collision: bool
+    off_road: bool
+    lane_invasion: bool
+    min_npc_distance: float
+    waypoints: np.ndarray
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A simulator that drives the ego vehicle of one scenario.
+
+    :param config: the resolved scenario configuration
+    """
+
+    #: short name recorded in ``info["simulator"]`` and in the logs
+    name: str = "abstract"
+
+    def __init__(self, config: ScenarioConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> Frame:
+        """Start a new episode (spawning or re-placing the ego and the NPCs) and return the first frame."""
+
+    @abc.abstractmethod
+    def step(self, steering: float, throttle_brake: float) -> Frame:
+        """Apply one control (both in ``[-1, 1]``; ``throttle_brake`` > 0 throttles, < 0 brakes), advance one tick."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every simulator resource. Must be idempotent: Gymnasium's checker calls it twice."""

@@ -1,0 +1,120 @@
+"""Scenario configuration: the defaults of CarlaScenario{0,1,2}-v0 and the validation of user overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+#: NPC vehicles of each registered scenario (Town01, 20 Hz synchronous mode)
+SCENARIO_NPCS: dict[int, int] = {0: 20, 1: 50, 2: 100}
+
+SIMULATORS = ("auto", "carla", "surrogate")
+OBSERVATIONS = ("image", "dict")
+
+
+@dataclass
+class RewardWeights:
+    """Weights of the reward components; the reward is their weighted sum.
+
+    :param efficiency: speed towards ``target_speed``
+    :param lane_keeping: lateral and heading error
+    :param comfort: change of steering and of throttle/brake between steps
+    :param safety: collision, off-road and near-miss penalties
+    :param progress: route progress since the previous step
+    """
+
+    efficiency: float = 1.0
+    lane_keeping: float = 0.5
+    comfort: float = 0.1
+    safety: float = 1.0
+    progress: float = 1.0
+
+
+@dataclass
+class ScenarioConfig:
+    """Everything that defines one driving scenario. Every field can be overridden through ``gymnasium.make`` kwargs.
+
+    :param scenario: scenario id (0, 1 or 2), which sets the default ``n_npcs``
+    :param simulator: ``"auto"`` (CARLA if a server answers, else the surrogate, loudly), ``"carla"`` or ``"surrogate"``
+    :param host: CARLA server host
+    :param port: CARLA server RPC port
+    :param tm_port: Traffic Manager port (one per env when several envs share a machine)
+    :param connect_timeout: seconds to wait for the server to answer (also the ``"auto"`` probe timeout)
+    :param load_timeout: seconds allowed for ``load_world`` and other slow calls
+    :param town: CARLA map
+    :param n_npcs: NPC vehicles on autopilot (``None``: the scenario's default)
+    :param fixed_delta_seconds: simulation step of the synchronous mode (0.05 = 20 Hz)
+    :param route: route as a list of ``(x, y)`` world waypoints in metres; ``None`` uses the scenario's fixed route
+    :param target_speed: speed in m/s the efficiency reward aims for
+    :param image_size: side of the square grayscale camera image
+    :param frame_stack: frames stacked on the channel axis
+    :param observation: ``"image"`` (uint8 Box) or ``"dict"`` (image + kinematics/waypoints vector)
+    :param n_waypoints: route waypoints in the ``"dict"`` observation
+    :param max_lateral_deviation: metres off the route centre that terminate the episode
+    :param goal_tolerance: metres from the route end that count as reaching the goal
+    :param reward_weights: weights of the reward components
+    :param seed: seed of the NPC traffic and spawn choices (``reset(seed=...)`` overrides it)
+    """
+
+    scenario: int = 0
+    simulator: str = "auto"
+    host: str = "localhost"
+    port: int = 2000
+    tm_port: int = 8000
+    connect_timeout: float = 2.0
+    load_timeout: float = 60.0
+    town: str = "Town01"
+    n_npcs: int | None = None
+    fixed_delta_seconds: float = 0.05
+    route: list[tuple[float, float]] | None = None
+    target_speed: float = 8.0
+    image_size: int = 84
+    frame_stack: int = 4
+    observation: str = "image"
+    n_waypoints: int = 5
+    max_lateral_deviation: float = 2.5
+    goal_tolerance: float = 3.0
+    reward_weights: RewardWeights = field(default_factory=RewardWeights)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIO_NPCS:
+            raise ValueError(f"scenario={self.scenario!r} does not exist; choose one of {sorted(SCENARIO_NPCS)}.")
+        if self.simulator not in SIMULATORS:
+            raise ValueError(f"simulator={self.simulator!r} is unknown; choose one of {SIMULATORS}.")
+        if self.observation not in OBSERVATIONS:
+            raise ValueError(f"observation={self.observation!r} is unknown; choose one of {OBSERVATIONS}.")
+        if isinstance(self.reward_weights, dict):
+            self.reward_weights = make_reward_weights(self.reward_weights)
+        if self.n_npcs is None:
+            self.n_npcs = SCENARIO_NPCS[self.scenario]
+        for name in ("port", "tm_port", "image_size", "frame_stack", "n_waypoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if not isinstance(self.n_npcs, int) or self.n_npcs < 0:
+            raise ValueError(f"n_npcs={self.n_npcs!r} must be a non-negative integer.")
+        for name in ("connect_timeout", "load_timeout", "fixed_delta_seconds", "target_speed",
+                     "max_lateral_deviation", "goal_tolerance"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive finite number.")
+
+
+def make_reward_weights(weights: dict[str, float]) -> RewardWeights:
+    """Build :class:`RewardWeights` from a dict, rejecting unknown component names."""
+    valid = {f.name for f in dataclasses.fields(RewardWeights)}
+    unknown = set(weights) - valid
+    if unknown:
+        raise ValueError(f"Unknown reward weight(s) {sorted(unknown)}; valid components are {sorted(valid)}.")
+    return RewardWeights(**weights)
+
+
+def make_config(**kwargs) -> ScenarioConfig:
+    """Build a :class:`ScenarioConfig` from ``gymnasium.make`` kwargs, rejecting unknown keys with the valid ones."""
+    valid = {f.name for f in dataclasses.fields(ScenarioConfig)}
+    unknown = set(kwargs) - valid
+    if unknown:
+        raise TypeError(f"Unknown CarlaScenario option(s) {sorted(unknown)}; valid options are {sorted(valid)}.")
+    return ScenarioConfig(**kwargs)
