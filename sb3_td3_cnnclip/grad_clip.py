@@ -1,0 +1,122 @@
+"""Parameter groups and the measure / clip / step of one optimizer, with exact L2 norms.
+
+A group's norm is one total L2 norm over the gradients of its parameters, computed with
+:func:`torch.nn.utils.get_total_norm`, the same function :func:`torch.nn.utils.clip_grad_norm_` uses.
+Clipping is :func:`torch.nn.utils.clip_grads_with_norm_` with that very norm, so what is logged is what was clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch as th
+from torch import nn
+
+#: what to do when a gradient is NaN or infinite
+NONFINITE_ACTIONS = ("skip", "raise")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient was NaN or infinite and ``on_nonfinite_grad="raise"`` was set."""
+
+
+def check_max_norm(name: str, value: float | None) -> float | None:
+    """Validate a gradient-norm limit: ``None`` (no clipping) or a positive finite number.
+
+    :param name: the keyword the value came from, named in the error
+    :param value: the limit to check
+    :return: the limit as a float, or ``None``
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name}={value!r} is not a valid gradient-norm limit: use a positive finite number, or None to measure "
+            "that group without clipping it."
+        )
+    return float(value)
+
+
+@dataclass
+class ParamGroup:
+    """The parameters of one part of a network that are clipped together.
+
+    :param name: the group's name in logged keys, e.g. ``"actor_cnn"``
+    :param params: the parameters (those the optimizer updates that belong to the group)
+    :param max_norm: the limit of the group's total L2 gradient norm, ``None`` for no clipping
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    max_norm: float | None
+
+
+def split_cnn_mlp(
+    prefix: str,
+    optimizer: th.optim.Optimizer,
+    features_extractor: nn.Module,
+    cnn_max_norm: float | None,
+    mlp_max_norm: float | None,
+) -> list[ParamGroup]:
+    """Split the parameters an optimizer updates into a CNN group (the features extractor's) and an MLP group (the rest).
+
+    Grouping is by module, not by policy name, so it works for ``CnnPolicy``, ``MultiInputPolicy``
+    (the image CNN inside ``CombinedExtractor``) and custom extractors. A group with no parameter is dropped:
+    ``MlpPolicy``'s ``FlattenExtractor`` has none, and with ``share_features_extractor=True`` the critic's optimizer
+    does not update the shared CNN (the actor's loss trains it).
+
+    :param prefix: ``"actor"`` or ``"critic"``
+    :param optimizer: the network's optimizer
+    :param features_extractor: the network's features extractor
+    :param cnn_max_norm: limit of the CNN group
+    :param mlp_max_norm: limit of the MLP group
+    :return: the non-empty groups
+    """
+    cnn_ids = {id(p) for p in features_extractor.parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    cnn = [p for p in params if id(p) in cnn_ids]
+    mlp = [p for p in params if id(p) not in cnn_ids]
+    groups = [ParamGroup(f"{prefix}_cnn", cnn, cnn_max_norm), ParamGroup(f"{prefix}_mlp", mlp, mlp_max_norm)]
+    return [group for group in groups if group.params]
+
+
+def clip_and_step(
+    optimizer: th.optim.Optimizer, groups: list[ParamGroup], on_nonfinite_grad: str = "skip"
+) -> tuple[dict[str, tuple[float, float | None]], bool]:
+    """Measure each group's gradient norm, clip it to its limit, measure again, then step the optimizer.
+
+    Called after ``loss.backward()``; everything is measured before ``optimizer.step()``.
+    When any group's norm is NaN or infinite the step is skipped and the gradients are zeroed
+    (or :class:`NonFiniteGradientError` is raised), so a bad gradient never reaches the weights.
+
+    :param optimizer: the optimizer to step
+    :param groups: the groups whose parameters the optimizer updates
+    :param on_nonfinite_grad: ``"skip"`` or ``"raise"``
+    :return: for each group name ``(norm before, norm after)`` (after is ``None`` on a skipped step; groups
+        without any gradient are absent), and whether the step was taken
+    """
+    grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
+    before = {name: th.nn.utils.get_total_norm(g) for name, g in grads.items() if g}
+    if not all(th.isfinite(norm) for norm in before.values()):
+        bad = {name: norm.item() for name, norm in before.items()}
+        if on_nonfinite_grad == "raise":
+            raise NonFiniteGradientError(
+                f"Non-finite gradient norm(s) {bad}; lower the learning rate or reward scale, "
+                'or pass on_nonfinite_grad="skip" to skip such steps.'
+            )
+        optimizer.zero_grad()
+        return {name: (norm, None) for name, norm in bad.items()}, False
+    stats = {}
+    for group in groups:
+        if group.name not in before:
+            continue
+        norm = before[group.name]
+        if group.max_norm is not None:
+            th.nn.utils.clip_grads_with_norm_(group.params, group.max_norm, norm)
+            after = th.nn.utils.get_total_norm(grads[group.name]).item()
+        else:
+            after = norm.item()
+        stats[group.name] = (norm.item(), after)
+    optimizer.step()
+    return stats, True

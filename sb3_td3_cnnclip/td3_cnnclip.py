@@ -1,0 +1,251 @@
+"""TD3 with per-group gradient clipping (actor CNN / actor MLP / critic CNN / critic MLP) and honest gradient logs."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import TD3
+from stable_baselines3.common.utils import polyak_update
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
+
+#: an action this close to a bound of [-1, 1] counts as saturated
+SATURATION_EPS = 1e-3
+
+
+class _OutputCapture:
+    """Keeps a detached reference to the last output (or, with ``capture_input``, input) of a module.
+
+    :param module: the module to watch
+    :param capture_input: capture the module's first input instead of its output (the pre-tanh of a ``Tanh``)
+    """
+
+    def __init__(self, module: nn.Module, capture_input: bool = False) -> None:
+        self.value: th.Tensor | None = None
+        self.capture_input = capture_input
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple[th.Tensor, ...], output: th.Tensor) -> None:
+        self.value = (inputs[0] if self.capture_input else output).detach()
+
+
+class TD3CnnClip(TD3):
+    """
+    TD3 whose ``train()`` clips the gradients of four parameter groups with distinct limits and logs each group's
+    total L2 norm before and after clipping, measured before ``optimizer.step()``.
+
+    The CNN group of a network is the parameters of its features extractor, the MLP group everything else its
+    optimizer updates. Groups without parameters (``MlpPolicy``'s CNN, the critic's CNN with
+    ``share_features_extractor=True``) are neither clipped nor logged. With all four limits ``None`` the updates
+    are exactly those of :class:`~stable_baselines3.TD3`. Every other parameter is TD3's (see its docstring).
+
+    :param actor_cnn_max_grad_norm: limit of the actor CNN's gradient norm (``None``: measure, do not clip)
+    :param actor_mlp_max_grad_norm: limit of the actor MLP's gradient norm (``None``: measure, do not clip)
+    :param critic_cnn_max_grad_norm: limit of the critic CNN's gradient norm (``None``: measure, do not clip)
+    :param critic_mlp_max_grad_norm: limit of the critic MLP's gradient norm (``None``: measure, do not clip)
+    :param on_nonfinite_grad: ``"skip"`` (zero the gradients, skip that optimizer step, count it) or ``"raise"``
+        (:class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError`) when a gradient is NaN or infinite
+    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        *args: Any,
+        actor_cnn_max_grad_norm: float | None = 1.0,
+        actor_mlp_max_grad_norm: float | None = 1.0,
+        critic_cnn_max_grad_norm: float | None = 10.0,
+        critic_mlp_max_grad_norm: float | None = 10.0,
+        on_nonfinite_grad: str = "skip",
+        stats_history: int = 1000,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(policy, env, *args, _init_setup_model=False, **kwargs)
+        self.actor_cnn_max_grad_norm = actor_cnn_max_grad_norm
+        self.actor_mlp_max_grad_norm = actor_mlp_max_grad_norm
+        self.critic_cnn_max_grad_norm = critic_cnn_max_grad_norm
+        self.critic_mlp_max_grad_norm = critic_mlp_max_grad_norm
+        self.on_nonfinite_grad = on_nonfinite_grad
+        self.stats_history = stats_history
+        #: optimizer steps skipped for a non-finite gradient since the model was created
+        self.nonfinite_skips = {"actor": 0, "critic": 0}
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        # Validated here rather than in __init__ so that limits passed to load() or custom_objects are checked too.
+        for name in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp"):
+            key = f"{name}_max_grad_norm"
+            setattr(self, key, check_max_norm(key, getattr(self, key)))
+        if self.on_nonfinite_grad not in NONFINITE_ACTIONS:
+            raise ValueError(f"on_nonfinite_grad={self.on_nonfinite_grad!r} is unknown; choose one of {NONFINITE_ACTIONS}.")
+        super()._setup_model()
+        self._build_groups()
+        #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
+        self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
+
+    def _build_groups(self) -> None:
+        """Partition the optimizers' parameters into the four groups and watch the features and the pre-tanh."""
+        self._actor_groups = split_cnn_mlp(
+            "actor", self.actor.optimizer, self.actor.features_extractor,
+            self.actor_cnn_max_grad_norm, self.actor_mlp_max_grad_norm,
+        )  # fmt: skip
+        self._critic_groups = split_cnn_mlp(
+            "critic", self.critic.optimizer, self.critic.features_extractor,
+            self.critic_cnn_max_grad_norm, self.critic_mlp_max_grad_norm,
+        )  # fmt: skip
+        self._actor_features = _OutputCapture(self.actor.features_extractor)
+        self._critic_features = _OutputCapture(self.critic.features_extractor)
+        last = self.actor.mu[-1] if isinstance(self.actor.mu, nn.Sequential) else None
+        self._pre_tanh = _OutputCapture(last, capture_input=True) if isinstance(last, nn.Tanh) else None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [  # noqa: RUF005
+            *super()._excluded_save_params(),
+            "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats",
+        ]  # fmt: skip
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+
+        # Update learning rate according to lr schedule
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+
+        actor_losses, critic_losses = [], []
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            stats: dict[str, float] = {"n_updates": self._n_updates}
+            # Sample replay buffer
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            with th.no_grad():
+                # Select action according to policy and add clipped noise
+                noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
+                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+                next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
+
+                # Compute the next Q-values: min over all critics targets
+                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+            # Get current Q-values estimates for each critic network
+            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+            stats.update(self._q_and_feature_stats(current_q_values))
+
+            # Compute critic loss
+            critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+            assert isinstance(critic_loss, th.Tensor)
+            critic_losses.append(critic_loss.item())
+            stats["critic_loss"] = critic_losses[-1]
+
+            # Optimize the critics: measure and clip right after the critic's own backward
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self._clip_and_step("critic", self.critic.optimizer, self._critic_groups, stats)
+
+            # Delayed policy updates
+            if self._n_updates % self.policy_delay == 0:
+                # Compute actor loss
+                actions_pi = self.actor(replay_data.observations)
+                stats.update(self._actor_output_stats(actions_pi))
+                actor_loss = -self.critic.q1_forward(replay_data.observations, actions_pi).mean()
+                actor_losses.append(actor_loss.item())
+                stats["actor_loss"] = actor_losses[-1]
+                stats["q_policy_gap"] = -actor_losses[-1] - stats["q_replay"]
+
+                # Optimize the actor
+                self.actor.optimizer.zero_grad()
+                actor_loss.backward()
+                self._clip_and_step("actor", self.actor.optimizer, self._actor_groups, stats)
+
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+                # Copy running stats, see GH issue #996
+                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+
+            self.update_stats.append(stats)
+            self._record_update(stats)
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if len(actor_losses) > 0:
+            self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+
+    def _clip_and_step(
+        self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict[str, float]
+    ) -> None:
+        """Clip, measure and step one network, writing its group norms (and a skip, if any) into ``stats``."""
+        norms, stepped = clip_and_step(optimizer, groups, self.on_nonfinite_grad)
+        for name, (before, after) in norms.items():
+            stats[f"{name}_before"] = before
+            if after is not None:
+                stats[f"{name}_after"] = after
+        if not stepped:
+            self.nonfinite_skips[network] += 1
+            stats[f"{network}_skipped"] = 1.0
+
+    def _q_and_feature_stats(self, current_q_values: tuple[th.Tensor, ...]) -> dict[str, float]:
+        """Q on replay actions (first critic, as the actor loss uses), max |Q| over all critics, critic feature norm."""
+        with th.no_grad():
+            q_abs_max = max(q.abs().max() for q in current_q_values)
+            stats = {"q_replay": current_q_values[0].mean().item(), "q_abs_max": q_abs_max.item()}
+            if self._critic_features.value is not None:
+                stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
+        return stats
+
+    def _actor_output_stats(self, actions: th.Tensor) -> dict[str, float]:
+        """Saturation of the actor's actions, its mean |pre-tanh| and its feature norm, from the forward just done."""
+        with th.no_grad():
+            stats = {
+                "actor_saturation": (actions.abs() > 1.0 - SATURATION_EPS).float().mean().item(),
+                "actor_feature_norm": self._actor_features.value.flatten(1).norm(dim=1).mean().item(),
+            }
+            if self._pre_tanh is not None:
+                stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean().item()
+        return stats
+
+    def _record_update(self, stats: dict[str, float]) -> None:
+        """Aggregate one update's statistics into the logger: means with ``record_mean``, maxima and counts by hand."""
+        logger = self.logger
+        for group in (*self._critic_groups, *self._actor_groups):
+            name = group.name
+            before = stats.get(f"{name}_before", np.nan)
+            if not np.isfinite(before):  # absent (no gradient), or a skipped step counted below
+                continue
+            self._record_max(f"train/{name}_grad_before", before)
+            if f"{name}_after" in stats:
+                after = stats[f"{name}_after"]
+                self._record_max(f"train/{name}_grad_after", after)
+                logger.record_mean(f"train/{name}_clip_frac", float(after < before))
+                if before > 0:
+                    logger.record_mean(f"train/{name}_clip_ratio", after / before)
+        for key in ("q_replay", "critic_feature_norm", "actor_saturation", "actor_pre_tanh_abs", "actor_feature_norm"):
+            if key in stats:
+                logger.record_mean(f"train/{key}", stats[key])
+        if "q_policy_gap" in stats:
+            logger.record_mean("train/q_policy_gap", stats["q_policy_gap"])
+        self._record_max("train/q_abs", stats["q_abs_max"], mean=False)
+        if "actor_mlp_before" in stats:
+            logger.record_mean("train/actor_mlp_zero_grad_frac", float(stats["actor_mlp_before"] == 0.0))
+        for network in ("critic", "actor"):
+            key = f"train/{network}_nonfinite_skips"
+            logger.record(key, logger.name_to_value.get(key, 0) + stats.get(f"{network}_skipped", 0.0))
+
+    def _record_max(self, key: str, value: float, mean: bool = True) -> None:
+        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``."""
+        if mean:
+            self.logger.record_mean(key, value)
+        max_key = f"{key}_max"
+        self.logger.record(max_key, max(self.logger.name_to_value.get(max_key, -np.inf), value))
