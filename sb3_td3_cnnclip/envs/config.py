@@ -30,6 +30,11 @@ class RewardWeights:
     safety: float = 1.0
     progress: float = 1.0
 
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"reward weight {name}={value!r} must be a finite number.")
+
 
 @dataclass
 class ScenarioConfig:
@@ -53,6 +58,10 @@ class ScenarioConfig:
     :param n_waypoints: route waypoints in the ``"dict"`` observation
     :param max_lateral_deviation: metres off the route centre that terminate the episode
     :param goal_tolerance: metres from the route end that count as reaching the goal
+    :param near_miss_distance: distance in metres between vehicle centres under which the safety reward
+        penalises a near miss (linearly, up to the full penalty at 0 m)
+    :param weather: CARLA weather preset, the name of a ``carla.WeatherParameters`` attribute such as
+        ``"ClearNoon"``; ``None`` keeps the map's weather (the surrogate has no weather and warns if one is set)
     :param reward_weights: weights of the reward components
     :param seed: seed of the NPC traffic and spawn choices (``reset(seed=...)`` overrides it)
     """
@@ -75,6 +84,8 @@ class ScenarioConfig:
     n_waypoints: int = 5
     max_lateral_deviation: float = 2.5
     goal_tolerance: float = 3.0
+    near_miss_distance: float = 5.0
+    weather: str | None = None
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
     seed: int | None = None
 
@@ -83,6 +94,8 @@ class ScenarioConfig:
             raise ValueError(f"scenario={self.scenario!r} does not exist; choose one of {sorted(SCENARIO_NPCS)}.")
         if self.simulator not in SIMULATORS:
             raise ValueError(f"simulator={self.simulator!r} is unknown; choose one of {SIMULATORS}.")
+        if self.weather is not None and (not isinstance(self.weather, str) or not self.weather.isidentifier()):
+            raise ValueError(f"weather={self.weather!r} must be None or a weather preset name such as 'ClearNoon'.")
         if self.observation not in OBSERVATIONS:
             raise ValueError(f"observation={self.observation!r} is unknown; choose one of {OBSERVATIONS}.")
         if isinstance(self.reward_weights, dict):
@@ -96,7 +109,7 @@ class ScenarioConfig:
         if not isinstance(self.n_npcs, int) or self.n_npcs < 0:
             raise ValueError(f"n_npcs={self.n_npcs!r} must be a non-negative integer.")
         for name in ("connect_timeout", "load_timeout", "fixed_delta_seconds", "target_speed",
-                     "max_lateral_deviation", "goal_tolerance"):
+                     "max_lateral_deviation", "goal_tolerance", "near_miss_distance"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive finite number.")
