@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
 from stable_baselines3 import TD3
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import polyak_update
 from torch import nn
 from torch.nn import functional as F
 
 from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
+from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy
 
 #: an action this close to a bound of [-1, 1] counts as saturated
 SATURATION_EPS = 1e-3
@@ -52,6 +54,12 @@ class TD3CnnClip(TD3):
         (:class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError`) when a gradient is NaN or infinite
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
     """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **TD3.policy_aliases,
+        "BoundedCnnPolicy": BoundedCnnPolicy,
+        "BoundedMultiInputPolicy": BoundedMultiInputPolicy,
+    }
 
     def __init__(
         self,
