@@ -1,0 +1,273 @@
+"""Time per gradient step of TD3CnnClip against plain SB3 TD3 (CnnPolicy, 4x84x84 uint8 observations).
+
+The variants start from the same weights (same seed, checked), share one pre-filled replay buffer and get the same
+batches and noise (the random generators are re-seeded before each timed call). Their ``train()`` calls alternate
+(the order rotates every repeat), so load from other processes hits all of them alike; each variant's time is
+divided by plain TD3's time from the same repeat and the median of those ratios is reported.
+
+Variants: ``td3`` (``stable_baselines3.TD3``), ``clip`` (``TD3CnnClip`` with its default limits, which may not fire
+on these random batches: the clipped fraction is reported), ``clip_every_step`` (every limit 1e-8, so every group is
+clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
+limit ``None``: norms and statistics measured, nothing clipped).
+
+With ``--profile-steps N`` the ``clip`` and ``td3`` variants are also run under cProfile for N steps at the first
+batch size; the time spent in this package's functions, and the top functions by own time, go into the results.
+
+Run: ``python benchmarks/clip_overhead.py --batch-sizes 32 256 --threads 1``
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from common import add_common_args, describe_line, markdown_table, median_ratio, run_description, set_threads
+from common import write_results
+from stable_baselines3 import TD3
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+#: the clipping limits of each TD3CnnClip variant (``td3`` is plain SB3 TD3)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "td3": None,
+    "clip": {},
+    "clip_every_step": {
+        "actor_cnn_max_grad_norm": 1e-8,
+        "actor_mlp_max_grad_norm": 1e-8,
+        "critic_cnn_max_grad_norm": 1e-8,
+        "critic_mlp_max_grad_norm": 1e-8,
+    },
+    "measure_only": {
+        "actor_cnn_max_grad_norm": None,
+        "actor_mlp_max_grad_norm": None,
+        "critic_cnn_max_grad_norm": None,
+        "critic_mlp_max_grad_norm": None,
+    },
+}
+
+
+def make_models(seed: int, buffer_size: int) -> dict[str, TD3]:
+    """Build every variant on a 4x84x84 toy image env from the same seed and check their weights are identical.
+
+    :param seed: the models' seed
+    :param buffer_size: replay buffer capacity
+    :return: the models by variant name
+    """
+    models: dict[str, TD3] = {}
+    for name, limits in VARIANTS.items():
+        env = DummyVecEnv([lambda: ToyImageEnv(size=84, channels=4)])
+        cls, kwargs = (TD3, {}) if limits is None else (TD3CnnClip, limits)
+        model = cls("CnnPolicy", env, buffer_size=buffer_size, seed=seed, device="cpu", **kwargs)
+        model.set_logger(Logger(folder=None, output_formats=[]))
+        models[name] = model
+    reference = models["td3"].policy.state_dict()
+    for name, model in models.items():
+        state = model.policy.state_dict()
+        if state.keys() != reference.keys() or not all(th.equal(state[k], reference[k]) for k in reference):
+            raise RuntimeError(f"Variant {name!r} did not start from the same weights as 'td3' with seed={seed}.")
+    return models
+
+
+def fill_buffer(buffer: ReplayBuffer, seed: int) -> None:
+    """Fill a replay buffer completely with random frames, actions and rewards (as ToyImageEnv would produce).
+
+    :param buffer: the buffer to fill
+    :param seed: seed of the generator
+    """
+    rng = np.random.default_rng(seed)
+    buffer.observations[:] = rng.integers(0, 256, buffer.observations.shape, dtype=np.uint8)
+    buffer.next_observations[:] = rng.integers(0, 256, buffer.next_observations.shape, dtype=np.uint8)
+    buffer.actions[:] = rng.uniform(-1.0, 1.0, buffer.actions.shape)
+    buffer.rewards[:] = rng.normal(0.0, 1.0, buffer.rewards.shape)
+    buffer.pos, buffer.full = 0, True
+
+
+def timed_train(model: TD3, gradient_steps: int, batch_size: int, seed: int) -> tuple[float, float]:
+    """Run ``model.train`` once with re-seeded generators and time it.
+
+    :param model: the model
+    :param gradient_steps: gradient steps of the call
+    :param batch_size: minibatch size
+    :param seed: seed for numpy (replay sampling) and torch (target policy noise)
+    :return: wall seconds and process CPU seconds per gradient step
+    """
+    np.random.seed(seed)
+    th.manual_seed(seed)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.train(gradient_steps=gradient_steps, batch_size=batch_size)
+    return (time.perf_counter() - wall) / gradient_steps, (time.process_time() - cpu) / gradient_steps
+
+
+def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Time the variants' ``train()`` calls interleaved, rotating the order every repeat.
+
+    :param models: the models by variant name
+    :param batch_size: minibatch size
+    :param gradient_steps: gradient steps per timed call
+    :param repeats: timed calls per variant
+    :param warmup: untimed calls per variant before timing
+    :return: per variant the per-step times (ms) and the median ratios against ``td3``
+    """
+    names = list(models)
+    for repeat in range(warmup):
+        for name in names:
+            timed_train(models[name], gradient_steps, batch_size, seed=-repeat % 2**31)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            step_wall, step_cpu = timed_train(models[name], gradient_steps, batch_size, seed=repeat)
+            wall[name].append(step_wall * 1e3)
+            cpu[name].append(step_cpu * 1e3)
+        print(f"batch {batch_size} repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {wall[n][-1]:.1f} ms" for n in names))
+    result: dict[str, Any] = {"batch_size": batch_size, "gradient_steps_per_call": gradient_steps, "variants": {}}
+    for name in names:
+        result["variants"][name] = {
+            "wall_ms_per_step": wall[name],
+            "cpu_ms_per_step": cpu[name],
+            "median_wall_ms": statistics.median(wall[name]),
+            "median_cpu_ms": statistics.median(cpu[name]),
+            "median_wall_ratio_vs_td3": median_ratio(wall[name], wall["td3"]),
+            "median_cpu_ratio_vs_td3": median_ratio(cpu[name], cpu["td3"]),
+            "median_wall_ratio_vs_measure_only": median_ratio(wall[name], wall["measure_only"]),
+            "median_wall_overhead_ms_vs_td3": statistics.median(a - b for a, b in zip(wall[name], wall["td3"])),
+        }
+        if isinstance(models[name], TD3CnnClip):
+            timed = list(models[name].update_stats)[-repeats * gradient_steps :]
+            result["variants"][name]["clip_fraction"] = clip_fractions(timed)
+    return result
+
+
+def clip_fractions(update_stats: list[dict[str, float]]) -> dict[str, float]:
+    """Fraction of the updates on which each group's gradient was clipped (its norm after below its norm before).
+
+    :param update_stats: ``TD3CnnClip.update_stats`` entries
+    :return: the fraction per group, over the updates that measured that group
+    """
+    fractions = {}
+    for group in ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp"):
+        pairs = [(s[f"{group}_before"], s[f"{group}_after"]) for s in update_stats if f"{group}_after" in s]
+        if pairs:
+            fractions[group] = sum(after < before for before, after in pairs) / len(pairs)
+    return fractions
+
+
+def profile(model: TD3, gradient_steps: int, batch_size: int, top: int) -> dict[str, Any]:
+    """Run ``train`` under cProfile and summarise where the time goes.
+
+    :param model: the model
+    :param gradient_steps: gradient steps to profile
+    :param batch_size: minibatch size
+    :param top: number of functions to list by own time
+    :return: total ms per step, this package's functions by cumulative ms per step, and the top functions
+    """
+    profiler = cProfile.Profile()
+    np.random.seed(0)
+    th.manual_seed(0)
+    profiler.enable()
+    model.train(gradient_steps=gradient_steps, batch_size=batch_size)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+
+    def entry(key: tuple[str, int, str], value: tuple) -> dict[str, Any]:
+        filename, line, function = key
+        _, ncalls, tottime, cumtime, _ = value
+        return {
+            "function": f"{Path(filename).name}:{line}({function})",
+            "calls_per_step": ncalls / gradient_steps,
+            "own_ms_per_step": tottime * 1e3 / gradient_steps,
+            "cumulative_ms_per_step": cumtime * 1e3 / gradient_steps,
+        }
+
+    entries = stats.stats.items()  # type: ignore[attr-defined]
+    package = [entry(k, v) for k, v in entries if "sb3_td3_cnnclip" in k[0]]
+    by_own = sorted(entries, key=lambda kv: kv[1][2], reverse=True)[:top]
+    return {
+        "total_ms_per_step": stats.total_tt * 1e3 / gradient_steps,  # type: ignore[attr-defined]
+        "package_functions": sorted(package, key=lambda e: e["cumulative_ms_per_step"], reverse=True),
+        "top_by_own_time": [entry(k, v) for k, v in by_own],
+    }
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """Summarise the results as a Markdown table (median ms per step and median ratios against TD3).
+
+    :param results: the results of :func:`main`
+    :return: the Markdown text
+    """
+    rows = []
+    for batch in results["batches"]:
+        for name, v in batch["variants"].items():
+            rows.append([
+                batch["batch_size"], name, v["median_wall_ms"], v["median_wall_ratio_vs_td3"],
+                v["median_cpu_ratio_vs_td3"], v["median_wall_overhead_ms_vs_td3"], v["median_wall_ratio_vs_measure_only"],
+                " / ".join(f"{f:.0%}" for f in v["clip_fraction"].values()) if "clip_fraction" in v else "",
+            ])  # fmt: skip
+    headers = [
+        "batch", "variant", "median ms/step", "ratio vs td3 (wall)", "ratio vs td3 (CPU)", "overhead ms/step",
+        "ratio vs measure_only (wall)", "clipped: critic cnn / mlp, actor cnn / mlp",
+    ]  # fmt: skip
+    text = [
+        "# Clipping overhead: TD3CnnClip vs SB3 TD3 (CnnPolicy, 4x84x84 uint8)",
+        "",
+        describe_line(results["run"]),
+        f"{results['run']['flags']['repeats']} interleaved repeats of {results['run']['flags']['gradient_steps']} "
+        "gradient steps per variant; ratios are medians of per-repeat ratios.",
+        "",
+        markdown_table(headers, rows),
+    ]
+    for name, prof in results.get("profile", {}).items():
+        text += ["", f"cProfile of `{name}` ({prof['total_ms_per_step']:.1f} ms/step under the profiler); "
+                 "this package's functions, cumulative ms per step:", ""]  # fmt: skip
+        text.append(markdown_table(
+            ["function", "calls/step", "cumulative ms/step"],
+            [[e["function"], e["calls_per_step"], e["cumulative_ms_per_step"]] for e in prof["package_functions"]],
+        ))  # fmt: skip
+    return "\n".join(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256], help="minibatch sizes to time")
+    parser.add_argument("--gradient-steps", type=int, default=10, help="gradient steps per timed train() call")
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per variant and batch size")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
+    parser.add_argument("--buffer-size", type=int, default=2000, help="transitions in the shared replay buffer")
+    parser.add_argument("--profile-steps", type=int, default=0, help="cProfile this many steps (0: no profile)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models and of the buffer's content")
+    add_common_args(parser, threads=1)
+    args = parser.parse_args()
+    set_threads(args.threads)
+
+    models = make_models(args.seed, args.buffer_size)
+    buffer = models["td3"].replay_buffer
+    assert isinstance(buffer, ReplayBuffer)
+    fill_buffer(buffer, args.seed)
+    for model in models.values():
+        model.replay_buffer = buffer
+    results: dict[str, Any] = {"run": run_description(args), "batches": []}
+    for batch_size in args.batch_sizes:
+        results["batches"].append(measure(models, batch_size, args.gradient_steps, args.repeats, args.warmup))
+    if args.profile_steps > 0:
+        results["profile"] = {
+            name: profile(models[name], args.profile_steps, args.batch_sizes[0], top=25) for name in ("clip", "td3")
+        }
+    json_path, md_path = write_results(args.output_dir, "clip_overhead", results, to_markdown(results))
+    print(to_markdown(results))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
