@@ -1,0 +1,317 @@
+"""``DrivingEnv``: the Gymnasium environment of the CarlaScenario ids, identical on every simulator backend.
+
+A backend (:mod:`~sb3_td3_cnnclip.envs.backend`) moves the ego and measures it; this module turns the
+measurements into observations, the reward, termination and ``info``, so that CARLA and the surrogate
+expose the same spaces, reward and info keys.
+
+``info`` keys, after ``reset`` and every ``step``:
+
+- ``speed`` (m/s), ``lateral_deviation`` (m, left positive), ``heading_error`` (rad, left positive),
+  ``route_completion`` (``[0, 1]``), ``distance_to_goal`` (m), ``collision``, ``off_road``, ``lane_invasion``
+  (bools), ``min_npc_distance`` (m between vehicle centres, ``inf`` without NPCs): the backend's :class:`Frame`;
+- ``termination_reason``: ``"collision"``, ``"off_lane"`` or ``"goal"`` when ``terminated``; ``"time_limit"``
+  when the registered ids' ``TimeLimit`` truncates (set by :class:`TimeLimitReason`); ``None`` otherwise;
+- ``is_success`` (the goal was reached; SB3's ``Monitor`` logs it), ``simulator`` (the backend's name),
+  ``scenario``, ``n_npcs``;
+- ``backend/<name>``: backend diagnostics (``Frame.extra``);
+- after ``step`` only, ``reward/<component>`` for ``efficiency``, ``lane_keeping``, ``comfort``, ``safety``,
+  ``progress``: the weighted components, whose sum is the reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import socket
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from sb3_td3_cnnclip.envs.backend import Backend, Frame
+from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
+from sb3_td3_cnnclip.envs.errors import MissingExtraError
+from sb3_td3_cnnclip.envs.reward import is_off_lane, max_abs_reward, reward_components, weighted_components
+
+logger = logging.getLogger(__name__)
+
+#: Frame fields copied into ``info`` under their own names
+FRAME_INFO_KEYS = (
+    "speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal",
+    "collision", "off_road", "lane_invasion", "min_npc_distance",
+)
+#: the start of the ``"vector"`` observation; the next ``n_waypoints`` (x forward, y left) pairs follow
+VECTOR_KINEMATICS = ("speed", "lateral_deviation", "heading_error", "previous_steering", "previous_throttle_brake")
+
+
+def carla_server_answers(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+
+    :param host: CARLA server host
+    :param port: CARLA server RPC port
+    :param timeout: seconds to wait
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_simulator(config: ScenarioConfig) -> str:
+    """The backend ``config.simulator`` asks for: ``"auto"`` becomes ``"carla"`` if a server answers, else
+    ``"surrogate"`` with a loud warning.
+
+    :param config: the scenario configuration
+    """
+    if config.simulator != "auto":
+        return config.simulator
+    if carla_server_answers(config.host, config.port, config.connect_timeout):
+        return "carla"
+    message = (
+        f"No CARLA server answered at {config.host}:{config.port} within {config.connect_timeout} s: "
+        "this environment runs on the highway-env SURROGATE, not on CARLA. To drive CARLA, start the server "
+        f"(e.g. `./CarlaUE4.sh -carla-rpc-port={config.port}`) and pass host=... / port=... to gymnasium.make, "
+        "or pass simulator='carla' to get an error instead of this fallback (simulator='surrogate' silences it)."
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)
+    logger.warning(message)
+    return "surrogate"
+
+
+def _require(module: str, extra: str) -> None:
+    """Raise :class:`MissingExtraError` if ``module`` is not installed.
+
+    :param module: the module the backend imports
+    :param extra: the package extra that installs it
+    """
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(
+            f"simulator={extra!r} needs the `{module}` module, which is not installed. "
+            f'Install it with: pip install "sb3-td3-cnnclip[{extra}]"'
+        )
+
+
+def make_backend(config: ScenarioConfig) -> Backend:
+    """Build the backend named by ``config.simulator`` (``"carla"`` or ``"surrogate"``), importing it lazily.
+
+    :param config: the scenario configuration, its simulator already resolved by :func:`resolve_simulator`
+    """
+    if config.simulator == "carla":
+        _require("carla", "carla")
+        from sb3_td3_cnnclip.envs.carla_backend import CarlaBackend
+
+        return CarlaBackend(config)
+    if config.simulator == "surrogate":
+        _require("highway_env", "surrogate")
+        from sb3_td3_cnnclip.envs.surrogate_backend import SurrogateBackend
+
+        return SurrogateBackend(config)
+    raise ValueError(f"simulator={config.simulator!r} cannot build a backend; resolve 'auto' first.")
+
+
+class DrivingEnv(gym.Env):
+    """Drive along a route through NPC traffic from a stack of grayscale frames (``CarlaScenario{0,1,2}-v0``).
+
+    Observation: ``Box(0, 255, (frame_stack, image_size, image_size), uint8)``, channel-first, newest frame
+    last (filled with the first frame on reset); with ``observation="dict"``, ``Dict(image=<that Box>,
+    vector=Box(-inf, inf, (5 + 2 * n_waypoints,), float32))`` where the vector is :data:`VECTOR_KINEMATICS`
+    followed by the next ``n_waypoints`` route points in the ego frame. Action: ``Box([-1, -1], [1, 1])`` =
+    steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
+    Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
+    Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
+    never truncated by the env itself (the registered ids add ``TimeLimit(1000)``). ``info``: see the module.
+
+    Curriculum hooks (reachable through ``VecEnv.env_method`` / ``get_attr``): :meth:`set_scenario` and
+    :attr:`scenario`. ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.
+
+    :param render_mode: ``None`` or ``"rgb_array"`` (the newest camera frame as an RGB image)
+    :param backend_factory: builds the backend from the configuration instead of choosing it by
+        ``simulator`` (for another simulator, or a test double); ``None`` uses :func:`make_backend`
+    :param kwargs: :class:`~sb3_td3_cnnclip.envs.config.ScenarioConfig` fields; unknown names raise ``TypeError``
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        backend_factory: Callable[[ScenarioConfig], Backend] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode={render_mode!r} is unsupported; use None or 'rgb_array'.")
+        self.render_mode = render_mode
+        self.backend_factory = backend_factory
+        config = make_config(**kwargs)
+        if backend_factory is None:
+            config = dataclasses.replace(config, simulator=resolve_simulator(config))
+        self.config = config
+        self.backend = self._make_backend(config)
+        self.simulator_name = self.backend.name
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / config.fixed_delta_seconds)}
+
+        size = config.image_size
+        image_space = spaces.Box(0, 255, (config.frame_stack, size, size), np.uint8)
+        if config.observation == "dict":
+            vector_size = len(VECTOR_KINEMATICS) + 2 * config.n_waypoints
+            vector_space = spaces.Box(-np.inf, np.inf, (vector_size,), np.float32)
+            self.observation_space = spaces.Dict({"image": image_space, "vector": vector_space})
+        else:
+            self.observation_space = image_space
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        #: bound on ``|reward|`` of any step, e.g. for the Q bound ``max_abs_reward / (1 - gamma)``
+        self.max_abs_reward = max_abs_reward(config.reward_weights)
+
+        self._pending_config: ScenarioConfig | None = None
+        self._next_seed = config.seed
+        self._frames = np.zeros(image_space.shape, np.uint8)
+        self._frame: Frame | None = None
+        self._previous_action = np.zeros(2, np.float32)
+
+    @property
+    def scenario(self) -> int:
+        """The scenario id of the current episode (a :meth:`set_scenario` applies from the next reset)."""
+        return self.config.scenario
+
+    def set_scenario(
+        self,
+        scenario: int,
+        n_npcs: int | None = None,
+        seed: int | None = None,
+        weather: str | None = None,
+        route: list[tuple[float, float]] | None = None,
+    ) -> None:
+        """Switch to another scenario from the next ``reset`` on (the backend is rebuilt then).
+
+        Raises ``ValueError`` at once for a nonexistent scenario or an invalid value.
+
+        :param scenario: scenario id (0, 1 or 2)
+        :param n_npcs: NPC vehicles; ``None`` uses the new scenario's default
+        :param seed: seed of the next reset (when that reset passes none); ``None`` keeps the random stream going
+        :param weather: CARLA weather preset; ``None`` keeps the current one
+        :param route: route as ``(x, y)`` world waypoints; ``None`` keeps the current one
+        """
+        changes: dict[str, Any] = {"scenario": scenario, "n_npcs": n_npcs}
+        for name, value in (("seed", seed), ("weather", weather), ("route", route)):
+            if value is not None:
+                changes[name] = value
+        self._pending_config = dataclasses.replace(self._pending_config or self.config, **changes)
+        if seed is not None:
+            self._next_seed = seed
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode.
+
+        :param seed: makes the episode reproducible; ``None`` uses ``config.seed`` (or a :meth:`set_scenario`
+            seed) on the first reset that follows it, else continues the backend's random stream
+        :param options: unused
+        """
+        super().reset(seed=seed)
+        if self._pending_config is not None:
+            self.backend.close()
+            self.config, self._pending_config = self._pending_config, None
+            self.backend = self._make_backend(self.config)
+        if seed is None:
+            seed = self._next_seed
+        self._next_seed = None
+        frame = self.backend.reset(seed=seed)
+        self._frames[:] = frame.image
+        self._frame = frame
+        self._previous_action = np.zeros(2, np.float32)
+        return self._observation(frame), self._info(frame, None)
+
+    def step(self, action: np.ndarray):
+        """Apply one action for one simulator tick.
+
+        :param action: steering, throttle/brake; clipped to ``[-1, 1]``
+        """
+        if self._frame is None:
+            raise RuntimeError("DrivingEnv.step() was called before reset(); call reset() first.")
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (2,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"action={action!r} must be 2 finite numbers: steering, throttle/brake.")
+        action = np.clip(action, -1.0, 1.0)
+        frame = self.backend.step(float(action[0]), float(action[1]))
+        components = reward_components(frame, action, self._previous_action, self._frame.route_completion, self.config)
+        weighted = weighted_components(components, self.config.reward_weights)
+        reward = float(sum(weighted.values()))
+        reason = self._termination_reason(frame)
+        self._frames[:-1] = self._frames[1:]
+        self._frames[-1] = frame.image
+        self._frame = frame
+        self._previous_action = action
+        info = self._info(frame, reason)
+        info.update({f"reward/{name}": value for name, value in weighted.items()})
+        return self._observation(frame), reward, reason is not None, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The newest camera frame as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``), else ``None``."""
+        if self.render_mode != "rgb_array":
+            return None
+        return np.repeat(self._frames[-1][:, :, None], 3, axis=2)
+
+    def close(self) -> None:
+        """Release the simulator (idempotent)."""
+        self.backend.close()
+
+    def _make_backend(self, config: ScenarioConfig) -> Backend:
+        return make_backend(config) if self.backend_factory is None else self.backend_factory(config)
+
+    def _termination_reason(self, frame: Frame) -> str | None:
+        if frame.collision:
+            return "collision"
+        if is_off_lane(frame, self.config):
+            return "off_lane"
+        if frame.distance_to_goal < self.config.goal_tolerance:
+            return "goal"
+        return None
+
+    def _observation(self, frame: Frame) -> np.ndarray | dict[str, np.ndarray]:
+        image = self._frames.copy()
+        if self.config.observation == "image":
+            return image
+        kinematics = [frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action]
+        vector = np.concatenate([kinematics, np.asarray(frame.waypoints).ravel()]).astype(np.float32)
+        return {"image": image, "vector": vector}
+
+    def _info(self, frame: Frame, reason: str | None) -> dict[str, Any]:
+        info = {name: getattr(frame, name) for name in FRAME_INFO_KEYS}
+        info.update(
+            termination_reason=reason,
+            is_success=reason == "goal",
+            simulator=self.simulator_name,
+            scenario=self.config.scenario,
+            n_npcs=self.config.n_npcs,
+        )
+        info.update({f"backend/{name}": value for name, value in frame.extra.items()})
+        return info
+
+
+class TimeLimitReason(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Sets ``info["termination_reason"] = "time_limit"`` when an inner ``TimeLimit`` truncates a running episode.
+
+    The registered ids apply it over their ``TimeLimit``; wrap ``TimeLimit(DrivingEnv(...), n)`` with it when
+    building the env by hand.
+
+    :param env: an environment wrapped in ``gymnasium.wrappers.TimeLimit``
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def step(self, action: np.ndarray):
+        """Step the inner env and label a truncation by the time limit.
+
+        :param action: passed to the inner env
+        """
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if truncated and not terminated:
+            info["termination_reason"] = "time_limit"
+        return observation, reward, terminated, truncated, info
