@@ -1,0 +1,332 @@
+"""DrivingEnv's spaces, reward, termination, info and backend choice, on a scripted backend (no simulator)."""
+
+import dataclasses
+import importlib.util
+import math
+import socket
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_td3_cnnclip.envs import (
+    MAX_EPISODE_STEPS,
+    SCENARIO_IDS,
+    Backend,
+    DrivingEnv,
+    Frame,
+    MissingExtraError,
+    ScenarioConfig,
+    register_envs,
+)
+from sb3_td3_cnnclip.envs import driving_env
+from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
+
+SIZE = 8
+
+
+def make_frame(**changes) -> Frame:
+    """A frame of a car at rest on the route centre, 100 m from the goal, with no NPC around."""
+    values = dict(
+        image=np.zeros((SIZE, SIZE), np.uint8), speed=0.0, lateral_deviation=0.0, heading_error=0.0,
+        route_completion=0.0, distance_to_goal=100.0, collision=False, off_road=False, lane_invasion=False,
+        min_npc_distance=math.inf, waypoints=np.zeros((5, 2), np.float32), extra={"probe": 1.0},
+    )
+    values.update(changes)
+    return Frame(**values)
+
+
+class ScriptedBackend(Backend):
+    """Returns ``frames[0]`` on reset and ``frames[k]`` on the k-th step (the last one repeats); records calls."""
+
+    name = "scripted"
+
+    def __init__(self, config: ScenarioConfig, frames: list[Frame]) -> None:
+        super().__init__(config)
+        self.frames = frames
+        self.controls: list[tuple[float, float]] = []
+        self.reset_seeds: list[int | None] = []
+        self.closes = 0
+
+    def reset(self, seed=None) -> Frame:
+        self.reset_seeds.append(seed)
+        self.controls = []
+        return self.frames[0]
+
+    def step(self, steering, throttle_brake) -> Frame:
+        self.controls.append((steering, throttle_brake))
+        return self.frames[min(len(self.controls), len(self.frames) - 1)]
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def scripted_env(frames: list[Frame], **kwargs) -> DrivingEnv:
+    """A DrivingEnv on a ScriptedBackend; ``env.backends`` lists every backend it built."""
+    backends = []
+
+    def factory(config):
+        backends.append(ScriptedBackend(config, frames))
+        return backends[-1]
+
+    env = DrivingEnv(backend_factory=factory, image_size=SIZE, **kwargs)
+    env.backends = backends
+    return env
+
+
+def test_spaces_are_exact():
+    env = scripted_env([make_frame()], frame_stack=3)
+    assert env.observation_space == gym.spaces.Box(0, 255, (3, SIZE, SIZE), np.uint8)
+    assert env.action_space == gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    dict_env = scripted_env([make_frame()], observation="dict", n_waypoints=4)
+    assert dict_env.observation_space == gym.spaces.Dict(
+        {"image": gym.spaces.Box(0, 255, (4, SIZE, SIZE), np.uint8),
+         "vector": gym.spaces.Box(-np.inf, np.inf, (5 + 2 * 4,), np.float32)}
+    )
+
+
+def test_frames_are_stacked_newest_last():
+    frames = [make_frame(image=np.full((SIZE, SIZE), value, np.uint8)) for value in (1, 2, 3)]
+    env = scripted_env(frames, frame_stack=3)
+    observation, _ = env.reset()
+    assert observation[:, 0, 0].tolist() == [1, 1, 1]
+    env.step(np.zeros(2, np.float32))
+    observation, *_ = env.step(np.zeros(2, np.float32))
+    assert observation[:, 0, 0].tolist() == [1, 2, 3]
+    assert observation.dtype == np.uint8 and env.observation_space.contains(observation)
+
+
+def test_dict_observation_vector_layout():
+    waypoints = np.arange(10, dtype=np.float32).reshape(5, 2)
+    frames = [make_frame(), make_frame(speed=3.0, lateral_deviation=-0.5, heading_error=0.25, waypoints=waypoints)]
+    env = scripted_env(frames, observation="dict")
+    observation, _ = env.reset()
+    assert observation["vector"][:5].tolist() == [0.0] * 5
+    observation, *_ = env.step(np.array([0.5, -0.25], np.float32))
+    assert observation["vector"].tolist() == [3.0, -0.5, 0.25, 0.5, -0.25, *range(10)]
+    assert env.observation_space.contains(observation)
+
+
+def test_reward_components_match_the_formulas_and_sum_to_the_reward():
+    # target 8 m/s at 4 m/s -> 0.5; lateral 1.25/2.5 and heading (pi/4)/(pi/2) -> -(0.5+0.5)/2; action change
+    # (0.5, 1.0) -> -1.5/4; near miss at 2.5 of 5 m -> -0.5; completion +0.004 -> 0.4.
+    frame = make_frame(speed=4.0, lateral_deviation=1.25, heading_error=-math.pi / 4, route_completion=0.004,
+                       min_npc_distance=2.5)
+    env = scripted_env([make_frame(), frame])
+    env.reset()
+    _, reward, terminated, truncated, info = env.step(np.array([0.5, -1.0], np.float32))
+    expected = {"efficiency": 1.0 * 0.5, "lane_keeping": 0.5 * -0.5, "comfort": 0.1 * -1.5 / 4,
+                "safety": 1.0 * -0.5, "progress": 1.0 * 0.4}
+    assert {name: info[f"reward/{name}"] for name in expected} == pytest.approx(expected)
+    assert np.isclose(reward, sum(info[f"reward/{name}"] for name in expected))
+    assert np.isclose(reward, 0.1125)
+    assert (terminated, truncated, info["termination_reason"]) == (False, False, None)
+
+
+def test_reward_weights_scale_the_components():
+    frame = make_frame(speed=8.0)
+    env = scripted_env([make_frame(), frame], reward_weights={"efficiency": 3.0, "comfort": 0.0})
+    env.reset()
+    _, reward, _, _, info = env.step(np.array([1.0, 1.0], np.float32))
+    assert info["reward/efficiency"] == pytest.approx(3.0)
+    assert info["reward/comfort"] == 0.0
+    assert reward == pytest.approx(3.0)
+
+
+def test_max_abs_reward_bounds_the_worst_steps():
+    env = scripted_env([make_frame()])
+    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 12.0 + 1.0)
+    worst = make_frame(speed=1e3, lateral_deviation=-9.0, heading_error=math.pi, route_completion=0.0,
+                       collision=True, off_road=True, min_npc_distance=0.0)
+    start = make_frame(route_completion=1.0)
+    env = scripted_env([start, worst])
+    env.reset()
+    env._previous_action = np.array([1.0, 1.0], np.float32)
+    _, reward, *_ = env.step(np.array([-1.0, -1.0], np.float32))
+    assert reward == pytest.approx(-env.max_abs_reward)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        frame = make_frame(speed=rng.uniform(0, 40), lateral_deviation=rng.normal(0, 3), heading_error=rng.normal(),
+                           route_completion=rng.uniform(), collision=bool(rng.integers(2)),
+                           off_road=bool(rng.integers(2)), min_npc_distance=rng.uniform(0, 10))
+        env = scripted_env([make_frame(route_completion=rng.uniform()), frame])
+        env.reset()
+        _, reward, *_ = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        assert abs(reward) <= env.max_abs_reward
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"collision": True}, "collision"),
+        ({"lateral_deviation": 2.6}, "off_lane"),
+        ({"lateral_deviation": -2.6}, "off_lane"),
+        ({"distance_to_goal": 2.9}, "goal"),
+        ({"collision": True, "distance_to_goal": 1.0}, "collision"),
+        ({"lateral_deviation": 2.4, "distance_to_goal": 3.0, "off_road": True, "lane_invasion": True}, None),
+    ],
+)
+def test_termination_reasons(changes, reason):
+    env = scripted_env([make_frame(), make_frame(**changes)])
+    _, info = env.reset()
+    assert info["termination_reason"] is None and info["is_success"] is False
+    _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert info["termination_reason"] == reason
+    assert terminated is (reason is not None)
+    assert truncated is False
+    assert info["is_success"] is (reason == "goal")
+
+
+def test_info_keys_after_reset_and_step():
+    env = scripted_env([make_frame(speed=2.0)], scenario=1)
+    _, info = env.reset()
+    expected = {"speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal", "collision",
+                "off_road", "lane_invasion", "min_npc_distance", "termination_reason", "is_success", "simulator",
+                "scenario", "n_npcs", "backend/probe"}
+    assert set(info) == expected
+    assert (info["simulator"], info["scenario"], info["n_npcs"], info["speed"]) == ("scripted", 1, 50, 2.0)
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    rewards = {f"reward/{name}" for name in ("efficiency", "lane_keeping", "comfort", "safety", "progress")}
+    assert set(info) == expected | rewards
+    assert env.simulator_name == "scripted"
+
+
+def test_actions_are_clipped_and_validated():
+    env = scripted_env([make_frame()])
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2, np.float32))
+    env.reset()
+    env.step(np.array([5.0, -7.0], np.float32))
+    assert env.backends[-1].controls == [(1.0, -1.0)]
+    for bad in (np.array([np.nan, 0.0]), np.zeros(3), np.array([np.inf, 0.0])):
+        with pytest.raises(ValueError, match="2 finite numbers"):
+            env.step(bad)
+
+
+def test_time_limit_truncates_with_its_reason():
+    frames = [make_frame()]
+    env = gym.make(SCENARIO_IDS[0], max_episode_steps=3,
+                   backend_factory=lambda config: ScriptedBackend(config, frames), image_size=SIZE)
+    env.reset(seed=0)
+    for _ in range(2):
+        _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+        assert (terminated, truncated, info["termination_reason"]) == (False, False, None)
+    _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert (terminated, truncated, info["termination_reason"]) == (False, True, "time_limit")
+
+
+def test_termination_on_the_last_step_keeps_its_reason():
+    frames = [make_frame(), make_frame(distance_to_goal=0.0)]
+    env = gym.make(SCENARIO_IDS[0], max_episode_steps=1,
+                   backend_factory=lambda config: ScriptedBackend(config, frames), image_size=SIZE)
+    env.reset()
+    _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert (terminated, truncated, info["termination_reason"], info["is_success"]) == (True, True, "goal", True)
+
+
+def test_registered_ids():
+    register_envs()  # a second registration is a no-op
+    for scenario, env_id in SCENARIO_IDS.items():
+        spec = gym.spec(env_id)
+        assert spec.max_episode_steps == MAX_EPISODE_STEPS == 1000
+        assert spec.kwargs == {"scenario": scenario}
+        assert spec.entry_point == "sb3_td3_cnnclip.envs.driving_env:DrivingEnv"
+    assert sorted(SCENARIO_IDS.values()) == ["CarlaScenario0-v0", "CarlaScenario1-v0", "CarlaScenario2-v0"]
+
+
+def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
+    code = (
+        "import gymnasium\n"
+        "env = gymnasium.make('sb3_td3_cnnclip:CarlaScenario2-v0', simulator='surrogate', image_size=36)\n"
+        "_, info = env.reset(seed=0)\n"
+        "print(env.spec.id, env.spec.max_episode_steps, info['scenario'], info['n_npcs'], info['simulator'])\n"
+    )
+    if importlib.util.find_spec("highway_env") is None:
+        pytest.skip("needs the surrogate extra")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["CarlaScenario2-v0", "1000", "2", "100", "surrogate"]
+
+
+def test_kwargs_override_defaults_and_are_validated():
+    env = scripted_env([make_frame()], scenario=2, n_npcs=7, target_speed=5.0)
+    assert (env.config.scenario, env.config.n_npcs, env.config.target_speed) == (2, 7, 5.0)
+    with pytest.raises(TypeError, match=r"Unknown CarlaScenario option\(s\) \['n_npc'\]; valid options are .*'n_npcs'"):
+        DrivingEnv(n_npc=3)
+    for bad in ({"scenario": 3}, {"simulator": "gazebo"}, {"image_size": 0}, {"observation": "rgb"},
+                {"reward_weights": {"speed": 1.0}}, {"target_speed": float("nan")}):
+        with pytest.raises(ValueError):
+            DrivingEnv(backend_factory=lambda config: ScriptedBackend(config, [make_frame()]), **bad)
+    with pytest.raises(ValueError, match="render_mode"):
+        scripted_env([make_frame()], render_mode="human")
+
+
+def test_set_scenario_applies_at_the_next_reset():
+    env = scripted_env([make_frame()], seed=11)
+    env.reset()
+    with pytest.raises(ValueError, match="scenario=5 does not exist"):
+        env.set_scenario(5)
+    env.set_scenario(2, seed=3, weather="WetNoon")
+    assert env.scenario == 0
+    _, info = env.reset()
+    assert (env.scenario, info["scenario"], info["n_npcs"]) == (2, 2, 100)
+    assert env.config.weather == "WetNoon"
+    first, second = env.backends
+    assert first.closes == 1 and second.config is env.config
+    assert first.reset_seeds == [11] and second.reset_seeds == [3]
+    env.reset()
+    env.set_scenario(1, n_npcs=4)
+    env.reset(seed=9)
+    assert (env.config.n_npcs, env.config.weather) == (4, "WetNoon")
+    assert second.reset_seeds == [3, None] and env.backends[2].reset_seeds == [9]
+
+
+def test_set_scenario_and_scenario_through_a_vec_env():
+    vec_env = DummyVecEnv([lambda: gym.make(SCENARIO_IDS[0], image_size=SIZE,
+                                            backend_factory=lambda config: ScriptedBackend(config, [make_frame()]))])
+    vec_env.reset()
+    vec_env.env_method("set_scenario", 1)
+    vec_env.reset()
+    assert vec_env.get_attr("scenario") == [1]
+    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(14.6)]
+
+
+def test_render_and_idempotent_close():
+    env = scripted_env([make_frame(image=np.full((SIZE, SIZE), 7, np.uint8))], render_mode="rgb_array")
+    env.reset()
+    image = env.render()
+    assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8 and (image == 7).all()
+    env.close()
+    env.close()
+    assert env.backends[-1].closes == 2
+
+
+def test_auto_uses_carla_when_a_server_answers():
+    with socket.create_server(("localhost", 0)) as server:
+        config = ScenarioConfig(port=server.getsockname()[1], connect_timeout=1.0)
+        assert resolve_simulator(config) == "carla"
+    assert resolve_simulator(dataclasses.replace(config, simulator="surrogate")) == "surrogate"
+
+
+def test_auto_falls_back_to_the_surrogate_loudly(closed_port, caplog):
+    if importlib.util.find_spec("highway_env") is None:
+        pytest.skip("needs the surrogate extra")
+    message = f"No CARLA server answered at localhost:{closed_port}"
+    with pytest.warns(UserWarning, match=message):
+        env = DrivingEnv(port=closed_port, connect_timeout=0.5, image_size=36)
+    assert message in caplog.text
+    _, info = env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert env.simulator_name == info["simulator"] == env.config.simulator == "surrogate"
+    env.close()
+
+
+@pytest.mark.parametrize(("simulator", "module"), [("carla", "carla"), ("surrogate", "highway_env")])
+def test_missing_extra_names_the_install_command(monkeypatch, simulator, module):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    with pytest.raises(MissingExtraError, match=rf'pip install "sb3-td3-cnnclip\[{simulator}\]"'):
+        driving_env.make_backend(ScenarioConfig(simulator=simulator))
