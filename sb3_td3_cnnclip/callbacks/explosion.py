@@ -1,0 +1,399 @@
+"""Early stopping on divergence, from the statistics :class:`~sb3_td3_cnnclip.TD3CnnClip` keeps of every update.
+
+The callback adds no forward pass: it reads the entries of ``model.update_stats`` newer than the last one it saw
+(with plain SB3 algorithms, the losses the algorithm logged). Each check is a condition on one update, either
+immediate (one bad update stops training) or persistent (``window`` consecutive bad updates of that statistic).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+#: what the dead-actor check does when it fires
+DEAD_ACTOR_ACTIONS = ("stop", "warn", "off")
+
+#: checks that need ``TD3CnnClip.update_stats`` (skipped, with one notice, for other algorithms)
+STATS_CHECKS = ("nonfinite_grad", "grad_norm", "feature_norm", "feature_growth", "q_gap", "dead_actor")
+
+#: checks measured against the Q bound ``r_max / (1 - gamma)``
+Q_BOUND_CHECKS = ("q_bound", "q_gap")
+
+GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
+
+FIXES = (
+    "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
+    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders) and/or a lower learning rate"
+)
+
+
+def _check_positive(name: str, value: float | None) -> float | None:
+    """Validate a threshold: ``None`` (check off) or a positive finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive finite number, or None to switch that check off.")
+    return float(value)
+
+
+class ExplosionEarlyStopping(BaseCallback):
+    """
+    Stop training when it diverges, say why, and keep the model as it was at the last healthy check.
+
+    Checks (the key of each in ``alerts/<check>``), each switched off by ``None`` (``False`` for the booleans):
+
+    - ``nonfinite_loss`` (immediate): the actor or critic loss is NaN or infinite.
+    - ``nonfinite_grad`` (persistent): every optimizer step of a network was skipped for a non-finite gradient.
+    - ``actor_loss`` (immediate): ``|actor loss| > max_abs_actor_loss``.
+    - ``q_bound`` (immediate): ``max |Q|`` on the batch (and ``|actor loss|``, which is ``-Q`` on the policy's
+      actions) above ``q_bound_factor * r_max / (1 - gamma)``, which no true return can exceed.
+    - ``grad_norm`` (persistent): a group's gradient norm before clipping above ``grad_norm_factor`` times its
+      clipping limit (groups without a limit are not checked).
+    - ``feature_norm`` (immediate): the actor's or critic's mean CNN feature norm above ``max_feature_norm``.
+    - ``feature_growth`` (immediate): a CNN feature norm grown by ``feature_growth`` times over ``window`` updates.
+    - ``q_gap`` (persistent): ``Q(s, pi(s)) - Q(s, a_replay)`` above ``q_gap_fraction`` times the Q bound: the
+      actor exploits the critic's errors.
+    - ``dead_actor`` (persistent, actor updates): the actor-MLP gradient is exactly zero or the fraction of
+      saturated action elements is above ``saturation_threshold``; stops or warns according to ``dead_actor``.
+
+    Persistent checks fire after ``window`` consecutive bad updates of that statistic (actor statistics exist only
+    on actor updates). Only ``nonfinite_loss``, ``actor_loss`` and ``q_bound`` (from ``|actor loss|``; for SAC it
+    includes the entropy term) work with plain SB3 algorithms, which log only their losses; the others are skipped
+    with one warning. ``q_bound`` and ``q_gap`` need ``r_max``: without it and without an env attribute
+    ``max_abs_reward`` they are skipped with one warning.
+
+    On a trigger the callback warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
+    text) and dumps the logger, writes ``explosion.json`` in ``log_dir``, saves the last healthy model to
+    ``<log_dir>/last_healthy.zip`` (loadable with ``TD3CnnClip.load``) and returns ``False`` at the next env step.
+    The model itself is left as it was at the trigger, for inspection.
+
+    Keeping the last healthy model: every ``snapshot_freq`` gradient steps, when no check sees a bad value, the
+    callback deep-copies ``model.get_parameters()`` (policy and optimizer states) in memory; it writes the file
+    only on a trigger. Memory cost: one copy of the weights and optimizer states (about 2x the policy size);
+    time cost: one memory copy, far below one gradient step per ``snapshot_freq`` (saving a zip instead costs
+    serialisation and disk writes at every snapshot).
+
+    ``alerts/<check>`` counts how often each enabled check fired (0 on a healthy run) and is recorded at the
+    start of training and at the end of every rollout, so it appears in every logger dump.
+
+    :param nonfinite_loss: check that the losses are finite
+    :param nonfinite_grad: check that not every optimizer step of a network is skipped for a non-finite gradient
+        over ``window`` updates (``TD3CnnClip`` only)
+    :param max_abs_actor_loss: threshold of ``|actor loss|`` (default 1e6)
+    :param q_bound_factor: multiple of the Q bound ``r_max / (1 - gamma)`` that Q estimates must stay under
+        (default 1.5)
+    :param r_max: bound on ``|reward|`` per step; ``None``: the largest ``max_abs_reward`` attribute of the envs
+    :param grad_norm_factor: multiple of a group's clipping limit its pre-clip gradient norm must not exceed for
+        ``window`` consecutive updates (default 10)
+    :param max_feature_norm: threshold of the mean per-sample CNN feature norm (default 1e3)
+    :param feature_growth: factor by which a CNN feature norm may grow over ``window`` updates (default 100)
+    :param q_gap_fraction: fraction of the Q bound that ``q_policy_gap`` must not exceed for ``window``
+        consecutive actor updates (default 0.5)
+    :param dead_actor: ``"stop"``, ``"warn"`` (warn once, keep counting in ``alerts/dead_actor``) or ``"off"``
+    :param saturation_threshold: fraction of saturated action elements (within 1e-3 of a bound) that counts as a
+        saturated actor update (default 0.9)
+    :param window: consecutive updates a persistent condition must hold, and the span of ``feature_growth``
+        (default 50)
+    :param snapshot_freq: gradient steps between in-memory copies of the last healthy model (default 500)
+    :param save_replay_buffer: also save the replay buffer (as at the trigger) to ``<log_dir>/replay_buffer.pkl``
+    :param log_dir: directory of ``explosion.json`` and the checkpoint; ``None``: the logger's directory
+    :param verbose: 1 to print each snapshot
+    """
+
+    def __init__(
+        self,
+        nonfinite_loss: bool = True,
+        nonfinite_grad: bool = True,
+        max_abs_actor_loss: float | None = 1e6,
+        q_bound_factor: float | None = 1.5,
+        r_max: float | None = None,
+        grad_norm_factor: float | None = 10.0,
+        max_feature_norm: float | None = 1e3,
+        feature_growth: float | None = 100.0,
+        q_gap_fraction: float | None = 0.5,
+        dead_actor: str = "stop",
+        saturation_threshold: float = 0.9,
+        window: int = 50,
+        snapshot_freq: int = 500,
+        save_replay_buffer: bool = False,
+        log_dir: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if dead_actor not in DEAD_ACTOR_ACTIONS:
+            raise ValueError(f"dead_actor={dead_actor!r} is unknown; choose one of {DEAD_ACTOR_ACTIONS}.")
+        if not 0 < saturation_threshold <= 1:
+            raise ValueError(f"saturation_threshold={saturation_threshold!r} must be in (0, 1].")
+        for name, value in (("window", window), ("snapshot_freq", snapshot_freq)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        self.max_abs_actor_loss = _check_positive("max_abs_actor_loss", max_abs_actor_loss)
+        self.q_bound_factor = _check_positive("q_bound_factor", q_bound_factor)
+        self.r_max = _check_positive("r_max", r_max)
+        self.grad_norm_factor = _check_positive("grad_norm_factor", grad_norm_factor)
+        self.max_feature_norm = _check_positive("max_feature_norm", max_feature_norm)
+        self.feature_growth = _check_positive("feature_growth", feature_growth)
+        self.q_gap_fraction = _check_positive("q_gap_fraction", q_gap_fraction)
+        self.dead_actor = dead_actor
+        self.saturation_threshold = saturation_threshold
+        self.window = window
+        self.snapshot_freq = snapshot_freq
+        self.save_replay_buffer = save_replay_buffer
+        self.log_dir = log_dir
+        requested = {
+            "nonfinite_loss": nonfinite_loss,
+            "nonfinite_grad": nonfinite_grad,
+            "actor_loss": max_abs_actor_loss is not None,
+            "q_bound": q_bound_factor is not None,
+            "grad_norm": grad_norm_factor is not None,
+            "feature_norm": max_feature_norm is not None,
+            "feature_growth": feature_growth is not None,
+            "q_gap": q_gap_fraction is not None,
+            "dead_actor": dead_actor != "off",
+        }
+        #: the checks that run (set at training start: some need TD3CnnClip or r_max)
+        self.checks = [check for check, on in requested.items() if on]
+        #: how often each check fired
+        self.alerts = dict.fromkeys(self.checks, 0)
+        #: the checks that stopped training, and why (empty / ``None`` while training is healthy)
+        self.triggered: list[str] = []
+        self.reason: str | None = None
+        self.q_bound = math.nan
+        self._last_update = 0
+        self._streaks: dict[str, int] = {}
+        self._dead_counts = [0, 0]  # zero-gradient and saturated actor updates in the current dead-actor streak
+        self._feature_history: dict[str, list[float]] = {}
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_at = {"num_timesteps": 0, "n_updates": 0}
+
+    def _init_callback(self) -> None:
+        if self.log_dir is None:
+            self.log_dir = self.logger.get_dir()
+            if self.log_dir is None:
+                raise ValueError("ExplosionEarlyStopping needs a directory: pass log_dir=..., or use a logger with one.")
+        os.makedirs(self.log_dir, exist_ok=True)
+        if self.save_replay_buffer and not hasattr(self.model, "save_replay_buffer"):
+            raise ValueError(f"save_replay_buffer=True, but {type(self.model).__name__} has no replay buffer.")
+        if not hasattr(self.model, "update_stats"):
+            self._skip(STATS_CHECKS, f"{type(self.model).__name__} keeps no per-update statistics (use TD3CnnClip)")
+        if self.r_max is None and self.training_env.has_attr("max_abs_reward"):
+            self.r_max = float(max(self.training_env.get_attr("max_abs_reward")))
+        if self.r_max is None:
+            self._skip(Q_BOUND_CHECKS, "r_max is unknown (pass r_max=..., or give the env a max_abs_reward attribute)")
+        else:
+            self.q_bound = self.r_max / (1.0 - self.model.gamma)
+
+    def _skip(self, checks: tuple[str, ...], why: str) -> None:
+        """Switch ``checks`` off with one warning naming those that were on."""
+        skipped = [check for check in checks if check in self.checks]
+        if skipped:
+            warnings.warn(f"ExplosionEarlyStopping skips the checks {skipped}: {why}.", UserWarning, stacklevel=3)
+            self.checks = [check for check in self.checks if check not in skipped]
+            self.alerts = {check: self.alerts[check] for check in self.checks}
+
+    def _on_training_start(self) -> None:
+        self._last_update = self.model._n_updates
+        self._take_snapshot()
+        self._record_alerts()
+
+    def _on_rollout_end(self) -> None:
+        self._record_alerts()
+
+    def _on_step(self) -> bool:
+        for stats in self._new_stats():
+            found = self._check(stats)
+            for check, _ in found:
+                self.alerts[check] += 1
+            stopping = [(check, msg) for check, msg in found if check != "dead_actor" or self.dead_actor == "stop"]
+            if stopping:
+                return self._stop(stopping, stats["n_updates"])
+            if found:  # a dead actor in "warn" mode
+                if self.alerts["dead_actor"] == 1:
+                    warnings.warn(f"ExplosionEarlyStopping: {found[0][1]}", RuntimeWarning, stacklevel=2)
+                self._streaks["dead_actor"] = 0
+                self._dead_counts = [0, 0]
+        healthy = not any(self._streaks.values())
+        if healthy and self.model._n_updates - self._snapshot_at["n_updates"] >= self.snapshot_freq:
+            self._take_snapshot()
+        return True
+
+    def _new_stats(self) -> list[dict[str, float]]:
+        """The statistics of the updates done since the last call, oldest first."""
+        n_updates = self.model._n_updates
+        if n_updates == self._last_update:
+            return []
+        if hasattr(self.model, "update_stats"):
+            new = []
+            for stats in reversed(self.model.update_stats):
+                if stats["n_updates"] <= self._last_update:
+                    break
+                new.append(stats)
+            new.reverse()
+        else:  # plain SB3: the losses the last train() logged (name_to_value is a defaultdict: test membership)
+            logged = self.logger.name_to_value
+            new = [{"n_updates": n_updates}]
+            new[0].update({key: logged[f"train/{key}"] for key in ("actor_loss", "critic_loss") if f"train/{key}" in logged})
+        self._last_update = n_updates
+        return new
+
+    def _persistent(self, key: str, bad: bool) -> bool:
+        """Count consecutive bad updates of ``key``; ``True`` once they reach ``window``."""
+        self._streaks[key] = self._streaks.get(key, 0) + 1 if bad else 0
+        return self._streaks[key] >= self.window
+
+    def _check(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Run every enabled check on one update's statistics; return ``(check, reason)`` for those that fire."""
+        n = stats["n_updates"]
+        actor_step = "actor_loss" in stats
+        found = []
+        checks = self.checks
+        if "nonfinite_loss" in checks:
+            bad = {key: stats[key] for key in ("critic_loss", "actor_loss") if key in stats and not math.isfinite(stats[key])}
+            if bad:
+                found.append(("nonfinite_loss", f"non-finite loss {bad} at update {n}: lower the learning rate or the "
+                              "reward scale, and check the env for NaN rewards or observations"))  # fmt: skip
+        if "nonfinite_grad" in checks:
+            for network in ("critic", "actor") if actor_step else ("critic",):
+                if self._persistent(f"nonfinite_grad/{network}", f"{network}_skipped" in stats):
+                    found.append(("nonfinite_grad", f"the {network}'s gradient was NaN or infinite on each of its last "
+                                  f"{self.window} updates (every step skipped) at update {n}: lower the learning rate "
+                                  "or the reward scale, and check the env for NaN rewards or observations"))  # fmt: skip
+        if "actor_loss" in checks and actor_step and abs(stats["actor_loss"]) > self.max_abs_actor_loss:
+            found.append(("actor_loss", f"|actor loss| = {abs(stats['actor_loss']):.3g} > {self.max_abs_actor_loss:.3g} "
+                          f"at update {n}: the critic's Q on the actor's actions diverged; {FIXES}"))  # fmt: skip
+        if "q_bound" in checks:
+            q = max(stats.get("q_abs_max", 0.0), abs(stats.get("actor_loss", 0.0)))
+            if q > self.q_bound_factor * self.q_bound:
+                found.append(("q_bound", f"|Q| = {q:.3g} at update {n} exceeds {self.q_bound_factor} x r_max/(1-gamma) "
+                              f"= {self.q_bound_factor * self.q_bound:.3g} (r_max={self.r_max:.3g}, gamma="
+                              f"{self.model.gamma}), more than any return: the critic diverged; lower the critic's "
+                              f"learning rate or the reward scale, or {FIXES}"))  # fmt: skip
+        if "grad_norm" in checks:
+            found += self._check_grad_norms(stats)
+        for network in ("critic", "actor"):
+            key = f"{network}_feature_norm"
+            if key in stats:
+                found += self._check_features(network, stats[key], n)
+        if "q_gap" in checks and "q_policy_gap" in stats:
+            limit = self.q_gap_fraction * self.q_bound
+            if self._persistent("q_gap", stats["q_policy_gap"] > limit):
+                found.append(("q_gap", f"Q(s, pi(s)) - Q(s, a_replay) above {limit:.3g} ({self.q_gap_fraction} x the Q "
+                              f"bound) on each of the last {self.window} actor updates (latest {stats['q_policy_gap']:.3g}, "
+                              f"update {n}): the actor exploits the critic's errors; lower the actor's learning rate or "
+                              "raise policy_delay"))  # fmt: skip
+        if "dead_actor" in checks and actor_step and "actor_mlp_before" in stats:
+            found += self._check_dead_actor(stats)
+        return found
+
+    def _check_grad_norms(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Pre-clip gradient norms persistently far above their clipping limits."""
+        found = []
+        for group in GRAD_GROUPS:
+            limit = getattr(self.model, f"{group}_max_grad_norm", None)
+            key = f"{group}_before"
+            if limit is None or key not in stats:
+                continue
+            if self._persistent(f"grad_norm/{group}", stats[key] > self.grad_norm_factor * limit):
+                found.append(("grad_norm", f"{group} gradient norm before clipping above {self.grad_norm_factor} x its "
+                              f"limit {limit} on each of its last {self.window} updates (latest {stats[key]:.3g}, update "
+                              f"{stats['n_updates']}): lower the learning rate or the reward scale"))  # fmt: skip
+        return found
+
+    def _check_features(self, network: str, norm: float, n: int) -> list[tuple[str, str]]:
+        """A CNN feature norm too large, or grown too fast over ``window`` updates."""
+        found = []
+        if "feature_norm" in self.checks and norm > self.max_feature_norm:
+            found.append(("feature_norm", f"{network} CNN feature norm {norm:.3g} > {self.max_feature_norm:.3g} at "
+                          f"update {n}: the encoder's output is unbounded; {FIXES}"))  # fmt: skip
+        if "feature_growth" in self.checks:
+            history = self._feature_history.setdefault(network, [])
+            history.append(norm)
+            del history[: -self.window - 1]
+            if len(history) > self.window and norm > self.feature_growth * history[0]:
+                found.append(("feature_growth", f"{network} CNN feature norm grew {norm / history[0]:.3g}x in "
+                              f"{self.window} updates ({history[0]:.3g} -> {norm:.3g}, update {n}): the encoder's "
+                              f"output is unbounded; {FIXES}"))  # fmt: skip
+        return found
+
+    def _check_dead_actor(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Zero actor-MLP gradient or saturated actions on ``window`` consecutive actor updates."""
+        zero = stats["actor_mlp_before"] == 0.0
+        saturated = stats["actor_saturation"] > self.saturation_threshold
+        if zero or saturated:
+            self._dead_counts[0] += zero
+            self._dead_counts[1] += saturated
+        else:
+            self._dead_counts = [0, 0]
+        if not self._persistent("dead_actor", zero or saturated):
+            return []
+        n_zero, n_saturated = self._dead_counts
+        if n_zero and n_saturated:
+            seen = "saturated actions and a zero gradient: the actor's output tanh saturated, so its gradient vanished"
+        elif n_zero:
+            seen = "a zero gradient without saturated actions: the critic's gradient with respect to the action is zero"
+        else:
+            seen = "saturated actions (the gradient is not yet exactly zero)"
+        return [("dead_actor", f"dead actor at update {stats['n_updates']}: over its last {self._streaks['dead_actor']} "
+                 f"actor updates the actor-MLP gradient was exactly zero on {n_zero} and more than "
+                 f"{self.saturation_threshold:.0%} of the action elements were saturated on {n_saturated} (latest "
+                 f"saturation {stats['actor_saturation']:.2f}), i.e. {seen}; {FIXES} (actor learning rate)")]  # fmt: skip
+
+    def _take_snapshot(self) -> None:
+        """Copy the weights and optimizer states in memory: the last healthy model."""
+        self._snapshot = copy.deepcopy(self.model.get_parameters())
+        self._snapshot_at = {"num_timesteps": self.model.num_timesteps, "n_updates": self.model._n_updates}
+        if self.verbose >= 1:
+            print(f"ExplosionEarlyStopping: healthy snapshot at update {self.model._n_updates}")
+
+    def _save_last_healthy(self, path: str) -> None:
+        """Save the snapshot as a model zip, leaving the model's own (diverged) parameters as they were."""
+        current = copy.deepcopy(self.model.get_parameters())
+        self.model.set_parameters(self._snapshot, exact_match=True)
+        try:
+            self.model.save(path)
+        finally:
+            self.model.set_parameters(current, exact_match=True)
+
+    def _record_alerts(self) -> None:
+        for check in self.checks:
+            self.logger.record(f"alerts/{check}", self.alerts[check])
+
+    def _stop(self, found: list[tuple[str, str]], n_updates: int) -> bool:
+        """Save the last healthy model, write the report, warn and log; return ``False`` to stop training."""
+        self.triggered = [check for check, _ in found]
+        self.reason = "; ".join(reason for _, reason in found)
+        checkpoint = os.path.join(self.log_dir, "last_healthy.zip")
+        self._save_last_healthy(checkpoint)
+        replay_buffer = None
+        if self.save_replay_buffer:
+            replay_buffer = os.path.join(self.log_dir, "replay_buffer.pkl")
+            self.model.save_replay_buffer(replay_buffer)
+        report = {
+            "checks": self.triggered,
+            "reason": self.reason,
+            "num_timesteps": self.num_timesteps,
+            "n_updates": n_updates,
+            "alerts": self.alerts,
+            "last_healthy": {"path": checkpoint, **self._snapshot_at},
+            "replay_buffer": replay_buffer,
+        }
+        report_path = os.path.join(self.log_dir, "explosion.json")
+        with open(report_path, "w") as file:
+            json.dump(report, file, indent=2)
+        warnings.warn(
+            f"ExplosionEarlyStopping stopped training at timestep {self.num_timesteps}: {self.reason}. The model of "
+            f"update {self._snapshot_at['n_updates']} (last healthy check) is saved to {checkpoint}; details in "
+            f"{report_path}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._record_alerts()
+        self.logger.record("alerts/reason", self.reason, exclude=("stdout", "log", "csv"))
+        self.logger.dump(self.num_timesteps)
+        return False
