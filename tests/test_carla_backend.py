@@ -1,0 +1,319 @@
+"""The CARLA backend against the fake ``carla`` of ``tests/fake_carla`` (and once against the real client).
+
+The fake server logs what the backend asks for; each test checks an invariant of the real-server contract:
+synchronous mode on then restored exactly, one tick per step, every spawned actor destroyed in one batch
+after its sensor stopped, nothing left behind on close, on errors and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from sb3_td3_cnnclip.envs import DrivingEnv, MissingExtraError, ScenarioConfig, SimulatorUnavailableError
+from sb3_td3_cnnclip.envs.carla_backend import CarlaBackend, Route, bgra_to_gray
+
+FAKE_CARLA = Path(__file__).parent / "fake_carla"
+#: the fake server's settings before any client touched them: not the defaults, so a "restore" to defaults fails
+SETTINGS_BEFORE = {"no_rendering_mode": True, "max_substeps": 7}
+TM_PORT = 8123
+
+
+def _carla_modules() -> list[str]:
+    return [name for name in sys.modules if name == "carla" or name.startswith("carla.")]
+
+
+@pytest.fixture
+def carla(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The fake ``carla`` in place of the installed client, on a fresh server; the real one is restored after."""
+    for name in _carla_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(FAKE_CARLA))
+    import carla
+
+    assert Path(carla.__file__).parent.parent == FAKE_CARLA
+    carla._server.reset(settings=carla.WorldSettings(**SETTINGS_BEFORE))
+    yield carla
+    for name in _carla_modules():
+        del sys.modules[name]
+
+
+@pytest.fixture
+def server(carla: ModuleType):
+    """The fake server the backend talks to."""
+    return carla._server.SERVER
+
+
+def make_env(**kwargs) -> DrivingEnv:
+    options = {"simulator": "carla", "image_size": 16, "n_npcs": 3, "seed": 0, "tm_port": TM_PORT, **kwargs}
+    return DrivingEnv(**options)
+
+
+def make_backend(**kwargs) -> CarlaBackend:
+    options = {"simulator": "carla", "image_size": 8, "n_npcs": 2, "seed": 0, "tm_port": TM_PORT, **kwargs}
+    return CarlaBackend(ScenarioConfig(**options))
+
+
+def assert_nothing_left(server, carla: ModuleType) -> None:
+    """No actor alive, the world's settings back to what they were, the TM out of synchronous mode."""
+    assert server.actors == {}
+    assert server.settings == carla.WorldSettings(**SETTINGS_BEFORE)
+    assert server.traffic_managers[TM_PORT] is False
+
+
+def ego(server):
+    """The ego vehicle on the fake server (its only vehicle not on autopilot)."""
+    (vehicle,) = [a for a in server.actors.values() if a.type_id.startswith("vehicle.") and a._autopilot_port is None]
+    return vehicle
+
+
+def test_env_turns_synchronous_mode_on_ticks_once_per_step_and_restores_everything(server, carla):
+    env = make_env()
+    assert server.settings == carla.WorldSettings(**SETTINGS_BEFORE, synchronous_mode=True, fixed_delta_seconds=0.05)
+    assert server.traffic_managers[TM_PORT] is True
+    env.reset()
+    ticks = len(server.entries("tick"))
+    for _ in range(5):
+        env.step(np.array([0.0, 0.5], np.float32))
+    assert len(server.entries("tick")) == ticks + 5
+    spawned = {actor_id for actor_id, *_ in server.entries("spawn")}
+    sensors = {actor_id for actor_id, type_id, _ in server.entries("spawn") if type_id.startswith("sensor.")}
+    assert len(spawned) == 1 + 3 + 3 and len(sensors) == 3
+
+    env.close()
+    assert_nothing_left(server, carla)
+    batches = [i for i, entry in enumerate(server.log) if entry[0] == "batch" and "DestroyActor" in entry[1]]
+    assert len(batches) == 1
+    assert server.log[batches[0]][1] == ("DestroyActor",) * len(spawned)
+    assert {actor_id for actor_id, _ in server.entries("destroy")} == spawned
+    assert not any(listening for _, listening in server.entries("destroy"))
+    stops = [i for i, entry in enumerate(server.log) if entry[0] == "stop"]
+    assert {server.log[i][1] for i in stops} == sensors and max(stops) < batches[0]
+
+    log_length = len(server.log)
+    env.close()
+    assert len(server.log) == log_length
+
+
+def test_reset_replaces_the_previous_episode(server):
+    env = make_env()
+    env.reset()
+    first = set(server.actors)
+    env.step(np.array([0.0, 1.0], np.float32))
+    env.reset()  # the new ego spawns where the old one started: the fake refuses it if the old one is still there
+    assert first.isdisjoint(server.actors) and len(server.actors) == len(first)
+    assert {actor_id for actor_id, _ in server.entries("destroy")} == first
+    env.close()
+
+
+def test_tick_failure_mid_episode_cleans_up_and_propagates(server, carla):
+    env = make_env()
+    env.reset()
+    server.tick_error_frame = server.frame + 3
+    with pytest.raises(RuntimeError, match="time-out"):
+        for _ in range(3):
+            env.step(np.array([0.0, 1.0], np.float32))
+    assert_nothing_left(server, carla)
+    env.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        env.step(np.array([0.0, 1.0], np.float32))
+
+
+def test_interpreter_exit_cleans_up_and_close_unregisters(server, carla, monkeypatch):
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", registered.remove)
+    backend = make_backend()
+    backend.reset()
+    (at_exit,) = registered
+    at_exit()
+    assert_nothing_left(server, carla)
+    assert registered == []
+
+
+def test_unreachable_server_names_host_port_and_how_to_start(server):
+    server.reachable = False
+    with pytest.raises(SimulatorUnavailableError, match="localhost:2345") as error:
+        make_env(port=2345, connect_timeout=0.1)
+    assert "CarlaUE4.sh" in str(error.value) and "surrogate" in str(error.value)
+    assert server.entries("apply_settings") == []
+
+
+def test_real_client_against_a_closed_port_is_unavailable(closed_port, monkeypatch):
+    for name in _carla_modules():
+        monkeypatch.delitem(sys.modules, name)
+    carla = pytest.importorskip("carla")
+    assert FAKE_CARLA not in Path(carla.__file__).parents
+    start = time.monotonic()
+    with pytest.raises(SimulatorUnavailableError, match=f"localhost:{closed_port}"):
+        make_backend(port=closed_port, connect_timeout=0.5)
+    print(f"real client gave up after {time.monotonic() - start:.2f} s")
+
+
+def test_missing_client_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "carla", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "sb3-td3-cnnclip\[carla\]"'):
+        make_backend()
+
+
+def test_npc_spawn_failures_are_counted_and_the_rest_drive(server):
+    server.spawn_failures = 2
+    env = make_env(n_npcs=5)
+    with pytest.warns(RuntimeWarning, match="2 of 5 NPC vehicles could not spawn"):
+        _, info = env.reset()
+    assert info["backend/npc_spawn_failures"] == 2 and info["backend/npcs"] == 3
+    autopilots = server.entries("autopilot")
+    assert len(autopilots) == 3 and all(enabled and port == TM_PORT for _, enabled, port in autopilots)
+    assert {actor_id for actor_id, *_ in autopilots} <= set(server.actors)
+    env.close()
+    assert server.actors == {}
+
+
+def test_bgra_is_decoded_to_bt601_gray():
+    # B, G, R, A per pixel: pure blue, green, red, white, black, and a mix
+    pixels = [(255, 0, 0, 255), (0, 255, 0, 255), (0, 0, 255, 255), (255, 255, 255, 0), (0, 0, 0, 255), (10, 20, 30, 7)]
+    gray = bgra_to_gray(bytes(np.array(pixels, np.uint8).ravel()), 2, 3)
+    # round(0.114 B + 0.587 G + 0.299 R): 29.07, 149.685, 76.245, 255, 0, 21.85
+    np.testing.assert_array_equal(gray, np.array([[29, 150, 76], [255, 0, 22]], np.uint8))
+
+
+def test_observation_is_the_camera_image_of_the_tick_even_with_late_images(server):
+    server.stale_images = True  # each tick, the camera first delivers the previous frame's image, then its own
+    env = make_env(frame_stack=2)
+    env.reset()
+    before = ego(server).get_location()
+    observation, *_ = env.step(np.array([0.0, 1.0], np.float32))
+    after = ego(server).get_location()
+
+    def gray_seen_from(location) -> np.ndarray:
+        bgra = server.image_pattern(location.x, location.y, 16, 16).astype(np.int64)
+        return ((114 * bgra[..., 0] + 587 * bgra[..., 1] + 299 * bgra[..., 2] + 500) // 1000).astype(np.uint8)
+
+    assert not np.array_equal(gray_seen_from(after), gray_seen_from(before))
+    np.testing.assert_array_equal(observation[-1], gray_seen_from(after))
+    np.testing.assert_array_equal(observation[0], gray_seen_from(before))  # the reset frame, one tick earlier
+    env.close()
+
+
+def test_collision_event_terminates_the_episode(server):
+    env = make_env()
+    env.reset()
+    server.collision_frames = {server.frame + 2}
+    *_, terminated, _, info = env.step(np.array([0.0, 0.5], np.float32))
+    assert not terminated and info["collision"] is False
+    *_, terminated, _, info = env.step(np.array([0.0, 0.5], np.float32))
+    assert terminated and info["collision"] is True and info["termination_reason"] == "collision"
+    env.close()
+
+
+def test_lane_invasion_is_reported_on_its_tick_only(server):
+    backend = make_backend()
+    backend.reset()
+    server.lane_invasion_frames = {server.frame + 1}
+    assert [backend.step(0.0, 0.0).lane_invasion for _ in range(2)] == [True, False]
+    backend.close()
+
+
+def test_measurements_follow_the_vehicle(server):
+    backend = make_backend(n_npcs=0)
+    frame = backend.reset()
+    route = backend.route
+    assert frame.speed == 0.0 and frame.route_completion == 0.0 and frame.min_npc_distance == math.inf
+    assert frame.distance_to_goal == pytest.approx(route.length)
+    np.testing.assert_allclose(frame.waypoints, [[2.0 * (i + 1), 0.0] for i in range(5)], atol=1e-9)
+    for step in range(1, 11):
+        frame = backend.step(0.0, 1.0)
+        assert frame.speed == pytest.approx(4.0 * 0.05 * step)  # the fake's full-throttle acceleration, 20 Hz
+    location = ego(server).get_location()
+    x0, y0 = route.points[0]
+    assert frame.route_completion == pytest.approx((location.x - x0) / route.length)
+    assert frame.distance_to_goal == pytest.approx(math.dist(route.points[-1], (location.x, location.y)))
+    assert frame.lateral_deviation == pytest.approx(0.0) and not frame.off_road
+
+    while not frame.off_road:  # steer right (+y in CARLA) until the ego leaves the fake road's lanes
+        frame = backend.step(1.0, 0.2)
+        vehicle = ego(server)
+        assert frame.off_road == (abs(vehicle.get_location().y) > 3.5)
+        assert frame.lateral_deviation == pytest.approx(y0 - vehicle.get_location().y)  # left positive
+        assert frame.heading_error == pytest.approx(-math.radians(vehicle.get_transform().rotation.yaw))
+    assert frame.lateral_deviation < 0 and frame.heading_error < 0
+    backend.close()
+
+
+def test_min_npc_distance_is_the_nearest_npc(server):
+    backend = make_backend(n_npcs=4)
+    frame = backend.reset()
+    ego_location = ego(server).get_location()
+    npcs = [a for a in server.actors.values() if a.type_id.startswith("vehicle.") and a._autopilot_port is not None]
+    assert len(npcs) == 4
+    assert frame.min_npc_distance == pytest.approx(min(npc.get_location().distance(ego_location) for npc in npcs))
+    backend.close()
+
+
+def test_route_geometry_in_a_left_handed_frame():
+    route = Route([(0.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 10.0)])
+    assert route.length == 20.0 and len(route.points) == 3
+    position = route.locate(5.0, -1.0, 0)  # y = -1 is left of +x in CARLA's frame
+    assert (position.segment, position.arc_length, position.lateral) == (0, 5.0, 1.0)
+    position = route.locate(11.0, 4.0, 0)  # second segment heads +y (yaw 90 degrees): +x is its left
+    assert (position.segment, position.arc_length, position.lateral, position.yaw) == (1, 14.0, 1.0, math.pi / 2)
+    facing_plus_y = route.ahead(0, 0.0, 0.0, math.pi / 2, 3)
+    np.testing.assert_allclose(facing_plus_y, [[0.0, 10.0], [10.0, 10.0], [10.0, 10.0]], atol=1e-9)
+    with pytest.raises(ValueError, match="2 distinct"):
+        Route([(1.0, 1.0), (1.0, 1.0)])
+
+
+def test_configured_route_and_weather(server, carla):
+    backend = make_backend(route=[(100.0, -1.75), (60.0, -1.75)], weather="WetCloudySunset")
+    assert server.weather == carla.WeatherParameters.WetCloudySunset
+    frame = backend.reset()
+    assert ego(server).get_transform().rotation.yaw == pytest.approx(180.0)
+    assert frame.distance_to_goal == pytest.approx(40.0)
+    backend.close()
+    assert server.weather == carla.WeatherParameters.Default
+
+
+def test_unknown_weather_is_rejected_before_touching_the_world(server, carla):
+    with pytest.raises(ValueError, match="WetCloudySunset"):
+        make_backend(weather="Sunny")
+    assert server.entries("apply_settings") == [] and server.entries("set_weather") == []
+
+
+@pytest.mark.parametrize(("map_name", "loads"), [("Carla/Maps/Town01", False), ("Carla/Maps/Town02", True)])
+def test_town_is_loaded_only_when_another_one_runs(server, map_name, loads):
+    server.map_name = map_name
+    backend = make_backend()
+    assert server.entries("load_world") == ([("Town01",)] if loads else [])
+    backend.close()
+
+
+def test_a_world_already_synchronous_stays_synchronous(server, carla):
+    server.settings = carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.1)
+    backend = make_backend()
+    backend.reset()
+    backend.close()
+    assert server.settings == carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.1)
+    assert server.entries("tm_sync") == [(TM_PORT, True)]
+    assert server.actors == {}
+
+
+def test_gymnasium_and_sb3_env_checkers_pass(server, carla):
+    # built by gymnasium.make, so the checker also builds a second env from the spec and closes it twice
+    env = gym.make("CarlaScenario0-v0", simulator="carla", image_size=36, n_npcs=3, seed=0, tm_port=TM_PORT)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+    assert_nothing_left(server, carla)
+    dict_env = make_env(image_size=36, observation="dict")
+    sb3_check_env(dict_env, warn=False)
+    dict_env.close()
+    assert_nothing_left(server, carla)
