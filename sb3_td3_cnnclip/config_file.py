@@ -1,0 +1,185 @@
+"""The training configuration of the command line: every option with its default (the ONE place to change them),
+its validation, and loading it from a YAML or TOML file whose keys are the option names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
+from sb3_td3_cnnclip.envs.errors import MissingExtraError
+
+#: policies the command line offers; the MultiInput ones observe the env's Dict (image + kinematics) observation
+POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy")
+DICT_POLICIES = ("MultiInputPolicy", "BoundedMultiInputPolicy")
+
+#: a range check: (predicate, what the value must be, for the error message)
+Check = tuple[Callable[[float], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
+FRACTION: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
+PORT: Check = (lambda v: 0 < v < 65536, "a port number in [1, 65535]")
+
+
+def option(default: Any, help: str, check: Check | None = None, choices: tuple | None = None, flags: tuple = ()) -> Any:
+    """A :class:`TrainConfig` field with what the command line needs to offer it.
+
+    :param default: the default value
+    :param help: the help text of the flag (the default is appended)
+    :param check: range check of a number (``None``: any value of the right type)
+    :param choices: the allowed values (``None``: any value of the right type)
+    :param flags: extra flag spellings besides ``--<name-with-dashes>``
+    :return: a dataclass field
+    """
+    return field(default=default, metadata={"help": help, "check": check, "choices": choices, "flags": flags})
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``sb3-td3-cnnclip train`` needs. Each field is a flag (``--max-timesteps``) and a config-file key
+    (``max_timesteps``); see each field's ``help`` metadata (``sb3-td3-cnnclip train --help``).
+
+    TD3 hyperparameters follow SB3's TD3 and the original project (lr 3e-4, gamma 0.99, tau 0.005, batch 256,
+    policy delay 2), except the replay buffer and the warm-up, sized so that a 5000-step run learns on a laptop:
+    ``buffer_size=10_000`` holds the whole run in about 0.56 GB (4x84x84 uint8 observation and next observation)
+    instead of SB3's 56 GB, and ``learning_starts=200`` leaves updates even in the 500-step validation run.
+    """
+
+    scenario: int = option(0, "driving scenario (NPC vehicles 0: 20, 1: 50, 2: 100)", choices=tuple(SCENARIO_NPCS))
+    simulator: str = option("auto", "simulator backend; auto = CARLA if a server answers, else the surrogate", choices=SIMULATORS)
+    host: str = option("localhost", "CARLA server host")
+    port: int = option(2000, "CARLA server RPC port", PORT)
+    tm_port: int = option(8000, "CARLA Traffic Manager port", PORT)
+    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features, MultiInput* observe image + kinematics", choices=POLICIES)
+    max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
+    seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
+    device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    log_dir: str = option("runs", "directory that receives one sub-directory per run (TensorBoard, config, model)")
+    run_name: str = option("TD3CnnClip", "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n>")
+    learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
+    gamma: float = option(0.99, "discount factor", FRACTION)
+    tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
+    batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
+    buffer_size: int = option(10_000, "replay buffer capacity (10_000 is ~0.56 GB at 4x84x84)", POSITIVE)
+    learning_starts: int = option(200, "random-action steps before the first gradient step", NON_NEGATIVE)
+    policy_delay: int = option(2, "critic updates per actor update", POSITIVE)
+    train_freq: int = option(1, "environment steps between training phases", POSITIVE)
+    gradient_steps: int = option(1, "gradient steps per training phase", POSITIVE)
+    target_policy_noise: float = option(0.2, "std of the noise added to the target policy's actions", NON_NEGATIVE)
+    target_noise_clip: float = option(0.5, "clip of the target policy noise", NON_NEGATIVE)
+    action_noise_sigma: float = option(0.1, "std of the Gaussian exploration noise (0: none)", NON_NEGATIVE)
+    actor_cnn_max_grad_norm: float | None = option(1.0, "gradient-norm limit of the actor CNN (none: measure only)", POSITIVE)
+    actor_mlp_max_grad_norm: float | None = option(1.0, "gradient-norm limit of the actor MLP (none: measure only)", POSITIVE)
+    critic_cnn_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic CNN (none: measure only)", POSITIVE)
+    critic_mlp_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic MLP (none: measure only)", POSITIVE)
+    early_stop: bool = option(True, "stop on a loss / Q / gradient explosion or a dead actor, and count alerts")
+    curriculum: bool = option(False, "raise the scenario (traffic) during training, starting from --scenario")
+    metrics: bool = option(True, "log driving metrics (route completion, speed, termination reasons) under driving/")
+    debug: bool = option(False, "log every gradient update under debug/ (step = update) and raise on non-finite gradients")
+    progress_bar: bool = option(True, "show a progress bar")
+    log_interval: int = option(1, "episodes between two TensorBoard dumps (one more is written at the end)", POSITIVE)
+    verbose: int = option(1, "0: quiet, 1: SB3's training table, 2: debug messages", choices=(0, 1, 2))
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _validate(f.name, getattr(self, f.name), hints[f.name], f.metadata))
+
+
+def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, Any]) -> Any:
+    """Check one option's type, range and choices; return it normalised (int -> float, "none" -> None).
+
+    :param name: the option name, for the error message
+    :param value: the value to check
+    :param hint: the field's type
+    :param metadata: the field's metadata (``check`` and ``choices``)
+    :return: the normalised value
+    """
+    optional = hint in (float | None, int | None)
+    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
+    base = {float | None: float, int | None: int}.get(hint, hint)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is float and is_number:
+        value = float(value)
+    elif base is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        hint_text = " (YAML reads 3e-4 as a string: write 3.0e-4)" if base is float and isinstance(value, str) else ""
+        kind = base.__name__ + (" or none" if optional else "")
+        raise ValueError(f"{name}={value!r} must be of type {kind}{hint_text}.")
+    if base is float and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be finite.")
+    if metadata["choices"] is not None and value not in metadata["choices"]:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(metadata['choices'])}.")
+    if metadata["check"] is not None and not metadata["check"][0](value):
+        raise ValueError(f"{name}={value!r} must be {metadata['check'][1]}.")
+    return value
+
+
+def option_names() -> list[str]:
+    """The valid option names (config-file keys) in declaration order."""
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def check_keys(values: dict[str, Any], source: str) -> None:
+    """Reject option names that :class:`TrainConfig` does not have, listing the valid ones.
+
+    :param values: option name -> value
+    :param source: where the values come from, for the error message
+    """
+    unknown = sorted(set(values) - set(option_names()))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} in {source}; valid options are: {', '.join(option_names())}.")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file of ``option_name: value`` pairs.
+
+    TOML has no null: write ``"none"`` for a grad-norm limit that should only be measured.
+
+    :param path: the file
+    :return: option name -> value (unvalidated values, known names)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist (expected a .yaml, .yml or .toml file).")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as error:
+            raise MissingExtraError('YAML config files need PyYAML: pip install "sb3-td3-cnnclip[yaml]".') from error
+        values = yaml.safe_load(path.read_text())
+    elif suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover (Python 3.10)
+            import tomli as tomllib
+        values = tomllib.loads(path.read_text())
+    else:
+        raise ValueError(f"Config file {str(path)!r} has suffix {suffix!r}; use .yaml, .yml or .toml.")
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of option names to values, got {type(values).__name__}.")
+    check_keys(values, str(path))
+    return values
+
+
+def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge option layers over the defaults, later layers winning (e.g. config file, then command-line flags).
+
+    :param layers: option name -> value dicts
+    :return: the validated configuration
+    """
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer)
+    check_keys(values, "the options")
+    return TrainConfig(**values)
