@@ -79,7 +79,8 @@ def ego(server):
 
 def test_env_turns_synchronous_mode_on_ticks_once_per_step_and_restores_everything(server, carla):
     env = make_env()
-    assert server.settings == carla.WorldSettings(**SETTINGS_BEFORE, synchronous_mode=True, fixed_delta_seconds=0.05)
+    assert server.settings == carla.WorldSettings(
+        **{**SETTINGS_BEFORE, "no_rendering_mode": False}, synchronous_mode=True, fixed_delta_seconds=0.05)
     assert server.traffic_managers[TM_PORT] is True
     env.reset()
     ticks = len(server.entries("tick"))
@@ -127,6 +128,16 @@ def test_tick_failure_mid_episode_cleans_up_and_propagates(server, carla):
     env.close()
     with pytest.raises(RuntimeError, match="closed"):
         env.step(np.array([0.0, 1.0], np.float32))
+
+
+def test_missing_camera_image_raises_and_cleans_up(server, carla, monkeypatch):
+    monkeypatch.setattr("sb3_td3_cnnclip.envs.carla_backend.IMAGE_TIMEOUT", 0.01)
+    backend = make_backend()
+    backend.reset()
+    server.settings.no_rendering_mode = True  # another client turned rendering off: cameras go silent
+    with pytest.raises(RuntimeError, match=f"no image for frame {server.frame + 1}"):
+        backend.step(0.0, 0.0)
+    assert server.actors == {} and server.traffic_managers[TM_PORT] is False
 
 
 def test_interpreter_exit_cleans_up_and_close_unregisters(server, carla, monkeypatch):

@@ -121,9 +121,10 @@ class Route:
         along = np.clip(np.sum(offsets * self.directions[window], axis=1), 0.0, self.lengths[window])
         rests = offsets - along[:, None] * self.directions[window]
         best = int(np.argmin(np.linalg.norm(rests, axis=1)))
-        dx, dy = self.directions[first_segment + best]
+        segment = first_segment + best
+        dx, dy = self.directions[segment]
         # (dy, -dx) is the left normal of (dx, dy) in a left-handed frame
-        return RoutePosition(segment=first_segment + best, arc_length=float(self.arc[first_segment + best] + along[best]),
+        return RoutePosition(segment=segment, arc_length=float(self.arc[segment] + along[best]),
                              lateral=float(rests[best] @ (dy, -dx)), yaw=math.atan2(dy, dx))
 
     def ahead(self, segment: int, x: float, y: float, yaw: float, n: int) -> np.ndarray:
@@ -289,9 +290,12 @@ class CarlaBackend(Backend):
         self._check_open()
         if self._ego is None:
             raise RuntimeError("CarlaBackend.step() was called before reset(); call reset() first.")
+        # Python floats: the real client's Boost.Python bindings reject numpy.float32
+        throttle_brake = float(throttle_brake)
+        control = self._carla.VehicleControl(
+            throttle=max(throttle_brake, 0.0), steer=float(steering), brake=max(-throttle_brake, 0.0))
         try:
-            self._ego.apply_control(self._carla.VehicleControl(
-                throttle=max(float(throttle_brake), 0.0), steer=float(steering), brake=max(-float(throttle_brake), 0.0)))
+            self._ego.apply_control(control)
             return self._tick()
         except BaseException:
             self.close()
@@ -321,7 +325,7 @@ class CarlaBackend(Backend):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("This CarlaBackend is closed (close() or an earlier error released it); create a new env.")
+            raise RuntimeError("This CarlaBackend is closed (by close() or after an error); create a new env.")
 
     def _load_town(self) -> Any:
         """Reuse the current world if it already runs ``config.town``, else load it (slow: ``load_timeout``)."""
@@ -346,6 +350,7 @@ class CarlaBackend(Backend):
         settings = self._world.get_settings()
         settings.synchronous_mode = True
         settings.fixed_delta_seconds = self.config.fixed_delta_seconds
+        settings.no_rendering_mode = False  # the camera renders nothing in no-rendering mode
         self._world.apply_settings(settings)
         self._turned_sync_on = not self._previous_settings.synchronous_mode
         try:

@@ -3,8 +3,8 @@
 It mirrors, with the names, signatures and semantics of ``carla/libcarla.pyi``, only the part of the API
 that ``sb3_td3_cnnclip.envs.carla_backend`` uses. Its server (:mod:`carla._server`) simulates a straight
 two-lane road along +x between sidewalks, NPCs that stand still under autopilot, and vehicles that move
-with their controls; sensors call their listeners inside ``World.tick`` and every call a test may check is
-logged on the server.
+with their controls; sensors call their listeners inside ``World.tick`` (cameras deliver nothing in
+no-rendering mode) and every call a test may check is logged on the server.
 
 Like the real Boost.Python bindings, numeric arguments must be Python ``int``/``float``/``bool``
 (``numpy.float32`` and ``numpy.int64`` are rejected) and blueprint attribute values must be ``str``.
@@ -21,7 +21,8 @@ from typing import Any
 
 from carla import _server, command
 
-#: the road runs along +x from ROAD_START to ROAD_END; lane y in [0, LANE_WIDTH] drives +x, y in [-LANE_WIDTH, 0] drives -x
+#: the road runs along +x from ROAD_START to ROAD_END; the lane at y in [0, LANE_WIDTH] drives +x,
+#: the lane at y in [-LANE_WIDTH, 0] drives -x
 ROAD_START, ROAD_END = 0.0, 600.0
 LANE_WIDTH = 3.5
 SIDEWALK_WIDTH = 2.5
@@ -339,10 +340,10 @@ class Sensor(Actor):
         self._callback = None
         self._server.log.append(("stop", self.id))
 
-    def _measure(self, frame: int) -> None:
+    def _measure(self, frame: int, rendering: bool) -> None:
         server, parent = self._server, self.parent
         transform = parent.get_transform()
-        if self.type_id == "sensor.camera.rgb":
+        if self.type_id == "sensor.camera.rgb" and rendering:
             width, height = int(self.attributes["image_size_x"]), int(self.attributes["image_size_y"])
             views = [(frame - 1, parent._previous_location)] if server.stale_images else []
             for image_frame, place in [*views, (frame, transform.location)]:
@@ -497,7 +498,7 @@ class World:
         server.log.append(("tick", server.frame))
         for actor in list(server.actors.values()):
             if isinstance(actor, Sensor) and actor.is_listening() and actor.parent.is_alive:
-                actor._measure(server.frame)
+                actor._measure(server.frame, rendering=not server.settings.no_rendering_mode)
         return server.frame
 
     def get_weather(self) -> WeatherParameters:
