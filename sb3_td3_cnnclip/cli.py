@@ -30,6 +30,7 @@ from stable_baselines3.common.utils import get_latest_run_id
 from torch.utils.tensorboard import SummaryWriter
 
 import sb3_td3_cnnclip
+from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback
 from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
@@ -41,6 +42,8 @@ TRAIN_DESCRIPTION = (
     "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
     "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
 )
+#: written by ExplosionEarlyStopping in the run directory when it stops training
+EXPLOSION_FILE = "explosion.json"
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
 USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError)
 
@@ -180,6 +183,13 @@ def make_callbacks(config: TrainConfig, run_dir: Path) -> CallbackList:
     :return: the callbacks, in one list
     """
     callbacks: list[BaseCallback] = []
+    if config.curriculum:
+        stages = list(range(config.scenario, max(SCENARIO_IDS) + 1))
+        callbacks.append(ScenarioCallback(stages, seed=config.seed, advance_every=max(1, config.max_timesteps // len(stages)), verbose=1))
+    if config.early_stop:
+        callbacks.append(ExplosionEarlyStopping(log_dir=str(run_dir)))
+    if config.metrics:
+        callbacks.append(DrivingMetricsCallback())
     if config.debug:
         callbacks.append(UpdateStatsWriter(run_dir / DEBUG_SUBDIR))
     if config.progress_bar:
@@ -225,9 +235,14 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
         model.save(run_dir / "model.zip")
         result = {"status": status, "num_timesteps": model.num_timesteps, "n_updates": model._n_updates,
                   "nonfinite_skips": model.nonfinite_skips, "model": str(run_dir / "model.zip")}  # fmt: skip
+        explosion = run_dir / EXPLOSION_FILE
+        if explosion.is_file():
+            result["stop_reason"] = json.loads(explosion.read_text())["reason"]
         (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
         env.close()
         print(f"Training {status} at timestep {model.num_timesteps}; model saved to {run_dir / 'model.zip'}")
+    if "stop_reason" in result:
+        print(f"Stopped early: {result['stop_reason']} (details in {run_dir / EXPLOSION_FILE})")
     print(f"Check the run with: sb3-td3-cnnclip report {run_dir}")
     return run_dir, status
 

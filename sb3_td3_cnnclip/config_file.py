@@ -80,7 +80,7 @@ class TrainConfig:
     critic_cnn_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic CNN (none: measure only)", POSITIVE)
     critic_mlp_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic MLP (none: measure only)", POSITIVE)
     early_stop: bool = option(True, "stop on a loss / Q / gradient explosion or a dead actor, and count alerts")
-    curriculum: bool = option(False, "raise the scenario (traffic) during training, starting from --scenario")
+    curriculum: bool = option(False, "raise the scenario (traffic) from --scenario to 2, in equal shares of --max-timesteps")
     metrics: bool = option(True, "log driving metrics (route completion, speed, termination reasons) under driving/")
     debug: bool = option(False, "log every gradient update under debug/ (step = update) and raise on non-finite gradients")
     progress_bar: bool = option(True, "show a progress bar")
@@ -91,6 +91,8 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _validate(f.name, getattr(self, f.name), hints[f.name], f.metadata))
+        if self.curriculum and self.scenario == max(SCENARIO_NPCS):
+            raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
 
 
 def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, Any]) -> Any:
