@@ -217,14 +217,8 @@ class BlueprintLibrary:
                 return copy.deepcopy(bp)
         raise IndexError(f"blueprint '{id}' not found")
 
-    def __getitem__(self, pos: int) -> ActorBlueprint:
-        return self._blueprints[pos]
-
     def __iter__(self) -> Iterator[ActorBlueprint]:
         return iter(self._blueprints)
-
-    def __len__(self) -> int:
-        return len(self._blueprints)
 
 
 class SensorData:
@@ -232,16 +226,15 @@ class SensorData:
 
     def __init__(self, frame: int, transform: Transform) -> None:
         self.frame = frame
-        self.timestamp = frame * 0.05
         self.transform = transform
 
 
 class Image(SensorData):
     """A camera image: ``raw_data`` is ``height * width`` BGRA pixels, row-major."""
 
-    def __init__(self, frame: int, transform: Transform, width: int, height: int, fov: float, raw_data: bytes) -> None:
+    def __init__(self, frame: int, transform: Transform, width: int, height: int, raw_data: bytes) -> None:
         super().__init__(frame, transform)
-        self.width, self.height, self.fov, self.raw_data = width, height, fov, raw_data
+        self.width, self.height, self.raw_data = width, height, raw_data
 
 
 class CollisionEvent(SensorData):
@@ -249,7 +242,7 @@ class CollisionEvent(SensorData):
 
     def __init__(self, frame: int, transform: Transform, actor: Actor, other_actor: Actor | None) -> None:
         super().__init__(frame, transform)
-        self.actor, self.other_actor, self.normal_impulse = actor, other_actor, Vector3D()
+        self.actor, self.other_actor = actor, other_actor
 
 
 class LaneInvasionEvent(SensorData):
@@ -257,7 +250,7 @@ class LaneInvasionEvent(SensorData):
 
     def __init__(self, frame: int, transform: Transform, actor: Actor) -> None:
         super().__init__(frame, transform)
-        self.actor, self.crossed_lane_markings = actor, []
+        self.actor = actor
 
 
 class Actor:
@@ -348,8 +341,7 @@ class Sensor(Actor):
             views = [(frame - 1, parent._previous_location)] if server.stale_images else []
             for image_frame, place in [*views, (frame, transform.location)]:
                 pixels = server.image_pattern(place.x, place.y, height, width)
-                self._callback(Image(image_frame, transform, width, height, float(self.attributes["fov"]),
-                                     pixels.tobytes()))
+                self._callback(Image(image_frame, transform, width, height, pixels.tobytes()))
         elif self.type_id == "sensor.other.collision" and frame in server.collision_frames:
             others = [a for a in server.actors.values() if isinstance(a, Vehicle) and a is not parent]
             self._callback(CollisionEvent(frame, transform, parent, others[0] if others else None))
@@ -363,14 +355,8 @@ class ActorList:
     def __init__(self, actors: list[Actor]) -> None:
         self._actors = actors
 
-    def __getitem__(self, pos: int) -> Actor:
-        return self._actors[pos]
-
     def __iter__(self) -> Iterator[Actor]:
         return iter(self._actors)
-
-    def __len__(self) -> int:
-        return len(self._actors)
 
 
 class Waypoint:

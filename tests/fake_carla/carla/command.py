@@ -35,9 +35,6 @@ class Response:
     def error(self) -> str:
         return self._error
 
-    def has_error(self) -> bool:
-        return bool(self._error)
-
 
 class SpawnActor:
     """Spawn an actor from a blueprint at a transform, optionally attached to a parent.
