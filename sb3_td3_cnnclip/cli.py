@@ -326,10 +326,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training options: defaults, overridden by the ``--config`` file, overridden by the flags given.
+
+    :param args: the parsed ``train`` arguments
+    :return: the validated options
+    """
+    file_values = load_config_file(args.config) if args.config else {}
+    return resolve_config(file_values, {name: getattr(args, name) for name in option_names() if hasattr(args, name)})
+
+
 def _train(args: argparse.Namespace) -> int:
     try:
-        file_values = load_config_file(args.config) if args.config else {}
-        config = resolve_config(file_values, {name: getattr(args, name) for name in option_names() if hasattr(args, name)})
+        config = config_from_args(args)
     except ValueError as error:
         args.parser.error(str(error))
     _, status = run_train(config)

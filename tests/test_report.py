@@ -1,0 +1,181 @@
+"""The run report on synthetic TensorBoard logs: criteria, run-directory errors, plots, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from sb3_td3_cnnclip.cli import main
+from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, write_plots
+
+#: a healthy run: every criterion holds (Q bound 10 / (1 - 0.9) = 100)
+HEALTHY = {
+    "train/actor_cnn_grad_after_max": [0.4, 1.0],
+    "train/critic_cnn_grad_after_max": [3.0, 9.5],
+    "train/critic_mlp_grad_before_max": [2.0, 2.5],
+    "train/actor_mlp_zero_grad_frac": [0.0, 0.0],
+    "train/actor_saturation": [0.1, 0.2],
+    "train/actor_loss": [-5.0, -20.0],
+    "alerts/actor_loss": [0, 0],
+    "alerts/dead_actor": [0, 0],
+}
+CONFIG = {
+    "config": {"actor_cnn_max_grad_norm": 1.0, "critic_cnn_max_grad_norm": 10.0, "gamma": 0.9, "max_timesteps": 200},
+    "env": {"max_abs_reward": 10.0},
+}
+
+
+def write_run(directory: Path, scalars: dict[str, list[float]], config: dict | None = CONFIG, steps: tuple = (100, 200)) -> Path:
+    """Write ``scalars`` (tag -> values at ``steps``) as a TensorBoard run, with ``config.json`` unless ``None``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with SummaryWriter(str(directory)) as writer:
+        for tag, values in scalars.items():
+            for step, value in zip(steps, values):
+                writer.add_scalar(tag, value, step)
+    if config is not None:
+        (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def statuses(run_dir: Path, **overrides) -> dict[str, str]:
+    return {c.name: c.status for c in check_run(run_dir, **overrides).criteria}
+
+
+def test_healthy_run_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = write_run(tmp_path / "run", HEALTHY)
+    assert set(statuses(run_dir).values()) == {PASS}
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    assert "Result: PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("tag", "values", "criterion"),
+    [
+        ("train/actor_cnn_grad_after_max", [0.4, 1.93], "actor CNN grad AFTER <= limit"),  # the failure report's figures
+        ("train/critic_cnn_grad_after_max", [3.0, 20.25], "critic CNN grad AFTER <= limit"),
+        ("train/actor_cnn_grad_after_max", [0.4, 1.001], "actor CNN grad AFTER <= limit"),
+        ("train/actor_mlp_zero_grad_frac", [0.0, 0.98], "actor MLP grad > 0"),
+        ("alerts/dead_actor", [0, 3], "alerts/* == 0"),
+        ("train/actor_loss", [-5.0, -7.5e12], "|actor loss| bounded"),
+        ("train/actor_loss", [-5.0, float("nan")], "|actor loss| bounded"),
+        ("train/actor_loss", [-5.0, -101.0], "|actor loss| bounded"),  # just over the Q bound 100
+    ],
+)
+def test_violation_fails_its_criterion_only(tmp_path: Path, tag: str, values: list[float], criterion: str) -> None:
+    run_dir = write_run(tmp_path / "run", {**HEALTHY, tag: values})
+    result = statuses(run_dir)
+    assert result.pop(criterion) == FAIL
+    assert set(result.values()) == {PASS}
+    assert main(["report", str(run_dir), "--no-plots"]) == 1
+
+
+def test_float32_rounding_above_the_limit_passes(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", {**HEALTHY, "train/actor_cnn_grad_after_max": [0.5, 1.0000001]})
+    assert statuses(run_dir)["actor CNN grad AFTER <= limit"] == PASS
+
+
+def test_unfinished_run_fails(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", HEALTHY, steps=(100, 150))
+    (run_dir / "result.json").write_text(json.dumps({"status": "stopped_early", "stop_reason": "dead actor"}))
+    row = check_run(run_dir).criteria[-1]
+    assert (row.measured, row.status) == ("150", FAIL)
+    assert "stopped_early (dead actor)" in row.note
+
+
+def test_dead_actor_row_shows_saturation(tmp_path: Path) -> None:
+    scalars = {**HEALTHY, "train/actor_mlp_zero_grad_frac": [0.0, 1.0], "train/actor_saturation": [0.5, 0.99]}
+    row = check_run(write_run(tmp_path / "run", scalars)).criteria[2]
+    assert row.status == FAIL
+    assert "saturation last 0.990, max 0.990" in row.note
+
+
+def test_per_update_debug_values_take_precedence(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", HEALTHY)
+    # per-update values, with steps (update numbers) below the train/ steps: one update broke the limit
+    write_run(run_dir / DEBUG_SUBDIR, {"debug/actor_cnn_after": [0.5, 1.5, 0.2], "debug/actor_mlp_after": [0.1, 0.0, 0.3]}, None, (1, 2, 3))
+    report = check_run(run_dir)
+    rows = {c.name: c for c in report.criteria}
+    assert rows["actor CNN grad AFTER <= limit"].status == FAIL
+    assert rows["actor CNN grad AFTER <= limit"].measured == "max 1.5 over 3 updates"
+    assert rows["actor MLP grad > 0"].measured.endswith("zero on 1/3 actor updates")
+    assert rows["trained all timesteps"].measured == "200"  # update numbers are not timesteps
+
+
+def test_absent_metrics(tmp_path: Path) -> None:
+    # no alerts, no actor CNN group, but updates happened: N/A, not PASS
+    scalars = {k: v for k, v in HEALTHY.items() if not k.startswith(("alerts/", "train/actor_cnn"))}
+    result = statuses(write_run(tmp_path / "a", scalars))
+    assert result["alerts/* == 0"] == NOT_APPLICABLE
+    assert result["actor CNN grad AFTER <= limit"] == NOT_APPLICABLE
+    # no gradient update at all: the gradient criteria cannot be shown, they fail
+    result = statuses(write_run(tmp_path / "b", {"rollout/ep_rew_mean": [1.0, 2.0]}))
+    for name in ("actor CNN grad AFTER <= limit", "critic CNN grad AFTER <= limit", "actor MLP grad > 0", "|actor loss| bounded"):
+        assert result[name] == FAIL
+
+
+def test_limits_without_config(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", HEALTHY, config=None)
+    result = statuses(run_dir)
+    assert result["actor CNN grad AFTER <= limit"] == NOT_APPLICABLE
+    assert result["trained all timesteps"] == NOT_APPLICABLE
+    # |actor loss| 20 against the fixed threshold
+    assert result["|actor loss| bounded"] == PASS
+    result = statuses(run_dir, actor_cnn_max_grad_norm=0.5, max_timesteps=300, loss_bound=10.0)
+    assert (result["actor CNN grad AFTER <= limit"], result["trained all timesteps"], result["|actor loss| bounded"]) == (FAIL, FAIL, FAIL)
+
+
+def test_measure_only_limit_is_not_applicable(tmp_path: Path) -> None:
+    config = {**CONFIG, "config": {**CONFIG["config"], "critic_cnn_max_grad_norm": None}}
+    assert statuses(write_run(tmp_path / "run", HEALTHY, config))["critic CNN grad AFTER <= limit"] == NOT_APPLICABLE
+
+
+def test_log_dir_with_one_run(tmp_path: Path) -> None:
+    write_run(tmp_path / "TD3CnnClip_1", HEALTHY)
+    assert check_run(tmp_path).run_dir == tmp_path / "TD3CnnClip_1"
+
+
+def test_run_dir_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(RunDirError, match="does not exist"):
+        check_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(RunDirError, match=r"No TensorBoard event file .*notes\.txt"):
+        check_run(tmp_path / "empty")
+    write_run(tmp_path / "logs" / "TD3CnnClip_1", HEALTHY)
+    write_run(tmp_path / "logs" / "TD3CnnClip_2", HEALTHY)
+    with pytest.raises(RunDirError, match="holds 2 runs.*TD3CnnClip_1.*TD3CnnClip_2"):
+        check_run(tmp_path / "logs")
+    with SummaryWriter(str(tmp_path / "text")) as writer:
+        writer.add_text("note", "no scalar here")
+    with pytest.raises(RunDirError, match="hold no scalar"):
+        check_run(tmp_path / "text")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "events.out.tfevents.1.host").write_bytes(b"\x00garbage")
+    assert main(["report", str(tmp_path / "bad")]) == 2
+    assert "report: error:" in capsys.readouterr().err
+
+
+def test_malformed_config_json(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", HEALTHY, config=None)
+    (run_dir / "config.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="config.json' is not valid JSON"):
+        check_run(run_dir)
+
+
+def test_json_output_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = write_run(tmp_path / "run", {**HEALTHY, "train/critic_cnn_grad_after_max": [3.0, 20.25]})
+    assert main(["report", str(run_dir), "--json", "--plots-dir", str(tmp_path / "plots")]) == 1
+    output = json.loads(capsys.readouterr().out)
+    assert output["passed"] is False
+    assert [c["status"] for c in output["criteria"]] == [PASS, FAIL, PASS, PASS, PASS, PASS]
+    assert sorted(Path(p).name for p in output["plots"]) == ["episode_reward.png", "grad_norms.png", "losses.png", "q_values.png"]
+    for plot in output["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_default_to_the_run_dir(tmp_path: Path) -> None:
+    report = check_run(write_run(tmp_path / "run", HEALTHY))
+    assert [p.parent for p in write_plots(report)] == [tmp_path / "run"] * 4
