@@ -30,6 +30,7 @@ from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
 from highway_env import utils  # noqa: E402  (the video driver must be chosen before pygame loads)
+from highway_env.envs.common.action import ContinuousAction  # noqa: E402
 from highway_env.envs.highway_env import HighwayEnv  # noqa: E402
 from highway_env.road.road import Road, RoadNetwork  # noqa: E402
 
@@ -168,6 +169,9 @@ class SurrogateBackend(Backend):
         :param steering: in ``[-1, 1]``, positive turns right (up to 45 degrees of wheel angle)
         :param throttle_brake: in ``[-1, 1]``, acceleration of up to 5 m/s^2 forwards (> 0) or braking (< 0)
         """
+        if throttle_brake < 0:  # brake to a stop, never into reverse (highway-env's speed floor is soft)
+            full_brake = ContinuousAction.ACCELERATION_RANGE[1] * self.config.fixed_delta_seconds
+            throttle_brake = max(throttle_brake, -self.env.vehicle.speed / full_brake)
         observation, *_ = self.env.step(np.array([throttle_brake, steering], dtype=np.float32))
         return self._frame(observation)
 

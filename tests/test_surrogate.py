@@ -1,0 +1,177 @@
+"""The highway-env surrogate backend and DrivingEnv on it."""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highway_env")
+
+from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
+from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
+
+from sb3_td3_cnnclip.envs import DrivingEnv, make_config  # noqa: E402
+from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
+    ROUTE_LENGTH,
+    WAYPOINT_SPACING,
+    SurrogateBackend,
+    traffic_mapping,
+)
+
+SIZE = 36  # the smallest image NatureCNN accepts
+
+
+def surrogate_env(**kwargs) -> DrivingEnv:
+    return DrivingEnv(simulator="surrogate", image_size=SIZE, **kwargs)
+
+
+def drive(env: DrivingEnv, action, steps: int) -> list[tuple]:
+    """Repeat ``action`` until the episode ends or ``steps`` pass; return every (reward, terminated, info)."""
+    results = []
+    for _ in range(steps):
+        _, reward, terminated, truncated, info = env.step(np.asarray(action, np.float32))
+        results.append((reward, terminated, info))
+        if terminated:
+            break
+    return results
+
+
+@pytest.mark.parametrize("observation", ["image", "dict"])
+def test_passes_the_gymnasium_and_sb3_checkers(observation):
+    env = surrogate_env(observation=observation, frame_stack=2)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(surrogate_env(observation=observation, frame_stack=2))
+    env.close()
+
+
+def test_traffic_mapping():
+    assert traffic_mapping(20) == (20, 1.0)
+    assert traffic_mapping(50) == (20, pytest.approx(math.sqrt(2.5)))
+    assert traffic_mapping(100) == (20, pytest.approx(math.sqrt(5.0)))
+    assert traffic_mapping(5) == (5, 0.5)
+    assert traffic_mapping(0) == (0, 0.0)
+
+
+def test_first_frame_measures_the_route_start():
+    backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    frame = backend.reset(seed=0)
+    assert frame.image.shape == (SIZE, SIZE) and frame.image.dtype == np.uint8
+    assert frame.image.min() < frame.image.max()  # the road is drawn (SDL's dummy driver leaves it black)
+    assert (frame.speed, frame.lateral_deviation, frame.heading_error, frame.route_completion) == (0, 0, 0, 0)
+    assert frame.distance_to_goal == pytest.approx(ROUTE_LENGTH)
+    assert not (frame.collision or frame.off_road or frame.lane_invasion)
+    assert frame.min_npc_distance == math.inf
+    expected = np.stack([WAYPOINT_SPACING * np.arange(1, 6), np.zeros(5)], axis=1)
+    np.testing.assert_allclose(frame.waypoints, expected, atol=1e-6)
+    assert frame.extra == {"vehicles_count": 0.0, "vehicles_density": 0.0}
+    backend.close()
+    backend.close()
+
+
+def test_steering_right_leaves_the_road_then_the_lane():
+    env = surrogate_env(n_npcs=0)
+    env.reset(seed=0)
+    results = drive(env, [0.3, 0.5], 200)
+    reward, terminated, info = results[-1]
+    assert terminated and info["termination_reason"] == "off_lane"
+    assert info["lateral_deviation"] < -2.5 and info["heading_error"] < 0
+    assert any(step_info["off_road"] for _, _, step_info in results)  # the route is the right-most lane
+
+
+def test_steering_left_changes_lane_then_ends_off_lane():
+    env = surrogate_env(n_npcs=0)
+    env.reset(seed=0)
+    results = drive(env, [-0.3, 0.5], 200)
+    infos = [info for _, _, info in results]
+    crossing = [info["lateral_deviation"] for info in infos if info["lane_invasion"]]
+    assert len(crossing) == 1 and crossing[0] > 2.0  # lanes are 4 m wide: the marking is 2 m to the left
+    assert infos[-1]["termination_reason"] == "off_lane" and infos[-1]["lateral_deviation"] > 2.5
+    assert not any(info["off_road"] for info in infos)
+
+
+def test_full_throttle_hits_the_traffic_ahead():
+    env = surrogate_env(scenario=2)
+    env.reset(seed=0)
+    reward, terminated, info = drive(env, [0.0, 1.0], 300)[-1]
+    assert terminated and info["termination_reason"] == "collision" and info["collision"]
+    assert info["reward/safety"] <= -10.0
+
+
+def test_an_empty_road_leads_to_the_goal():
+    env = surrogate_env(n_npcs=0, target_speed=30.0)
+    env.reset(seed=0)
+    results = drive(env, [0.0, 1.0], 400)
+    completions = [info["route_completion"] for _, _, info in results]
+    reward, terminated, info = results[-1]
+    assert terminated and info["termination_reason"] == "goal" and info["is_success"]
+    assert info["distance_to_goal"] < 3.0 and completions[-1] > (ROUTE_LENGTH - 3.0) / ROUTE_LENGTH
+    assert np.all(np.diff(completions) >= 0)
+    assert sum(info["reward/progress"] for _, _, info in results) == pytest.approx(100 * completions[-1])
+
+
+def test_braking_stops_without_reversing():
+    env = surrogate_env(n_npcs=0)
+    env.reset(seed=0)
+    speeds = [info["speed"] for _, _, info in drive(env, [0.0, 1.0], 20) + drive(env, [0.0, -1.0], 40)]
+    assert speeds[19] == pytest.approx(20 * 5.0 * 0.05)  # 5 m/s^2 for 20 ticks of 0.05 s
+    assert min(speeds) > -1e-9 and speeds[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def run_episode(env: DrivingEnv, seed: int | None, steps: int = 60):
+    observation, _ = env.reset(seed=seed)
+    observations, rewards = [observation], []
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        observation, reward, terminated, _, _ = env.step(rng.uniform([-0.05, -1], [0.05, 1]).astype(np.float32))
+        observations.append(observation)
+        rewards.append(reward)
+        if terminated:
+            break
+    return np.array(observations), np.array(rewards)
+
+
+def test_reset_seed_is_reproducible():
+    env = surrogate_env()
+    observations, rewards = run_episode(env, seed=5)
+    again = run_episode(env, seed=5)
+    fresh = run_episode(surrogate_env(), seed=5)
+    for other_observations, other_rewards in (again, fresh):
+        np.testing.assert_array_equal(other_observations, observations)
+        np.testing.assert_array_equal(other_rewards, rewards)
+    other_observations, _ = run_episode(env, seed=6)
+    assert other_observations.shape != observations.shape or (other_observations != observations).any()
+
+
+def test_set_scenario_changes_the_traffic():
+    env = surrogate_env()
+    env.reset(seed=0)
+    env.set_scenario(2)
+    _, info = env.reset(seed=0)
+    assert (info["scenario"], info["n_npcs"]) == (2, 100)
+    assert info["backend/vehicles_density"] == pytest.approx(math.sqrt(5.0))
+
+
+def test_unsupported_settings_are_refused():
+    with pytest.raises(ValueError, match="fixed straight"):
+        surrogate_env(route=[(0.0, 0.0), (10.0, 0.0)])
+    with pytest.warns(UserWarning, match="no weather"):
+        surrogate_env(weather="ClearNoon")
+
+
+def test_the_dummy_video_driver_is_refused(monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    with pytest.raises(RuntimeError, match="SDL_VIDEODRIVER=dummy"):
+        surrogate_env()
+
+
+@pytest.mark.slow
+def test_td3_cnnclip_learns_on_the_registered_surrogate():
+    from sb3_td3_cnnclip import TD3CnnClip
+
+    with pytest.warns(UserWarning, match="SURROGATE"):  # the user's path: no CARLA server, "auto" falls back
+        model = TD3CnnClip("CnnPolicy", "CarlaScenario0-v0", buffer_size=2000, learning_starts=100, batch_size=32,
+                           seed=0)
+    model.learn(300)
+    assert model.num_timesteps == 300
+    assert model.get_env().get_attr("simulator_name") == ["surrogate"]
+    model.get_env().close()
