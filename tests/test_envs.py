@@ -251,6 +251,23 @@ def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
     assert result.stdout.split() == ["CarlaScenario2-v0", "1000", "2", "100", "surrogate"]
 
 
+def test_package_imports_and_registers_without_the_optional_extras():
+    code = (
+        "import sys\n"
+        "sys.modules['highway_env'] = sys.modules['carla'] = sys.modules['pygame'] = None  # not installed\n"
+        "import gymnasium, sb3_td3_cnnclip\n"
+        "from sb3_td3_cnnclip.envs import MissingExtraError\n"
+        "try:\n"
+        "    gymnasium.make('CarlaScenario1-v0', simulator='surrogate')\n"
+        "except MissingExtraError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("MissingExtraError simulator='surrogate' needs the `highway_env` module")
+    assert 'pip install "sb3-td3-cnnclip[surrogate]"' in result.stdout
+
+
 def test_kwargs_override_defaults_and_are_validated():
     env = scripted_env([make_frame()], scenario=2, n_npcs=7, target_speed=5.0)
     assert (env.config.scenario, env.config.n_npcs, env.config.target_speed) == (2, 7, 5.0)
