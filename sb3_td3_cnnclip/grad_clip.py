@@ -1,8 +1,13 @@
 """Parameter groups and the measure / clip / step of one optimizer, with exact L2 norms.
 
-A group's norm is one total L2 norm over the gradients of its parameters, computed with
-:func:`torch.nn.utils.get_total_norm`, the same function :func:`torch.nn.utils.clip_grad_norm_` uses.
-Clipping is :func:`torch.nn.utils.clip_grads_with_norm_` with that very norm, so what is logged is what was clipped.
+A group's norm is one total L2 norm over the gradients of its parameters, accumulated in float64
+(:func:`group_norm`). Clipping is :func:`torch.nn.utils.clip_grads_with_norm_` with that very norm, so what is
+logged is what was clipped, and the norm after clipping is measured again on the rescaled gradients.
+
+Why float64 and a margin: ``torch.nn.utils.get_total_norm`` accumulates in float32, which was measured off by up
+to 2.7e-5 (relative) on a NatureCNN-sized group (1.6M parameters), and rescaling float32 gradients rounds each
+element; together they left about half of all clipped norms a few ulps *above* the limit. The clip therefore
+aims at ``limit * (1 - CLIP_MARGIN)`` from an exact norm, so that every logged AFTER norm is <= the limit.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from dataclasses import dataclass
 
 import torch as th
 from torch import nn
+
+#: relative margin below the limit that the clip aims at, larger than float32 rounding of the rescaled gradients
+CLIP_MARGIN = 1e-6
 
 #: what to do when a gradient is NaN or infinite
 NONFINITE_ACTIONS = ("skip", "raise")
@@ -36,6 +44,15 @@ def check_max_norm(name: str, value: float | None) -> float | None:
             "that group without clipping it."
         )
     return float(value)
+
+
+def group_norm(grads: list[th.Tensor]) -> th.Tensor:
+    """Total L2 norm of a list of gradients, accumulated in float64 (a 0-dim float64 tensor).
+
+    :param grads: the gradients (any float dtype, one device)
+    :return: ``sqrt(sum of the squares of every element)``
+    """
+    return th.linalg.vector_norm(th.stack([th.linalg.vector_norm(g, dtype=th.float64) for g in grads]))
 
 
 @dataclass
@@ -97,7 +114,7 @@ def clip_and_step(
         without any gradient are absent), and whether the step was taken
     """
     grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
-    before = {name: th.nn.utils.get_total_norm(g) for name, g in grads.items() if g}
+    before = {name: group_norm(g) for name, g in grads.items() if g}
     if not all(th.isfinite(norm) for norm in before.values()):
         bad = {name: norm.item() for name, norm in before.items()}
         if on_nonfinite_grad == "raise":
@@ -111,12 +128,11 @@ def clip_and_step(
     for group in groups:
         if group.name not in before:
             continue
-        norm = before[group.name]
-        if group.max_norm is not None:
-            th.nn.utils.clip_grads_with_norm_(group.params, group.max_norm, norm)
-            after = th.nn.utils.get_total_norm(grads[group.name]).item()
-        else:
-            after = norm.item()
-        stats[group.name] = (norm.item(), after)
+        norm = before[group.name].item()
+        after = norm
+        if group.max_norm is not None and norm > group.max_norm * (1 - CLIP_MARGIN):
+            th.nn.utils.clip_grads_with_norm_(group.params, group.max_norm * (1 - CLIP_MARGIN), before[group.name])
+            after = group_norm(grads[group.name]).item()
+        stats[group.name] = (norm, after)
     optimizer.step()
     return stats, True

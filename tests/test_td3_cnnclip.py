@@ -1,0 +1,258 @@
+"""TD3CnnClip: clipped norms at optimizer-step time, equivalence with TD3, non-finite gradients, policies, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import TD3
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.torch_layers import NatureCNN
+
+from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
+FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
+GROUPS = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
+
+
+def make_model(algo=TD3CnnClip, env=None, policy="CnnPolicy", policy_kwargs=None, **kwargs):
+    env = ToyImageEnv() if env is None else env
+    policy_kwargs = SMALL_CNN if policy_kwargs is None and policy != "MlpPolicy" else policy_kwargs
+    return algo(policy, env, policy_kwargs=policy_kwargs, **{**FAST, **kwargs})
+
+
+def reference_norms(model) -> dict[str, list[float]]:
+    """Record each group's gradient norm, in float64, every time an optimizer is about to step.
+
+    The groups are rebuilt here from the policy's modules, independently of the code under test.
+    """
+    seen: dict[str, list[float]] = {name: [] for name in GROUPS}
+
+    def watch(network: str, module) -> None:
+        cnn_ids = {id(p) for p in module.features_extractor.parameters()}
+
+        def hook(optimizer, args, kwargs):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            for part, members in (("cnn", [p for p in params if id(p) in cnn_ids]),
+                                  ("mlp", [p for p in params if id(p) not in cnn_ids])):  # fmt: skip
+                if members:
+                    seen[f"{network}_{part}"].append(math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in members)))
+
+        module.optimizer.register_step_pre_hook(hook)
+
+    watch("actor", model.actor)
+    watch("critic", model.critic)
+    return seen
+
+
+@pytest.mark.parametrize("reward_scale", [1.0, 1e4])
+def test_after_norm_at_step_time_is_logged_and_within_limit(reward_scale):
+    limits = {"actor_cnn_max_grad_norm": 0.05, "actor_mlp_max_grad_norm": 0.02,
+              "critic_cnn_max_grad_norm": 0.5, "critic_mlp_max_grad_norm": 0.3}  # fmt: skip
+    model = make_model(env=ToyImageEnv(reward_scale=reward_scale), **limits)
+    seen = reference_norms(model)
+    model.learn(120)
+    stats = list(model.update_stats)
+    assert len(stats) == model._n_updates > 0
+    for name in GROUPS:
+        logged = [s[f"{name}_after"] for s in stats if f"{name}_after" in s]
+        assert len(logged) == len(seen[name]) > 0
+        np.testing.assert_allclose(logged, seen[name], rtol=1e-9)
+        assert max(seen[name]) <= limits[f"{name}_max_grad_norm"]
+    if reward_scale > 1:  # huge rewards give huge gradients: every critic update is clipped
+        assert all(s["critic_mlp_before"] > limits["critic_mlp_max_grad_norm"] for s in stats)
+        assert all(s["critic_mlp_after"] < s["critic_mlp_before"] for s in stats)
+
+
+def test_huge_gradients_are_clipped_to_just_below_the_limit():
+    model = make_model(env=ToyImageEnv(reward_scale=1e6))
+    seen = reference_norms(model)
+    model.learn(100)
+    for name in ("critic_cnn", "critic_mlp"):
+        assert all(0.999 * model.__dict__[f"{name}_max_grad_norm"] < n <= model.__dict__[f"{name}_max_grad_norm"]
+                   for n in seen[name])  # fmt: skip
+
+
+def test_actor_statistics_only_on_actor_updates():
+    model = make_model(policy_delay=3)
+    model.learn(100)
+    stats = list(model.update_stats)
+    for s in stats:
+        actor_step = s["n_updates"] % 3 == 0
+        for key in ("actor_cnn_before", "actor_mlp_after", "actor_loss", "actor_saturation"):
+            assert (key in s) == actor_step
+        assert "critic_cnn_after" in s
+    # the logged mean is over actor updates only (no zero for critic-only steps)
+    model.logger.dump(model.num_timesteps)
+    model.train(gradient_steps=6, batch_size=16)
+    recent = [s["actor_mlp_before"] for s in list(model.update_stats)[-6:] if "actor_mlp_before" in s]
+    assert len(recent) == 2
+    assert model.logger.name_to_value["train/actor_mlp_grad_before"] == pytest.approx(np.mean(recent))
+    assert model.logger.name_to_value["train/actor_mlp_grad_before_max"] == pytest.approx(max(recent))
+
+
+def test_logged_keys_fit_stdout_and_are_unique():
+    model = make_model()
+    model.learn(80)
+    model.train(gradient_steps=2, batch_size=16)
+    keys = [k for k in model.logger.name_to_value if k.startswith("train/")]
+    assert all(len(k) <= 36 for k in keys), [k for k in keys if len(k) > 36]
+    for name in GROUPS:
+        for suffix in ("grad_before", "grad_before_max", "grad_after", "grad_after_max", "clip_frac"):
+            assert f"train/{name}_{suffix}" in keys
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"policy_delay": 1, "gradient_steps": 2}, {"optimize_memory_usage": True,
+                                                                                     "replay_buffer_kwargs": {"handle_timeout_termination": False}}])  # fmt: skip
+def test_without_limits_matches_td3_update_for_update(kwargs):
+    none = dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None)
+    # SB3 seeds the global RNGs when a model is built: build and train one model after the other
+    reference = make_model(TD3, **kwargs).learn(100)
+    model = make_model(TD3CnnClip, **none, **kwargs).learn(100)
+    assert model._n_updates == reference._n_updates > 0
+    ref_state, state = reference.policy.state_dict(), model.policy.state_dict()
+    assert ref_state.keys() == state.keys()
+    for key in ref_state:
+        assert th.equal(ref_state[key], state[key]), key
+    assert reference.logger.name_to_value["train/critic_loss"] == model.logger.name_to_value["train/critic_loss"]
+
+
+def test_clipping_changes_the_updates():
+    reference = make_model(TD3).learn(100)
+    model = make_model(TD3CnnClip, critic_mlp_max_grad_norm=1e-3).learn(100)
+    assert not all(th.equal(a, b) for a, b in zip(reference.policy.parameters(), model.policy.parameters()))
+
+
+def poison_once(model, at_update: int) -> None:
+    """Make the critic's gradient NaN during update number ``at_update``."""
+    param = next(model.critic.q_networks[0].parameters())
+    param.register_hook(lambda grad: grad * math.nan if model._n_updates == at_update else grad)
+
+
+def test_nonfinite_gradient_is_skipped_and_counted():
+    model = make_model()
+    poison_once(model, at_update=5)
+    model.learn(100)
+    assert model.nonfinite_skips == {"actor": 0, "critic": 1}
+    skipped = [s for s in model.update_stats if s.get("critic_skipped")]
+    assert [s["n_updates"] for s in skipped] == [5]
+    assert "critic_cnn_after" not in skipped[0]
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    assert model.critic.optimizer.state_dict()["state"][0]["step"] == model._n_updates - 1
+
+
+def test_nonfinite_gradient_raises_when_asked():
+    model = make_model(on_nonfinite_grad="raise")
+    poison_once(model, at_update=2)
+    before = [p.detach().clone() for p in model.critic.parameters()]
+    with pytest.raises(NonFiniteGradientError, match="Non-finite"):
+        model.learn(100)
+    model.critic.optimizer.zero_grad()
+    assert model._n_updates == 2
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    assert len(before) == len(list(model.critic.parameters()))
+
+
+def group_names(model) -> set[str]:
+    return {g.name for g in (*model._actor_groups, *model._critic_groups)}
+
+
+def test_mlp_policy_has_no_cnn_group_and_logs_none():
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = make_model(env=env, policy="MlpPolicy")
+    model.learn(80)
+    assert group_names(model) == {"actor_mlp", "critic_mlp"}
+    assert not [k for k in model.logger.name_to_value if "cnn" in k]
+    assert all("actor_cnn_before" not in s and "critic_cnn_before" not in s for s in model.update_stats)
+
+
+def test_shared_features_extractor_gives_the_critic_cnn_no_gradient():
+    model = make_model(policy_kwargs={**SMALL_CNN, "share_features_extractor": True})
+    seen = reference_norms(model)
+    model.learn(80)
+    # SB3 hands the shared CNN to the critic's optimizer too, but computes critic features without gradient
+    assert seen["critic_cnn"] == [] and len(seen["actor_cnn"]) > 0
+    assert all("critic_cnn_before" not in s for s in model.update_stats)
+    assert not [k for k in model.logger.name_to_value if "critic_cnn" in k]
+
+
+def test_multi_input_policy_groups_the_combined_extractor():
+    model = make_model(env=ToyImageEnv(dict_obs=True), policy="MultiInputPolicy",
+                       policy_kwargs={"net_arch": [32], "features_extractor_kwargs": {"cnn_output_dim": 16}})  # fmt: skip
+    seen = reference_norms(model)
+    model.learn(80)
+    assert group_names(model) == set(GROUPS)
+    cnn_ids = {id(p) for p in model.actor.features_extractor.extractors["image"].parameters()}
+    (actor_cnn,) = [g for g in model._actor_groups if g.name == "actor_cnn"]
+    assert cnn_ids == {id(p) for p in actor_cnn.params}
+    assert len(seen["actor_cnn"]) == len([s for s in model.update_stats if "actor_cnn_after" in s]) > 0
+
+
+class TinyCNN(NatureCNN):
+    """A custom features extractor: only the class changes, the grouping must follow the module."""
+
+
+def test_custom_features_extractor_is_the_cnn_group():
+    model = make_model(policy_kwargs={**SMALL_CNN, "features_extractor_class": TinyCNN})
+    (critic_cnn,) = [g for g in model._critic_groups if g.name == "critic_cnn"]
+    assert {id(p) for p in critic_cnn.params} == {id(p) for p in model.critic.features_extractor.parameters()}
+    assert isinstance(model.critic.features_extractor, TinyCNN)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, "1.0", True])
+def test_bad_limit_raises(value):
+    with pytest.raises(ValueError, match="critic_mlp_max_grad_norm"):
+        make_model(critic_mlp_max_grad_norm=value)
+
+
+def test_unknown_nonfinite_action_raises():
+    with pytest.raises(ValueError, match="on_nonfinite_grad"):
+        make_model(on_nonfinite_grad="ignore")
+
+
+def test_save_load_keeps_limits_and_accepts_new_ones(tmp_path):
+    model = make_model(actor_cnn_max_grad_norm=0.25, critic_mlp_max_grad_norm=None, on_nonfinite_grad="raise")
+    model.learn(60)
+    model.save(tmp_path / "model")
+    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv())
+    assert (loaded.actor_cnn_max_grad_norm, loaded.critic_mlp_max_grad_norm) == (0.25, None)
+    assert loaded.on_nonfinite_grad == "raise"
+    assert {g.name: g.max_norm for g in loaded._actor_groups}["actor_cnn"] == 0.25
+    for a, b in zip(model.policy.parameters(), loaded.policy.parameters()):
+        assert th.equal(a, b)
+    changed = TD3CnnClip.load(tmp_path / "model", actor_cnn_max_grad_norm=0.5)
+    assert {g.name: g.max_norm for g in changed._actor_groups}["actor_cnn"] == 0.5
+    custom = TD3CnnClip.load(tmp_path / "model", custom_objects={"critic_cnn_max_grad_norm": 3.0})
+    assert custom.critic_cnn_max_grad_norm == 3.0
+    with pytest.raises(ValueError, match="actor_mlp_max_grad_norm"):
+        TD3CnnClip.load(tmp_path / "model", actor_mlp_max_grad_norm=-2)
+
+
+def test_loads_a_plain_td3_model_with_default_limits(tmp_path):
+    make_model(TD3).save(tmp_path / "td3")
+    loaded = TD3CnnClip.load(tmp_path / "td3", env=ToyImageEnv())
+    assert loaded.actor_cnn_max_grad_norm == 1.0
+    loaded.learn(60)
+    assert loaded.update_stats
+
+
+def test_drop_in_with_vecenv_continued_learning_and_evaluation(tmp_path):
+    env = make_vec_env(ToyImageEnv, n_envs=3, seed=0)
+    model = make_model(env=env, train_freq=2, gradient_steps=2)
+    model.learn(90)
+    steps, updates = model.num_timesteps, model._n_updates
+    model.learn(60, reset_num_timesteps=False)
+    assert model.num_timesteps >= steps + 60 and model._n_updates > updates
+    mean_reward, _ = evaluate_policy(model, env, n_eval_episodes=3)
+    assert np.isfinite(mean_reward)
+    action, _ = model.predict(env.observation_space.sample(), deterministic=True)
+    assert action.shape == (2,)
+    other = make_model(env=env)
+    other.set_parameters(model.get_parameters())
+    for a, b in zip(model.policy.parameters(), other.policy.parameters()):
+        assert th.equal(a, b)
