@@ -20,6 +20,7 @@ from sb3_td3_cnnclip.envs import (
     Frame,
     MissingExtraError,
     ScenarioConfig,
+    SimulatorUnavailableError,
     register_envs,
 )
 from sb3_td3_cnnclip.envs import driving_env
@@ -339,6 +340,13 @@ def test_auto_falls_back_to_the_surrogate_loudly(closed_port, caplog):
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
     assert env.simulator_name == info["simulator"] == env.config.simulator == "surrogate"
     env.close()
+
+
+def test_carla_without_a_server_raises(closed_port):
+    if importlib.util.find_spec("carla") is None:
+        pytest.skip("needs the carla extra")
+    with pytest.raises(SimulatorUnavailableError, match=f"No CARLA server answered at localhost:{closed_port}"):
+        DrivingEnv(simulator="carla", port=closed_port, connect_timeout=0.2)
 
 
 @pytest.mark.parametrize(("simulator", "module"), [("carla", "carla"), ("surrogate", "highway_env")])
