@@ -149,9 +149,7 @@ class SurrogateBackend(Backend):
                 "policy_frequency": frequency,
             }
         )
-        self.route_lane = self.env.road.network.get_lane(ROUTE_LANE)
-        self.goal = self.route_lane.position(EGO_START + ROUTE_LENGTH, 0.0)
-        self.lane_index = None
+        self.route_lane = self.goal = self.lane_index = None
         self.closed = False
 
     def reset(self, seed: int | None = None) -> Frame:
@@ -160,6 +158,8 @@ class SurrogateBackend(Backend):
         :param seed: seed of highway-env's random generator; ``None`` continues the current one
         """
         observation, _ = self.env.reset(seed=seed)
+        self.route_lane = self.env.road.network.get_lane(ROUTE_LANE)
+        self.goal = self.route_lane.position(EGO_START + ROUTE_LENGTH, 0.0)
         self.lane_index = self.env.vehicle.lane_index
         return self._frame(observation)
 
