@@ -1,0 +1,174 @@
+"""The command line: options and config files, their errors, the per-update debug log, and train -> report -> evaluate."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sb3_td3_cnnclip import TD3CnnClip, cli
+from sb3_td3_cnnclip.cli import UpdateStatsWriter, build_parser, config_from_args, main
+from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+
+def parse_train(*argv: str) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_defaults_match_td3cnnclip() -> None:
+    signature = inspect.signature(TD3CnnClip.__init__).parameters
+    config = TrainConfig()
+    for name in ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm"):
+        assert getattr(config, name) == signature[name].default
+    # the replay buffer of the default run fits a laptop: obs + next obs of 4x84x84 uint8
+    assert config.buffer_size * 2 * 4 * 84 * 84 < 0.6e9
+    assert config.learning_starts < 500  # the 500-step validation run of the failure report updates
+
+
+def test_flags() -> None:
+    config = parse_train("--lr", "1e-3", "--actor-cnn-max-grad-norm", "none", "--critic-mlp-max-grad-norm", "5",
+                         "--no-early-stop", "--debug", "--scenario", "1", "--seed", "7")  # fmt: skip
+    assert (config.learning_rate, config.actor_cnn_max_grad_norm, config.critic_mlp_max_grad_norm) == (1e-3, None, 5.0)
+    assert (config.early_stop, config.debug, config.scenario, config.seed) == (False, True, 1, 7)
+    assert parse_train() == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "0"], "batch_size=0 must be > 0"),
+        (["--gamma", "1.5"], "gamma=1.5 must be in (0, 1]"),
+        (["--learning-rate", "abc"], "invalid float value: 'abc'"),
+        (["--scenario", "5"], "invalid choice: 5"),
+        (["--simulator", "unity"], "invalid choice: 'unity'"),
+        (["--port", "0"], "port=0 must be a port number"),
+        (["--actor-cnn-max-grad-norm", "-1"], "actor_cnn_max_grad_norm=-1.0 must be > 0"),
+        (["--actor-mlp-max-grad-norm", "inf"], "must be finite"),
+        (["--curriculum", "--scenario", "2"], "start from 0 or 1"),
+        (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
+    ],
+)
+def test_bad_flag_values(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_files(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("learning_rate: 1.0e-4\nbatch_size: 64\nactor_cnn_max_grad_norm: null\n")
+    (tmp_path / "c.toml").write_text('learning_rate = 1e-4\nbatch_size = 64\nactor_cnn_max_grad_norm = "none"\n')
+    for name in ("c.yaml", "c.toml"):
+        config = resolve_config(load_config_file(tmp_path / name))
+        assert (config.learning_rate, config.batch_size, config.actor_cnn_max_grad_norm) == (1e-4, 64, None)
+    # flags override the file
+    config = parse_train("--config", str(tmp_path / "c.yaml"), "--batch-size", "32")
+    assert (config.learning_rate, config.batch_size) == (1e-4, 32)
+
+
+def test_config_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "unknown.yaml").write_text("learning_rate: 1.0e-4\nlearning-rate: 1.0e-4\nlr: 1\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "unknown.yaml")])
+    error = capsys.readouterr().err
+    assert "Unknown option(s) ['learning-rate', 'lr']" in error
+    assert "valid options are: " + ", ".join(option_names()) in error
+    (tmp_path / "string.yaml").write_text("learning_rate: 3e-4\n")  # YAML 1.1 reads this as a string
+    with pytest.raises(ValueError, match="write 3.0e-4"):
+        resolve_config(load_config_file(tmp_path / "string.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        load_config_file(tmp_path / "list.yaml")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match="use .yaml, .yml or .toml"):
+        load_config_file(tmp_path / "c.json")
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml' does not exist" in capsys.readouterr().err
+
+
+def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_update_stats_writer_logs_every_update(tmp_path: Path) -> None:
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=100, learning_starts=10, batch_size=4, train_freq=2, gradient_steps=3, seed=0)
+    model.learn(16, callback=UpdateStatsWriter(tmp_path))
+    scalars = read_scalars(tmp_path)
+    assert model._n_updates == 9  # 3 training phases (after steps 12, 14, 16) of 3 gradient steps
+    assert [step for step, _ in scalars["debug/critic_loss"]] == list(range(1, 10))
+    assert [step for step, _ in scalars["debug/actor_loss"]] == [2, 4, 6, 8]  # policy_delay=2
+    expected = [pytest.approx(s["critic_cnn_after"]) for s in model.update_stats]
+    assert [value for _, value in scalars["debug/critic_cnn_after"]] == expected
+
+
+def test_update_stats_writer_refuses_to_lose_updates(tmp_path: Path) -> None:
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=100, learning_starts=4, batch_size=4, gradient_steps=3, stats_history=2)
+    with pytest.raises(RuntimeError, match="raise stats_history"):
+        model.learn(8, callback=UpdateStatsWriter(tmp_path))
+
+
+class Interrupt(BaseCallback):
+    """Raises KeyboardInterrupt (as Ctrl-C does) at the given env step."""
+
+    def __init__(self, at_step: int) -> None:
+        super().__init__()
+        self.at_step = at_step
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.at_step:
+            raise KeyboardInterrupt
+        return True
+
+
+def test_ctrl_c_saves_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    make_callbacks = cli.make_callbacks
+    monkeypatch.setattr(cli, "make_callbacks", lambda *args: CallbackList([*make_callbacks(*args).callbacks, Interrupt(5)]))
+    status = main(["train", "--simulator", "surrogate", "--log-dir", str(tmp_path), "--verbose", "0", "--no-progress-bar"])
+    run_dir = tmp_path / "TD3CnnClip_1"
+    assert status == 130
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
+    assert TD3CnnClip.load(run_dir / "model.zip").num_timesteps == 5
+    assert f"Training interrupted at timestep 5; model saved to {run_dir / 'model.zip'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_report_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    flags = ["--simulator", "surrogate", "--max-timesteps", "60", "--learning-starts", "30", "--batch-size", "8",
+             "--buffer-size", "100", "--seed", "42", "--debug", "--verbose", "0", "--log-dir", str(tmp_path)]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    run_dir = tmp_path / "TD3CnnClip_1"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["env"]["simulator"] == "surrogate"
+    assert saved["config"] == {**TrainConfig().__dict__, "simulator": "surrogate", "max_timesteps": 60,
+                               "learning_starts": 30, "batch_size": 8, "buffer_size": 100, "seed": 42, "debug": True,
+                               "verbose": 0, "log_dir": str(tmp_path)}  # fmt: skip
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+    debug = read_scalars(run_dir / "debug")
+    assert [step for step, _ in debug["debug/critic_cnn_after"]] == list(range(1, 31))
+    capsys.readouterr()
+
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["status"] for c in report["criteria"]] == ["PASS"] * 6
+    assert report["criteria"][0]["measured"] == f"max {max(v for _, v in debug['debug/actor_cnn_after']):.4g} over 15 updates"
+
+    video = tmp_path / "drive.gif"
+    assert main(["evaluate", str(run_dir / "model.zip"), "--episodes", "1", "--video", str(video)]) == 0
+    output = capsys.readouterr().out
+    length = int(output.splitlines()[1].split()[2])
+    assert "simulator: surrogate" in output
+    # the reset frame and one per step, at 20 frames/s (Pillow merges identical frames, adding their durations)
+    gif = Image.open(video)
+    durations = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    assert sum(durations) == (length + 1) * 50
