@@ -131,7 +131,8 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
             step_wall, step_cpu = timed_train(models[name], gradient_steps, batch_size, seed=repeat)
             wall[name].append(step_wall * 1e3)
             cpu[name].append(step_cpu * 1e3)
-        print(f"batch {batch_size} repeat {repeat + 1}/{repeats}: " + ", ".join(f"{n} {wall[n][-1]:.1f} ms" for n in names))
+        times = ", ".join(f"{n} {wall[n][-1]:.1f} ms" for n in names)
+        print(f"batch {batch_size} repeat {repeat + 1}/{repeats}: {times}")
     result: dict[str, Any] = {"batch_size": batch_size, "gradient_steps_per_call": gradient_steps, "variants": {}}
     for name in names:
         result["variants"][name] = {
@@ -141,8 +142,9 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
             "median_cpu_ms": statistics.median(cpu[name]),
             "median_wall_ratio_vs_td3": median_ratio(wall[name], wall["td3"]),
             "median_cpu_ratio_vs_td3": median_ratio(cpu[name], cpu["td3"]),
-            "median_wall_ratio_vs_measure_only": median_ratio(wall[name], wall["measure_only"]),
-            "median_wall_overhead_ms_vs_td3": statistics.median(a - b for a, b in zip(wall[name], wall["td3"])),
+            "wall_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(wall[name], wall["td3"])]),
+            "cpu_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(cpu[name], cpu["td3"])]),
+            "median_cpu_overhead_ms_vs_td3": statistics.median(a - b for a, b in zip(cpu[name], cpu["td3"])),
         }
         if isinstance(models[name], TD3CnnClip):
             timed = list(models[name].update_stats)[-repeats * gradient_steps :]
@@ -171,7 +173,9 @@ def profile(model: TD3, gradient_steps: int, batch_size: int, top: int) -> dict[
     :param gradient_steps: gradient steps to profile
     :param batch_size: minibatch size
     :param top: number of functions to list by own time
-    :return: total ms per step, this package's functions by cumulative ms per step, and the top functions
+    :return: total ms per step; this package's functions by cumulative ms per step; what the package's
+        ``clip_and_step`` calls, by cumulative ms per step (``optimizer.step`` among them, which TD3 pays too);
+        and the top functions by own time
     """
     profiler = cProfile.Profile()
     np.random.seed(0)
@@ -180,29 +184,47 @@ def profile(model: TD3, gradient_steps: int, batch_size: int, top: int) -> dict[
     model.train(gradient_steps=gradient_steps, batch_size=batch_size)
     profiler.disable()
     stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
 
-    def entry(key: tuple[str, int, str], value: tuple) -> dict[str, Any]:
-        filename, line, function = key
-        _, ncalls, tottime, cumtime, _ = value
+    def name(key: tuple[str, int, str]) -> str:
+        return f"{Path(key[0]).name}:{key[1]}({key[2]})"
+
+    def entry(key: tuple[str, int, str], ncalls: int, own: float, cumulative: float) -> dict[str, Any]:
         return {
-            "function": f"{Path(filename).name}:{line}({function})",
+            "function": name(key),
             "calls_per_step": ncalls / gradient_steps,
-            "own_ms_per_step": tottime * 1e3 / gradient_steps,
-            "cumulative_ms_per_step": cumtime * 1e3 / gradient_steps,
+            "own_ms_per_step": own * 1e3 / gradient_steps,
+            "cumulative_ms_per_step": cumulative * 1e3 / gradient_steps,
         }
 
-    entries = stats.stats.items()  # type: ignore[attr-defined]
-    package = [entry(k, v) for k, v in entries if "sb3_td3_cnnclip" in k[0]]
-    by_own = sorted(entries, key=lambda kv: kv[1][2], reverse=True)[:top]
+    package = [entry(k, v[1], v[2], v[3]) for k, v in entries.items() if "sb3_td3_cnnclip" in k[0]]
+    clip_and_step = [k for k in entries if k[0].endswith("grad_clip.py") and k[2] == "clip_and_step"]
+    callees = [
+        entry(callee, edge[1], edge[2], edge[3])
+        for callee, value in entries.items()
+        for caller, edge in value[4].items()
+        if caller in clip_and_step
+    ]
+    by_own = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     return {
         "total_ms_per_step": stats.total_tt * 1e3 / gradient_steps,  # type: ignore[attr-defined]
         "package_functions": sorted(package, key=lambda e: e["cumulative_ms_per_step"], reverse=True),
-        "top_by_own_time": [entry(k, v) for k, v in by_own],
+        "clip_and_step_callees": sorted(callees, key=lambda e: e["cumulative_ms_per_step"], reverse=True),
+        "top_by_own_time": [entry(k, v[1], v[2], v[3]) for k, v in by_own],
     }
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartiles.
+
+    :param values: at least two values
+    """
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    """Summarise the results as a Markdown table (median ms per step and median ratios against TD3).
+    """Summarise the results as Markdown tables (medians and quartiles of the paired ratios, profile excerpts).
 
     :param results: the results of :func:`main`
     :return: the Markdown text
@@ -210,39 +232,47 @@ def to_markdown(results: dict[str, Any]) -> str:
     rows = []
     for batch in results["batches"]:
         for name, v in batch["variants"].items():
+            wall_q, cpu_q = v["wall_ratio_vs_td3_quartiles"], v["cpu_ratio_vs_td3_quartiles"]
             rows.append([
                 batch["batch_size"], name, v["median_wall_ms"], v["median_wall_ratio_vs_td3"],
-                v["median_cpu_ratio_vs_td3"], v["median_wall_overhead_ms_vs_td3"], v["median_wall_ratio_vs_measure_only"],
+                f"{wall_q[0]:.3f}-{wall_q[1]:.3f}", v["median_cpu_ratio_vs_td3"], f"{cpu_q[0]:.3f}-{cpu_q[1]:.3f}",
+                v["median_cpu_overhead_ms_vs_td3"],
                 " / ".join(f"{f:.0%}" for f in v["clip_fraction"].values()) if "clip_fraction" in v else "",
             ])  # fmt: skip
     headers = [
-        "batch", "variant", "median ms/step", "ratio vs td3 (wall)", "ratio vs td3 (CPU)", "overhead ms/step",
-        "ratio vs measure_only (wall)", "clipped: critic cnn / mlp, actor cnn / mlp",
+        "batch", "variant", "median ms/step (wall)", "ratio vs td3 (wall)", "wall IQR", "ratio vs td3 (CPU)",
+        "CPU IQR", "CPU overhead ms/step", "clipped: critic cnn / mlp, actor cnn / mlp",
     ]  # fmt: skip
+    flags = results["run"]["flags"]
     text = [
         "# Clipping overhead: TD3CnnClip vs SB3 TD3 (CnnPolicy, 4x84x84 uint8)",
         "",
         describe_line(results["run"]),
-        f"{results['run']['flags']['repeats']} interleaved repeats of {results['run']['flags']['gradient_steps']} "
-        "gradient steps per variant; ratios are medians of per-repeat ratios.",
+        f"{flags['repeats']} interleaved repeats of {flags['gradient_steps']} gradient steps per variant; ratios "
+        "are medians (and interquartile ranges) of the per-repeat ratios to td3; CPU = process time (one thread).",
         "",
         markdown_table(headers, rows),
     ]
     for name, prof in results.get("profile", {}).items():
-        text += ["", f"cProfile of `{name}` ({prof['total_ms_per_step']:.1f} ms/step under the profiler); "
-                 "this package's functions, cumulative ms per step:", ""]  # fmt: skip
-        text.append(markdown_table(
-            ["function", "calls/step", "cumulative ms/step"],
-            [[e["function"], e["calls_per_step"], e["cumulative_ms_per_step"]] for e in prof["package_functions"]],
-        ))  # fmt: skip
+        batch = flags["batch_sizes"][0]
+        total = prof["total_ms_per_step"]
+        text += ["", f"cProfile of `{name}` at batch {batch}: {total:.1f} ms/step under the profiler."]
+        if prof["clip_and_step_callees"]:
+            text += ["What `grad_clip.clip_and_step` calls (optimizer.step is paid by TD3 too), cumulative ms/step:",
+                     ""]  # fmt: skip
+            text.append(markdown_table(
+                ["function", "calls/step", "cumulative ms/step"],
+                [[e["function"], e["calls_per_step"], e["cumulative_ms_per_step"]]
+                 for e in prof["clip_and_step_callees"]],
+            ))  # fmt: skip
     return "\n".join(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256], help="minibatch sizes to time")
-    parser.add_argument("--gradient-steps", type=int, default=10, help="gradient steps per timed train() call")
-    parser.add_argument("--repeats", type=int, default=15, help="timed calls per variant and batch size")
+    parser.add_argument("--gradient-steps", type=int, default=2, help="gradient steps per timed train() call")
+    parser.add_argument("--repeats", type=int, default=40, help="timed calls per variant and batch size")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
     parser.add_argument("--buffer-size", type=int, default=2000, help="transitions in the shared replay buffer")
     parser.add_argument("--profile-steps", type=int, default=0, help="cProfile this many steps (0: no profile)")
@@ -262,7 +292,7 @@ def main() -> None:
         results["batches"].append(measure(models, batch_size, args.gradient_steps, args.repeats, args.warmup))
     if args.profile_steps > 0:
         results["profile"] = {
-            name: profile(models[name], args.profile_steps, args.batch_sizes[0], top=25) for name in ("clip", "td3")
+            name: profile(models[name], args.profile_steps, args.batch_sizes[0], top=25) for name in models
         }
     json_path, md_path = write_results(args.output_dir, "clip_overhead", results, to_markdown(results))
     print(to_markdown(results))
