@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test
-export SDL_VIDEODRIVER=dummy
 python -m pytest -q "$@"

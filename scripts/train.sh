@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh "surrogate,report"
-export SDL_VIDEODRIVER=dummy
 sb3-td3-cnnclip train --scenario 0 --simulator surrogate --max-timesteps 2000 --log-dir runs/quickstart "$@"
