@@ -7,8 +7,8 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-#: the ``info["termination_reason"]`` values, each logged as a rate
-TERMINATION_REASONS = ("collision", "off_lane", "goal")
+#: the ``info["termination_reason"]`` values, each logged as a rate (``"time_limit"``: truncated by ``TimeLimit``)
+TERMINATION_REASONS = ("collision", "off_lane", "goal", "time_limit")
 
 #: info keys needed at every step
 REQUIRED_KEYS = ("speed", "lateral_deviation", "route_completion", "termination_reason")
@@ -24,8 +24,8 @@ class DrivingMetricsCallback(BaseCallback):
     - ``driving/reward_<component>``: the episode's sum of ``info["reward/<component>"]`` (weighted components;
       their sum is the episode return)
     - ``driving/route_completion``: ``info["route_completion"]`` at the episode's last step
-    - ``driving/collision_rate``, ``driving/off_lane_rate``, ``driving/goal_rate``: the fraction of episodes whose
-      ``info["termination_reason"]`` was that reason (a truncated episode has none)
+    - ``driving/collision_rate``, ``driving/off_lane_rate``, ``driving/goal_rate``, ``driving/time_limit_rate``:
+      the fraction of episodes whose last ``info["termination_reason"]`` was that reason
     - ``driving/mean_speed``: the episode's mean ``info["speed"]`` (m/s)
     - ``driving/mean_abs_lateral_deviation``: the episode's mean ``|info["lateral_deviation"]|`` (m)
     - ``driving/ep_length``: the episode's number of steps

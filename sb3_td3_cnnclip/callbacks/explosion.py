@@ -80,7 +80,7 @@ class ExplosionEarlyStopping(BaseCallback):
     serialisation and disk writes at every snapshot).
 
     ``alerts/<check>`` counts how often each enabled check fired (0 on a healthy run) and is recorded at the
-    start of training and at the end of every rollout, so it appears in every logger dump.
+    start of training, at the end of every rollout and when a check fires, so it appears in every logger dump.
 
     :param nonfinite_loss: check that the losses are finite
     :param nonfinite_grad: check that not every optimizer step of a network is skipped for a non-finite gradient
@@ -210,6 +210,8 @@ class ExplosionEarlyStopping(BaseCallback):
             found = self._check(stats)
             for check, _ in found:
                 self.alerts[check] += 1
+            if found:
+                self._record_alerts()
             stopping = [(check, msg) for check, msg in found if check != "dead_actor" or self.dead_actor == "stop"]
             if stopping:
                 return self._stop(stopping, stats["n_updates"])

@@ -1,0 +1,216 @@
+"""ExplosionEarlyStopping on tiny TD3CnnClip / TD3 runs of the toy image env: silent when healthy, stops on divergence."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import TD3
+from stable_baselines3.common.logger import configure
+
+from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.callbacks import ExplosionEarlyStopping
+from sb3_td3_cnnclip.callbacks.explosion import STATS_CHECKS
+from sb3_td3_cnnclip.encoders import BoundedNatureCNN
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+#: bound on the toy env's |reward| at reward_scale 1: (1.3^2 + 1.2^2) + 1
+TOY_R_MAX = 4.2
+ALL_CHECKS = ["nonfinite_loss", "nonfinite_grad", "actor_loss", "q_bound", "grad_norm", "feature_norm",
+              "feature_growth", "q_gap", "dead_actor"]  # fmt: skip
+
+
+class NanRewardAfter(gym.Wrapper):
+    """Returns a NaN reward from step ``after`` on."""
+
+    def __init__(self, env: gym.Env, after: int) -> None:
+        super().__init__(env)
+        self.after = after
+        self.steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return obs, math.nan if self.steps >= self.after else reward, terminated, truncated, info
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a small shared machine, two threads oversubscribe the cores and run ~10x slower."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+def toy_model(tmp_path, algo=TD3CnnClip, lr=1e-4, bounded=True, reward_scale=1.0, env=None, **kwargs):
+    """A tiny model of the toy env logging JSON lines to ``tmp_path`` (the callback's default log_dir)."""
+    policy_kwargs = dict(features_extractor_kwargs=dict(features_dim=32), net_arch=[32, 32])
+    if bounded:
+        policy_kwargs["features_extractor_class"] = BoundedNatureCNN
+    env = ToyImageEnv(size=36, reward_scale=reward_scale) if env is None else env
+    model = algo(
+        "CnnPolicy", env, learning_rate=lr, batch_size=16, buffer_size=1000, learning_starts=50,
+        policy_kwargs=policy_kwargs, seed=0, **kwargs,
+    )  # fmt: skip
+    model.set_logger(configure(str(tmp_path), ["json"]))
+    return model
+
+
+def dumps(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "progress.json").read_text().splitlines()]
+
+
+def test_healthy_run_never_fires_and_logs_zero_alerts(tmp_path):
+    model = toy_model(tmp_path)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    model.learn(300, callback=callback, log_interval=1)
+    assert model.num_timesteps == 300
+    assert (callback.triggered, callback.reason) == ([], None)
+    assert callback.checks == ALL_CHECKS
+    assert callback.alerts == dict.fromkeys(ALL_CHECKS, 0)
+    rows = dumps(tmp_path)
+    assert len(rows) == 6  # one per 50-step episode
+    for row in rows:
+        assert {key: row[key] for key in row if key.startswith("alerts/")} == {f"alerts/{c}": 0 for c in ALL_CHECKS}
+    assert not (tmp_path / "explosion.json").exists()
+
+
+def check_stopped(tmp_path, callback, model, check, total):
+    """The run stopped early on ``check`` and left a report, a log entry and a loadable last-healthy model."""
+    assert model.num_timesteps < total
+    assert check in callback.triggered
+    report = json.loads((tmp_path / "explosion.json").read_text())
+    assert report["checks"] == callback.triggered and report["reason"] == callback.reason
+    assert report["num_timesteps"] == model.num_timesteps
+    assert report["alerts"][check] >= 1
+    last = dumps(tmp_path)[-1]
+    assert last[f"alerts/{check}"] == report["alerts"][check] and last["alerts/reason"] == callback.reason
+    return report
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        (dict(reward_scale=1e6), "grad_norm"),  # critic gradients ~1e6 against a limit of 10
+        (dict(lr=0.1, bounded=False), "feature_norm"),  # the actor's CNN features reach ~1e6
+    ],
+)
+def test_divergence_stops_and_saves_the_last_healthy_model(tmp_path, overrides, check):
+    model = toy_model(tmp_path, **overrides)
+    initial = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, window=20, snapshot_freq=10_000)
+    with pytest.warns(RuntimeWarning, match="stopped training"):
+        model.learn(400, callback=callback)
+    report = check_stopped(tmp_path, callback, model, check, 400)
+    # With snapshot_freq beyond the run, the last healthy model is the one training started from.
+    assert report["last_healthy"] == {"path": str(tmp_path / "last_healthy.zip"), "num_timesteps": 0, "n_updates": 0}
+    loaded = TD3CnnClip.load(tmp_path / "last_healthy.zip")
+    for key, value in loaded.policy.state_dict().items():
+        assert th.equal(value, initial[key]), key
+    # The model itself keeps its diverged weights, for inspection.
+    assert any(not th.equal(v, initial[k]) for k, v in model.policy.state_dict().items())
+
+
+def test_snapshot_is_the_last_healthy_check(tmp_path):
+    model = toy_model(tmp_path, env=NanRewardAfter(ToyImageEnv(size=36), after=200))
+    snapshots = []
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, snapshot_freq=40)
+    take = callback._take_snapshot
+
+    def recording_snapshot():
+        take()
+        snapshots.append((model._n_updates, {k: v.clone() for k, v in model.policy.state_dict().items()}))
+
+    callback._take_snapshot = recording_snapshot
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        model.learn(400, callback=callback)
+    report = check_stopped(tmp_path, callback, model, "nonfinite_loss", 400)
+    assert [n for n, _ in snapshots] == [0, 40, 80, 120]  # every 40 updates while healthy, none after the NaN
+    assert report["last_healthy"]["n_updates"] == 120
+    loaded = TD3CnnClip.load(tmp_path / "last_healthy.zip")
+    for key, value in loaded.policy.state_dict().items():
+        assert th.equal(value, snapshots[-1][1][key]), key
+
+
+def test_nonfinite_gradients_every_step_stop(tmp_path):
+    model = toy_model(tmp_path)
+    for param in model.actor.mu.parameters():
+        param.register_hook(lambda grad: grad * math.nan)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, window=10)
+    with pytest.warns(RuntimeWarning, match="actor's gradient was NaN or infinite on each of its last 10"):
+        model.learn(400, callback=callback)
+    check_stopped(tmp_path, callback, model, "nonfinite_grad", 400)
+    assert model.nonfinite_skips["actor"] == 10  # stopped at the 10th skipped actor step
+
+
+def test_dead_actor_stops_and_names_the_cause(tmp_path):
+    # lr 1e-3 with NatureCNN: the actor's features grow, its tanh saturates and its MLP gradient becomes exactly 0.
+    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20)
+    with pytest.warns(RuntimeWarning, match="dead actor"):
+        model.learn(400, callback=callback)
+    check_stopped(tmp_path, callback, model, "dead_actor", 400)
+    assert callback.triggered == ["dead_actor"]
+    assert "exactly zero on 20" in callback.reason or "saturated on 20" in callback.reason
+    assert "tanh saturated" in callback.reason and "BoundedNatureCNN" in callback.reason
+    actor_updates = [s for s in model.update_stats if "actor_loss" in s][-20:]
+    assert all(s["actor_mlp_before"] == 0 or s["actor_saturation"] > 0.9 for s in actor_updates)
+
+
+def test_dead_actor_warn_mode_keeps_training(tmp_path):
+    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20, dead_actor="warn")
+    with pytest.warns(RuntimeWarning, match="dead actor") as record:
+        model.learn(300, callback=callback, log_interval=1)
+    assert model.num_timesteps == 300 and callback.triggered == []
+    assert len([w for w in record if "dead actor" in str(w.message)]) == 1  # warned once
+    assert callback.alerts["dead_actor"] >= 2  # then counted every further window
+    assert dumps(tmp_path)[-1]["alerts/dead_actor"] == callback.alerts["dead_actor"]
+
+
+def test_dead_actor_off_removes_the_check(tmp_path):
+    callback = ExplosionEarlyStopping(dead_actor="off", q_gap_fraction=None, nonfinite_grad=False)
+    assert callback.checks == ["nonfinite_loss", "actor_loss", "q_bound", "grad_norm", "feature_norm", "feature_growth"]
+
+
+def test_plain_td3_runs_the_loss_checks_only(tmp_path):
+    model = toy_model(tmp_path, algo=TD3, env=NanRewardAfter(ToyImageEnv(size=36), after=100))
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    with pytest.warns(UserWarning, match="TD3 keeps no per-update statistics"):
+        with pytest.warns(RuntimeWarning, match="non-finite loss"):
+            model.learn(400, callback=callback)
+    assert callback.checks == [c for c in ALL_CHECKS if c not in STATS_CHECKS]
+    check_stopped(tmp_path, callback, model, "nonfinite_loss", 400)
+    assert np.isfinite(TD3.load(tmp_path / "last_healthy.zip").policy.parameters_to_vector()).all()
+
+
+def test_q_checks_need_r_max(tmp_path):
+    model = toy_model(tmp_path)
+    callback = ExplosionEarlyStopping()
+    with pytest.warns(UserWarning, match=r"skips the checks \['q_bound', 'q_gap'\]: r_max is unknown"):
+        model.learn(60, callback=callback, log_interval=1)
+    assert "q_bound" not in callback.checks and "alerts/q_bound" not in dumps(tmp_path)[-1]
+
+
+def test_q_bound_reads_max_abs_reward_from_the_env(tmp_path):
+    env = ToyImageEnv(size=36)
+    env.max_abs_reward = 0.001  # a bound the critic's estimates will pass
+    model = toy_model(tmp_path, env=env, gamma=0.5)
+    callback = ExplosionEarlyStopping()
+    with pytest.warns(RuntimeWarning, match=r"exceeds 1.5 x r_max/\(1-gamma\) = 0.003"):
+        model.learn(400, callback=callback)
+    assert callback.q_bound == pytest.approx(0.002)
+    check_stopped(tmp_path, callback, model, "q_bound", 400)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(dead_actor="maybe"), dict(window=0), dict(snapshot_freq=1.5), dict(grad_norm_factor=-1.0),
+     dict(r_max=math.inf), dict(saturation_threshold=0.0)],
+)  # fmt: skip
+def test_invalid_parameters_are_rejected(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ExplosionEarlyStopping(**kwargs)
