@@ -1,0 +1,64 @@
+"""Every example script runs as is, with a tiny budget, on the surrogate (no CARLA server answers in the tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sb3_td3_cnnclip import TD3CnnClip
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run(script: Path, *args: str, cwd: Path, timesteps: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if timesteps is not None:
+        env["SB3_CNNCLIP_EXAMPLE_TIMESTEPS"] = str(timesteps)
+    result = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path: Path) -> None:
+    result = run(EXAMPLES / "quickstart.py", cwd=tmp_path, timesteps=110)
+    assert TD3CnnClip.load(tmp_path / "td3cnnclip_scenario0.zip")._n_updates == 10
+    assert "actor_cnn: before" in result.stdout
+
+
+@pytest.mark.slow
+def test_swap_into_sb3(tmp_path: Path) -> None:
+    result = run(EXAMPLES / "swap_into_sb3.py", cwd=tmp_path, timesteps=110)
+    assert "mean reward:" in result.stdout
+    assert list((tmp_path / "runs").glob("TD3_1/events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_train_with_callbacks(tmp_path: Path) -> None:
+    result = run(EXAMPLES / "train_with_callbacks.py", cwd=tmp_path, timesteps=120)
+    assert "Result: PASSED" in result.stdout
+    assert "ScenarioCallback: scenario 2 from timestep 80" in result.stdout
+    assert (tmp_path / "runs" / "with_callbacks_1" / "grad_norms.png").is_file()
+
+
+@pytest.mark.slow
+def test_rl_zoo(tmp_path: Path) -> None:
+    extra = ["-params", "learning_starts:40", "batch_size:8", "buffer_size:100", "--env-kwargs", "simulator:'surrogate'"]
+    run(EXAMPLES / "rl_zoo.py", *extra, cwd=tmp_path, timesteps=60)
+    model = TD3CnnClip.load(tmp_path / "logs" / "td3_cnnclip" / "CarlaScenario0-v0_1" / "CarlaScenario0-v0.zip")
+    assert (model._n_updates, model.batch_size, model.actor_cnn_max_grad_norm) == (20, 8, 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [EXAMPLES / "train_td3.py", SCRIPTS / "train_td3.py"])
+def test_train_td3_scripts(script: Path, tmp_path: Path) -> None:
+    flags = ["--scenario", "0", "--max-timesteps", "40", "--learning-starts", "20", "--batch-size", "8", "--buffer-size", "100",
+             "--seed", "42", "--debug", "--simulator", "surrogate", "--no-progress-bar", "--log-dir", str(tmp_path)]  # fmt: skip
+    result = run(script, *flags, cwd=tmp_path)
+    assert "Training completed at timestep 40" in result.stdout
+    assert TD3CnnClip.load(tmp_path / "TD3CnnClip_1" / "model.zip")._n_updates == 20
