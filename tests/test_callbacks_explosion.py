@@ -1,4 +1,4 @@
-"""ExplosionEarlyStopping on tiny TD3CnnClip / TD3 runs of the toy image env: silent when healthy, stops on divergence."""
+"""ExplosionEarlyStopping on tiny TD3CnnClip / TD3 toy-env runs: silent when healthy, stops on divergence."""
 
 import json
 import math

@@ -27,10 +27,12 @@ Q_BOUND_CHECKS = ("q_bound", "q_gap")
 
 GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
 
-FIXES = (
+BOUNDED_ENCODER = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
-    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders) and/or a lower learning rate"
+    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders)"
 )
+FIXES = f"{BOUNDED_ENCODER} and/or a lower learning rate"
+NONFINITE_FIXES = "lower the learning rate or the reward scale, and check the env for NaN rewards or observations"
 
 
 def _check_positive(name: str, value: float | None) -> float | None:
@@ -176,7 +178,7 @@ class ExplosionEarlyStopping(BaseCallback):
         if self.log_dir is None:
             self.log_dir = self.logger.get_dir()
             if self.log_dir is None:
-                raise ValueError("ExplosionEarlyStopping needs a directory: pass log_dir=..., or use a logger with one.")
+                raise ValueError("ExplosionEarlyStopping needs a directory: pass log_dir=..., or a logger with one.")
         os.makedirs(self.log_dir, exist_ok=True)
         if self.save_replay_buffer and not hasattr(self.model, "save_replay_buffer"):
             raise ValueError(f"save_replay_buffer=True, but {type(self.model).__name__} has no replay buffer.")
@@ -239,8 +241,8 @@ class ExplosionEarlyStopping(BaseCallback):
             new.reverse()
         else:  # plain SB3: the losses the last train() logged (name_to_value is a defaultdict: test membership)
             logged = self.logger.name_to_value
-            new = [{"n_updates": n_updates}]
-            new[0].update({key: logged[f"train/{key}"] for key in ("actor_loss", "critic_loss") if f"train/{key}" in logged})
+            losses = {key: logged[f"train/{key}"] for key in ("actor_loss", "critic_loss") if f"train/{key}" in logged}
+            new = [{"n_updates": n_updates, **losses}]
         self._last_update = n_updates
         return new
 
@@ -251,80 +253,119 @@ class ExplosionEarlyStopping(BaseCallback):
 
     def _check(self, stats: dict[str, float]) -> list[tuple[str, str]]:
         """Run every enabled check on one update's statistics; return ``(check, reason)`` for those that fire."""
-        n = stats["n_updates"]
-        actor_step = "actor_loss" in stats
+        found = [
+            *self._check_losses(stats),
+            *self._check_nonfinite_grads(stats),
+            *self._check_grad_norms(stats),
+            *self._check_features(stats),
+            *self._check_q_gap(stats),
+            *self._check_dead_actor(stats),
+        ]
+        return [(check, f"update {stats['n_updates']}: {reason}") for check, reason in found]
+
+    def _check_losses(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Immediate checks on the losses and on Q: ``nonfinite_loss``, ``actor_loss``, ``q_bound``."""
         found = []
-        checks = self.checks
-        if "nonfinite_loss" in checks:
-            bad = {key: stats[key] for key in ("critic_loss", "actor_loss") if key in stats and not math.isfinite(stats[key])}
+        if "nonfinite_loss" in self.checks:
+            bad = {key: stats[key] for key in ("critic_loss", "actor_loss") if key in stats}
+            bad = {key: value for key, value in bad.items() if not math.isfinite(value)}
             if bad:
-                found.append(("nonfinite_loss", f"non-finite loss {bad} at update {n}: lower the learning rate or the "
-                              "reward scale, and check the env for NaN rewards or observations"))  # fmt: skip
-        if "nonfinite_grad" in checks:
-            for network in ("critic", "actor") if actor_step else ("critic",):
-                if self._persistent(f"nonfinite_grad/{network}", f"{network}_skipped" in stats):
-                    found.append(("nonfinite_grad", f"the {network}'s gradient was NaN or infinite on each of its last "
-                                  f"{self.window} updates (every step skipped) at update {n}: lower the learning rate "
-                                  "or the reward scale, and check the env for NaN rewards or observations"))  # fmt: skip
-        if "actor_loss" in checks and actor_step and abs(stats["actor_loss"]) > self.max_abs_actor_loss:
-            found.append(("actor_loss", f"|actor loss| = {abs(stats['actor_loss']):.3g} > {self.max_abs_actor_loss:.3g} "
-                          f"at update {n}: the critic's Q on the actor's actions diverged; {FIXES}"))  # fmt: skip
-        if "q_bound" in checks:
-            q = max(stats.get("q_abs_max", 0.0), abs(stats.get("actor_loss", 0.0)))
-            if q > self.q_bound_factor * self.q_bound:
-                found.append(("q_bound", f"|Q| = {q:.3g} at update {n} exceeds {self.q_bound_factor} x r_max/(1-gamma) "
-                              f"= {self.q_bound_factor * self.q_bound:.3g} (r_max={self.r_max:.3g}, gamma="
-                              f"{self.model.gamma}), more than any return: the critic diverged; lower the critic's "
-                              f"learning rate or the reward scale, or {FIXES}"))  # fmt: skip
-        if "grad_norm" in checks:
-            found += self._check_grad_norms(stats)
-        for network in ("critic", "actor"):
-            key = f"{network}_feature_norm"
-            if key in stats:
-                found += self._check_features(network, stats[key], n)
-        if "q_gap" in checks and "q_policy_gap" in stats:
-            limit = self.q_gap_fraction * self.q_bound
-            if self._persistent("q_gap", stats["q_policy_gap"] > limit):
-                found.append(("q_gap", f"Q(s, pi(s)) - Q(s, a_replay) above {limit:.3g} ({self.q_gap_fraction} x the Q "
-                              f"bound) on each of the last {self.window} actor updates (latest {stats['q_policy_gap']:.3g}, "
-                              f"update {n}): the actor exploits the critic's errors; lower the actor's learning rate or "
-                              "raise policy_delay"))  # fmt: skip
-        if "dead_actor" in checks and actor_step and "actor_mlp_before" in stats:
-            found += self._check_dead_actor(stats)
+                found.append(("nonfinite_loss", f"non-finite loss {bad}: {NONFINITE_FIXES}"))
+        actor_loss = abs(stats.get("actor_loss", 0.0))
+        if "actor_loss" in self.checks and actor_loss > self.max_abs_actor_loss:
+            found.append((
+                "actor_loss",
+                f"|actor loss| = {actor_loss:.3g} > {self.max_abs_actor_loss:.3g}: the critic's Q on the actor's "
+                f"actions diverged; {FIXES}",
+            ))  # fmt: skip
+        q = max(stats.get("q_abs_max", 0.0), actor_loss)
+        limit = self.q_bound_factor * self.q_bound
+        if "q_bound" in self.checks and q > limit:
+            found.append((
+                "q_bound",
+                f"|Q| = {q:.3g} exceeds {self.q_bound_factor} x r_max/(1-gamma) = {limit:.3g} "
+                f"(r_max={self.r_max:.3g}, gamma={self.model.gamma}), more than any return: the critic diverged; "
+                f"lower the critic's learning rate or the reward scale, or {FIXES}",
+            ))  # fmt: skip
+        return found
+
+    def _check_nonfinite_grads(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Every optimizer step of a network skipped for a non-finite gradient, ``window`` times in a row."""
+        if "nonfinite_grad" not in self.checks:
+            return []
+        found = []
+        for network in ("critic", "actor") if "actor_loss" in stats else ("critic",):
+            if self._persistent(f"nonfinite_grad/{network}", f"{network}_skipped" in stats):
+                found.append((
+                    "nonfinite_grad",
+                    f"the {network}'s gradient was NaN or infinite on each of its last {self.window} updates (every "
+                    f"step skipped): {NONFINITE_FIXES}",
+                ))  # fmt: skip
         return found
 
     def _check_grad_norms(self, stats: dict[str, float]) -> list[tuple[str, str]]:
-        """Pre-clip gradient norms persistently far above their clipping limits."""
+        """Pre-clip gradient norms far above their clipping limits, ``window`` times in a row."""
+        if "grad_norm" not in self.checks:
+            return []
         found = []
         for group in GRAD_GROUPS:
             limit = getattr(self.model, f"{group}_max_grad_norm", None)
-            key = f"{group}_before"
-            if limit is None or key not in stats:
+            norm = stats.get(f"{group}_before")
+            if limit is None or norm is None:
                 continue
-            if self._persistent(f"grad_norm/{group}", stats[key] > self.grad_norm_factor * limit):
-                found.append(("grad_norm", f"{group} gradient norm before clipping above {self.grad_norm_factor} x its "
-                              f"limit {limit} on each of its last {self.window} updates (latest {stats[key]:.3g}, update "
-                              f"{stats['n_updates']}): lower the learning rate or the reward scale"))  # fmt: skip
+            if self._persistent(f"grad_norm/{group}", norm > self.grad_norm_factor * limit):
+                found.append((
+                    "grad_norm",
+                    f"{group} gradient norm before clipping above {self.grad_norm_factor} x its limit {limit} on "
+                    f"each of its last {self.window} updates (latest {norm:.3g}): lower the learning rate or the "
+                    "reward scale",
+                ))  # fmt: skip
         return found
 
-    def _check_features(self, network: str, norm: float, n: int) -> list[tuple[str, str]]:
-        """A CNN feature norm too large, or grown too fast over ``window`` updates."""
+    def _check_features(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """A CNN feature norm too large (``feature_norm``), or grown too fast over ``window`` updates."""
         found = []
-        if "feature_norm" in self.checks and norm > self.max_feature_norm:
-            found.append(("feature_norm", f"{network} CNN feature norm {norm:.3g} > {self.max_feature_norm:.3g} at "
-                          f"update {n}: the encoder's output is unbounded; {FIXES}"))  # fmt: skip
-        if "feature_growth" in self.checks:
-            history = self._feature_history.setdefault(network, [])
-            history.append(norm)
-            del history[: -self.window - 1]
-            if len(history) > self.window and norm > self.feature_growth * history[0]:
-                found.append(("feature_growth", f"{network} CNN feature norm grew {norm / history[0]:.3g}x in "
-                              f"{self.window} updates ({history[0]:.3g} -> {norm:.3g}, update {n}): the encoder's "
-                              f"output is unbounded; {FIXES}"))  # fmt: skip
+        for network in ("critic", "actor"):
+            norm = stats.get(f"{network}_feature_norm")
+            if norm is None:
+                continue
+            if "feature_norm" in self.checks and norm > self.max_feature_norm:
+                found.append((
+                    "feature_norm",
+                    f"{network} CNN feature norm {norm:.3g} > {self.max_feature_norm:.3g}: the encoder's output is "
+                    f"unbounded; {FIXES}",
+                ))  # fmt: skip
+            if "feature_growth" in self.checks:
+                history = self._feature_history.setdefault(network, [])
+                history.append(norm)
+                del history[: -self.window - 1]
+                if len(history) > self.window and norm > self.feature_growth * history[0]:
+                    found.append((
+                        "feature_growth",
+                        f"{network} CNN feature norm grew {norm / history[0]:.3g}x in {self.window} updates "
+                        f"({history[0]:.3g} -> {norm:.3g}): the encoder's output is unbounded; {FIXES}",
+                    ))  # fmt: skip
         return found
+
+    def _check_q_gap(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+        """Q on the policy's actions far above Q on replay actions, ``window`` actor updates in a row."""
+        gap = stats.get("q_policy_gap")
+        if "q_gap" not in self.checks or gap is None:
+            return []
+        limit = self.q_gap_fraction * self.q_bound
+        if not self._persistent("q_gap", gap > limit):
+            return []
+        return [(
+            "q_gap",
+            f"Q(s, pi(s)) - Q(s, a_replay) above {limit:.3g} ({self.q_gap_fraction} x the Q bound) on each of the last "
+            f"{self.window} actor updates (latest {gap:.3g}): the actor exploits the critic's errors; lower the "
+            "actor's learning rate or raise policy_delay",
+        )]  # fmt: skip
 
     def _check_dead_actor(self, stats: dict[str, float]) -> list[tuple[str, str]]:
-        """Zero actor-MLP gradient or saturated actions on ``window`` consecutive actor updates."""
+        """Zero actor-MLP gradient or saturated actions on ``window`` actor updates in a row."""
+        if "dead_actor" not in self.checks or "actor_mlp_before" not in stats:
+            return []
         zero = stats["actor_mlp_before"] == 0.0
         saturated = stats["actor_saturation"] > self.saturation_threshold
         if zero or saturated:
@@ -338,13 +379,16 @@ class ExplosionEarlyStopping(BaseCallback):
         if n_zero and n_saturated:
             seen = "saturated actions and a zero gradient: the actor's output tanh saturated, so its gradient vanished"
         elif n_zero:
-            seen = "a zero gradient without saturated actions: the critic's gradient with respect to the action is zero"
+            seen = "a zero gradient without saturated actions: the critic's gradient with respect to the action is 0"
         else:
             seen = "saturated actions (the gradient is not yet exactly zero)"
-        return [("dead_actor", f"dead actor at update {stats['n_updates']}: over its last {self._streaks['dead_actor']} "
-                 f"actor updates the actor-MLP gradient was exactly zero on {n_zero} and more than "
-                 f"{self.saturation_threshold:.0%} of the action elements were saturated on {n_saturated} (latest "
-                 f"saturation {stats['actor_saturation']:.2f}), i.e. {seen}; {FIXES} (actor learning rate)")]  # fmt: skip
+        return [(
+            "dead_actor",
+            f"dead actor: over its last {self._streaks['dead_actor']} actor updates the actor-MLP gradient was "
+            f"exactly zero on {n_zero} and more than {self.saturation_threshold:.0%} of the action elements were "
+            f"saturated on {n_saturated} (latest saturation {stats['actor_saturation']:.2f}), i.e. {seen}; "
+            f"{BOUNDED_ENCODER} and/or a lower actor learning rate",
+        )]  # fmt: skip
 
     def _take_snapshot(self) -> None:
         """Copy the weights and optimizer states in memory: the last healthy model."""

@@ -54,10 +54,14 @@ class ScenarioCallback(BaseCallback):
         self.scenarios = [scenarios] if isinstance(scenarios, int) else list(scenarios)
         unknown = [s for s in self.scenarios if s not in SCENARIO_NPCS]
         if not self.scenarios or unknown:
-            raise ValueError(f"scenarios={scenarios!r}: scenario(s) {unknown} do not exist; use ids from {sorted(SCENARIO_NPCS)}.")
+            raise ValueError(
+                f"scenarios={scenarios!r}: scenario(s) {unknown} do not exist; use ids from {sorted(SCENARIO_NPCS)}."
+            )
         curriculum = len(self.scenarios) > 1
         if curriculum and advance_every is None and success_threshold is None:
-            raise ValueError(f"The curriculum {self.scenarios} never advances: pass advance_every and/or success_threshold.")
+            raise ValueError(
+                f"The curriculum {self.scenarios} never advances: pass advance_every and/or success_threshold."
+            )
         if not curriculum and (advance_every is not None or success_threshold is not None):
             raise ValueError(
                 f"advance_every / success_threshold need a curriculum, but scenarios={scenarios!r} has one stage; "
