@@ -82,7 +82,7 @@ class ExplosionEarlyStopping(BaseCallback):
     serialisation and disk writes at every snapshot).
 
     ``alerts/<check>`` counts how often each enabled check fired (0 on a healthy run) and is recorded at the
-    start of training, at the end of every rollout and when a check fires, so it appears in every logger dump.
+    start of training, at the end of every rollout and when a check fires, so it appears in the logger's dumps.
 
     :param nonfinite_loss: check that the losses are finite
     :param nonfinite_grad: check that not every optimizer step of a network is skipped for a non-finite gradient

@@ -18,13 +18,14 @@ class ScenarioCallback(BaseCallback):
     At training start every env gets ``set_scenario(scenarios[0], n_npcs, seed + env index, weather, route)``
     and the envs are reset, so the first episode already runs that scenario. With several ``scenarios`` the
     callback advances to the next one after ``advance_every`` timesteps in a stage, or once the success rate
-    (``info["is_success"]`` at episode end) over the last ``success_window`` episodes of the stage reaches
-    ``success_threshold``, whichever comes first. An env switches scenario at its next reset: running episodes
+    (``info["is_success"]`` at episode end) over the last ``success_window`` episodes run in the stage's scenario
+    (``info["scenario"]``) reaches ``success_threshold``, whichever comes first. An env switches scenario at its next reset: running episodes
     finish in the scenario they started in.
 
-    Logged at the start of training, at each advance and at the end of every rollout: ``curriculum/scenario``
-    (the scenario new episodes get), ``curriculum/stage`` (its index in ``scenarios``) and, with
-    ``success_threshold``, ``curriculum/success_rate`` (over the stage's recent episodes, once there is one).
+    Logged at every step (so every logger dump holds them): ``curriculum/scenario`` (the scenario new episodes
+    get), ``curriculum/stage`` (its index in ``scenarios``) and, with ``success_threshold``,
+    ``curriculum/success_rate`` (over the stage's recent episodes, once there is one; at an advance, the rate
+    that triggered it; not recorded in the last stage).
 
     :param scenarios: a scenario id (0, 1 or 2), or the curriculum's scenario ids in order, e.g. ``(0, 1, 2)``
     :param n_npcs: NPC vehicles of every stage (``None``: each scenario's default)
@@ -53,7 +54,9 @@ class ScenarioCallback(BaseCallback):
         super().__init__(verbose)
         self.scenarios = [scenarios] if isinstance(scenarios, int) else list(scenarios)
         unknown = [s for s in self.scenarios if s not in SCENARIO_NPCS]
-        if not self.scenarios or unknown:
+        if not self.scenarios:
+            raise ValueError("scenarios is empty: pass a scenario id, or the curriculum's ids in order.")
+        if unknown:
             raise ValueError(
                 f"scenarios={scenarios!r}: scenario(s) {unknown} do not exist; use ids from {sorted(SCENARIO_NPCS)}."
             )
@@ -120,40 +123,40 @@ class ScenarioCallback(BaseCallback):
     def _record(self) -> None:
         self.logger.record("curriculum/scenario", self.scenario)
         self.logger.record("curriculum/stage", self.stage)
-        if self.success_threshold is not None and self._successes:
-            self.logger.record("curriculum/success_rate", float(np.mean(self._successes)))
-
-    def _on_rollout_end(self) -> None:
-        self._record()
 
     def _on_step(self) -> bool:
-        if self.stage == len(self.scenarios) - 1:
-            return True
-        if self.success_threshold is not None:
-            for done, info in zip(self.locals["dones"], self.locals["infos"]):
-                if not done:
-                    continue
-                if "is_success" not in info:
-                    raise ValueError(
-                        f"ScenarioCallback(success_threshold={self.success_threshold}) needs info['is_success'] at the "
-                        f"end of each episode; the env gave the keys {sorted(info)}."
-                    )
-                self._successes.append(bool(info["is_success"]))
-        timed_out = self.advance_every is not None and self.num_timesteps - self._stage_start >= self.advance_every
-        succeeded = (
-            self.success_threshold is not None
-            and len(self._successes) == self._successes.maxlen
-            and np.mean(self._successes) >= self.success_threshold
-        )
-        if timed_out or succeeded:
-            self._advance("timesteps" if timed_out else "success rate")
+        if self.stage < len(self.scenarios) - 1:
+            if self.success_threshold is not None:
+                self._collect_successes()
+            timed_out = self.advance_every is not None and self.num_timesteps - self._stage_start >= self.advance_every
+            succeeded = (
+                self.success_threshold is not None
+                and len(self._successes) == self._successes.maxlen
+                and np.mean(self._successes) >= self.success_threshold
+            )
+            if timed_out or succeeded:
+                self._advance("timesteps" if timed_out else "success rate")
+        self._record()  # every step (two dict writes), so that every logger dump holds the current values
         return True
+
+    def _collect_successes(self) -> None:
+        """Add the outcome of the episodes that just ended in the current stage's scenario."""
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if not done:
+                continue
+            if "is_success" not in info or "scenario" not in info:
+                raise ValueError(
+                    f"ScenarioCallback(success_threshold={self.success_threshold}) needs info['is_success'] and "
+                    f"info['scenario'] at the end of each episode; the env gave the keys {sorted(info)}."
+                )
+            if info["scenario"] == self.scenario:  # episodes begun before the switch do not count
+                self._successes.append(bool(info["is_success"]))
+                self.logger.record("curriculum/success_rate", float(np.mean(self._successes)))
 
     def _advance(self, why: str) -> None:
         self.stage += 1
         self._stage_start = self.num_timesteps
         self._successes.clear()
         self._apply()
-        self._record()
         if self.verbose >= 1:
             print(f"ScenarioCallback: scenario {self.scenario} from timestep {self.num_timesteps} ({why})")
