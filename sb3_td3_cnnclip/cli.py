@@ -36,8 +36,10 @@ from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnava
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
 
-#: options of ``evaluate`` shared with ``train`` (their defaults come from the model's run, then from TrainConfig)
-EVALUATE_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "seed", "device")
+#: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
+INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
+#: options of ``evaluate`` shared with ``train``
+EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 TRAIN_DESCRIPTION = (
     "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
     "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
@@ -347,7 +349,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    saved = {name: value for name, value in _run_config(Path(args.model)).items() if name in EVALUATE_OPTIONS}
+    saved = {name: value for name, value in _run_config(Path(args.model)).items() if name in INHERITED_OPTIONS}
     try:
         config = resolve_config(saved, given)
     except ValueError as error:
@@ -388,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train, parser=train)
 
     evaluate = commands.add_parser("evaluate", help="drive a saved model and print driving metrics")
-    evaluate.add_argument("model", help="the saved model (model.zip); the env options default to its run's config.json")
+    evaluate.add_argument("model", help="the saved model (model.zip); scenario, simulator and server default to its run's config.json")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes to drive (default: 3)")
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
     add_options(evaluate, EVALUATE_OPTIONS)

@@ -172,3 +172,14 @@ def test_train_report_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) ->
         gif.seek(index)
         durations.append(gif.info["duration"])
     assert sum(durations) == (length + 1) * 50
+
+
+def test_evaluate_errors_and_inherited_options(tmp_path: Path, closed_port: int, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(tmp_path / "missing.zip")]) == 2
+    assert "missing.zip' does not exist" in capsys.readouterr().err
+    TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10).save(tmp_path / "model.zip")
+    config = {**TrainConfig().__dict__, "simulator": "carla", "port": closed_port}
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    # the run's simulator and port apply: CARLA is asked for, and nobody answers on that port
+    assert main(["evaluate", str(tmp_path / "model.zip")]) == 2
+    assert f"localhost:{closed_port}" in capsys.readouterr().err
