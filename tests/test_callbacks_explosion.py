@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3 import TD3
+from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.logger import configure
 
 from sb3_td3_cnnclip import TD3CnnClip
@@ -84,7 +84,7 @@ def check_stopped(tmp_path, callback, model, check, total):
     assert check in callback.triggered
     report = json.loads((tmp_path / "explosion.json").read_text())
     assert report["checks"] == callback.triggered and report["reason"] == callback.reason
-    assert report["num_timesteps"] == model.num_timesteps
+    assert report["num_timesteps"] == model.num_timesteps - 1  # found after train(), stopped at the next env step
     assert report["alerts"][check] >= 1
     last = dumps(tmp_path)[-1]
     assert last[f"alerts/{check}"] == report["alerts"][check] and last["alerts/reason"] == callback.reason
@@ -107,11 +107,10 @@ def test_divergence_stops_and_saves_the_last_healthy_model(tmp_path, overrides, 
     report = check_stopped(tmp_path, callback, model, check, 400)
     # With snapshot_freq beyond the run, the last healthy model is the one training started from.
     assert report["last_healthy"] == {"path": str(tmp_path / "last_healthy.zip"), "num_timesteps": 0, "n_updates": 0}
-    loaded = TD3CnnClip.load(tmp_path / "last_healthy.zip")
-    for key, value in loaded.policy.state_dict().items():
-        assert th.equal(value, initial[key]), key
-    # The model itself keeps its diverged weights, for inspection.
-    assert any(not th.equal(v, initial[k]) for k, v in model.policy.state_dict().items())
+    # Both the saved model and the model learn() returns are the last healthy one.
+    for policy in (TD3CnnClip.load(tmp_path / "last_healthy.zip").policy, model.policy):
+        for key, value in policy.state_dict().items():
+            assert th.equal(value, initial[key]), key
 
 
 def test_snapshot_is_the_last_healthy_check(tmp_path):
@@ -176,15 +175,27 @@ def test_dead_actor_off_removes_the_check(tmp_path):
     assert callback.checks == ["nonfinite_loss", "actor_loss", "q_bound", "grad_norm", "feature_norm", "feature_growth"]
 
 
-def test_plain_td3_runs_the_loss_checks_only(tmp_path):
-    model = toy_model(tmp_path, algo=TD3, env=NanRewardAfter(ToyImageEnv(size=36), after=100))
+@pytest.mark.parametrize("algo", [TD3, DDPG, SAC])
+def test_plain_sb3_runs_the_loss_checks_only(tmp_path, algo):
+    model = toy_model(tmp_path, algo=algo, env=NanRewardAfter(ToyImageEnv(size=36), after=100))
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
-    with pytest.warns(UserWarning, match="TD3 keeps no per-update statistics"):
+    with pytest.warns(UserWarning, match=f"{algo.__name__} keeps no per-update statistics"):
         with pytest.warns(RuntimeWarning, match="non-finite loss"):
             model.learn(400, callback=callback)
     assert callback.checks == [c for c in ALL_CHECKS if c not in STATS_CHECKS]
     check_stopped(tmp_path, callback, model, "nonfinite_loss", 400)
-    assert np.isfinite(TD3.load(tmp_path / "last_healthy.zip").policy.parameters_to_vector()).all()
+    assert np.isfinite(algo.load(tmp_path / "last_healthy.zip").policy.parameters_to_vector()).all()
+
+
+def test_plain_td3_healthy_run_never_fires(tmp_path):
+    model = toy_model(tmp_path, algo=TD3)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    with pytest.warns(UserWarning, match="TD3 keeps no per-update statistics"):
+        model.learn(300, callback=callback, log_interval=1)
+    assert model.num_timesteps == 300 and callback.triggered == []
+    assert {key: value for key, value in dumps(tmp_path)[-1].items() if key.startswith("alerts/")} == {
+        "alerts/nonfinite_loss": 0, "alerts/actor_loss": 0, "alerts/q_bound": 0,
+    }  # fmt: skip
 
 
 def test_q_checks_need_r_max(tmp_path):

@@ -3,6 +3,7 @@
 The callback adds no forward pass: it reads the entries of ``model.update_stats`` newer than the last one it saw
 (with plain SB3 algorithms, the losses the algorithm logged). Each check is a condition on one update, either
 immediate (one bad update stops training) or persistent (``window`` consecutive bad updates of that statistic).
+The checks run at the start of each rollout, i.e. right after ``train()`` and before the policy acts again.
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ class ExplosionEarlyStopping(BaseCallback):
     with one warning. ``q_bound`` and ``q_gap`` need ``r_max``: without it and without an env attribute
     ``max_abs_reward`` they are skipped with one warning.
 
-    On a trigger the callback warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
-    text) and dumps the logger, writes ``explosion.json`` in ``log_dir``, saves the last healthy model to
-    ``<log_dir>/last_healthy.zip`` (loadable with ``TD3CnnClip.load``) and returns ``False`` at the next env step.
-    The model itself is left as it was at the trigger, for inspection.
+    The checks run at the start of each rollout (right after ``train()``) and at the end of training. On a trigger
+    the callback rolls the model back to the last healthy state and saves it to ``<log_dir>/last_healthy.zip``
+    (loadable with ``TD3CnnClip.load``), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
+    checkpoint's update), warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
+    text), dumps the logger, and returns ``False`` at the next env step, which SB3 takes before it can stop. The
+    rollback makes that step and the model ``learn()`` returns usable: diverged weights are often NaN, and then
+    SAC's action distribution or a driving env's action check would raise before training could stop.
 
     Keeping the last healthy model: every ``snapshot_freq`` gradient steps, when no check sees a bad value, the
     callback deep-copies ``model.get_parameters()`` (policy and optimizer states) in memory; it writes the file
@@ -200,14 +204,28 @@ class ExplosionEarlyStopping(BaseCallback):
             self.alerts = {check: self.alerts[check] for check in self.checks}
 
     def _on_training_start(self) -> None:
+        self.triggered, self.reason = [], None  # a callback can serve several learn() calls
+        self._streaks, self._dead_counts, self._feature_history = {}, [0, 0], {}
         self._last_update = self.model._n_updates
         self._take_snapshot()
         self._record_alerts()
 
+    def _on_rollout_start(self) -> None:
+        self._check_new_updates()
+
     def _on_rollout_end(self) -> None:
         self._record_alerts()
 
+    def _on_training_end(self) -> None:
+        self._check_new_updates()  # the last train() of learn() runs after the last rollout
+
     def _on_step(self) -> bool:
+        return not self.triggered
+
+    def _check_new_updates(self) -> None:
+        """Check the updates done since the last call; stop on a trigger, else keep a snapshot when one is due."""
+        if self.triggered:
+            return
         for stats in self._new_stats():
             found = self._check(stats)
             for check, _ in found:
@@ -216,7 +234,8 @@ class ExplosionEarlyStopping(BaseCallback):
                 self._record_alerts()
             stopping = [(check, msg) for check, msg in found if check != "dead_actor" or self.dead_actor == "stop"]
             if stopping:
-                return self._stop(stopping, stats["n_updates"])
+                self._stop(stopping, stats["n_updates"])
+                return
             if found:  # a dead actor in "warn" mode
                 if self.alerts["dead_actor"] == 1:
                     warnings.warn(f"ExplosionEarlyStopping: {found[0][1]}", RuntimeWarning, stacklevel=2)
@@ -225,7 +244,6 @@ class ExplosionEarlyStopping(BaseCallback):
         healthy = not any(self._streaks.values())
         if healthy and self.model._n_updates - self._snapshot_at["n_updates"] >= self.snapshot_freq:
             self._take_snapshot()
-        return True
 
     def _new_stats(self) -> list[dict[str, float]]:
         """The statistics of the updates done since the last call, oldest first."""
@@ -397,25 +415,18 @@ class ExplosionEarlyStopping(BaseCallback):
         if self.verbose >= 1:
             print(f"ExplosionEarlyStopping: healthy snapshot at update {self.model._n_updates}")
 
-    def _save_last_healthy(self, path: str) -> None:
-        """Save the snapshot as a model zip, leaving the model's own (diverged) parameters as they were."""
-        current = copy.deepcopy(self.model.get_parameters())
-        self.model.set_parameters(self._snapshot, exact_match=True)
-        try:
-            self.model.save(path)
-        finally:
-            self.model.set_parameters(current, exact_match=True)
 
     def _record_alerts(self) -> None:
         for check in self.checks:
             self.logger.record(f"alerts/{check}", self.alerts[check])
 
-    def _stop(self, found: list[tuple[str, str]], n_updates: int) -> bool:
-        """Save the last healthy model, write the report, warn and log; return ``False`` to stop training."""
+    def _stop(self, found: list[tuple[str, str]], n_updates: int) -> None:
+        """Roll back to and save the last healthy model, write the report, warn and log; ``_on_step`` then stops."""
         self.triggered = [check for check, _ in found]
         self.reason = "; ".join(reason for _, reason in found)
         checkpoint = os.path.join(self.log_dir, "last_healthy.zip")
-        self._save_last_healthy(checkpoint)
+        self.model.set_parameters(self._snapshot, exact_match=True)
+        self.model.save(checkpoint)
         replay_buffer = None
         if self.save_replay_buffer:
             replay_buffer = os.path.join(self.log_dir, "replay_buffer.pkl")
@@ -442,4 +453,3 @@ class ExplosionEarlyStopping(BaseCallback):
         self._record_alerts()
         self.logger.record("alerts/reason", self.reason, exclude=("stdout", "log", "csv"))
         self.logger.dump(self.num_timesteps)
-        return False
