@@ -377,7 +377,7 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
     options = report.config.get("config", {})
     per_update = any(tag.startswith("debug/") for tag in scalars)
 
-    def panel(ax: Any, title: str, tags: list[str], hline: float | None = None, scale: str = "linear", hline_label: str = "limit") -> None:
+    def panel(ax: Any, title: str, tags: list[str], hline: float | None = None, linthresh: float | None = None, hline_label: str = "limit") -> None:
         for tag in tags:
             if tag in scalars:
                 ax.plot(scalars[tag].steps, scalars[tag].values, label=tag, linewidth=1)
@@ -385,7 +385,8 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         if hline is not None:
             ax.axhline(hline, color="red", linestyle="--", label=f"{hline_label} {hline:.4g}")
-        ax.set_yscale(scale)
+        if linthresh is not None:  # symmetric log: orders of magnitude, and zeros (a dead gradient) still drawn
+            ax.set_yscale("symlog", linthresh=linthresh)
         ax.set_title(title)
         ax.set_xlabel("update" if tags and tags[0].startswith("debug/") else "timestep")
         if ax.lines:
@@ -399,16 +400,17 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
     figures = {}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, group in zip(axes.flat, ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")):
-        panel(ax, f"{group} gradient norm", grad_tags(group), options.get(f"{group}_max_grad_norm"), "log")
+        panel(ax, f"{group} gradient norm", grad_tags(group), options.get(f"{group}_max_grad_norm"), 1e-6)
+        ax.set_ylim(bottom=0)
     figures["grad_norms.png"] = fig
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     prefix = "debug" if per_update else "train"
-    panel(axes[0], "actor loss", [f"{prefix}/actor_loss"], scale="symlog")
-    panel(axes[1], "critic loss", [f"{prefix}/critic_loss"], scale="log")
+    panel(axes[0], "actor loss", [f"{prefix}/actor_loss"], linthresh=1.0)
+    panel(axes[1], "critic loss", [f"{prefix}/critic_loss"], linthresh=1e-3)
     figures["losses.png"] = fig
     fig, ax = plt.subplots(figsize=(7, 4))
     q_tags = ["debug/q_replay", "debug/q_abs_max"] if per_update else ["train/q_replay", "train/q_abs_max", "train/q_policy_gap"]
-    panel(ax, "Q estimates", q_tags, q_bound(report.config), "symlog", "Q bound")
+    panel(ax, "Q estimates", q_tags, q_bound(report.config), 1.0, "Q bound")
     figures["q_values.png"] = fig
     fig, ax = plt.subplots(figsize=(7, 4))
     panel(ax, "episode reward", ["rollout/ep_rew_mean"])
