@@ -3,6 +3,10 @@
 import socket
 
 import pytest
+import torch as th
+
+# The models under test are tiny: one thread is faster than two, and does not thrash when jobs share the cores.
+th.set_num_threads(1)
 
 
 @pytest.fixture

@@ -36,15 +36,6 @@ class NanRewardAfter(gym.Wrapper):
         return obs, math.nan if self.steps >= self.after else reward, terminated, truncated, info
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared machine, two threads oversubscribe the cores and run ~10x slower."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
 def toy_model(tmp_path, algo=TD3CnnClip, lr=1e-4, bounded=True, reward_scale=1.0, env=None, **kwargs):
     """A tiny model of the toy env logging JSON lines to ``tmp_path`` (the callback's default log_dir)."""
     policy_kwargs = dict(features_extractor_kwargs=dict(features_dim=32), net_arch=[32, 32])
