@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, ClassVar
 
@@ -21,19 +22,23 @@ SATURATION_EPS = 1e-3
 
 
 class _OutputCapture:
-    """Keeps a detached reference to the last output (or, with ``capture_input``, input) of a module.
+    """Keeps a reference to the last output (or, with ``capture_input``, input) of a module.
 
     :param module: the module to watch
     :param capture_input: capture the module's first input instead of its output (the pre-tanh of a ``Tanh``)
+    :param keep_graph: keep the value in the autograd graph (for a loss term); the owner must then reset
+        ``value`` to ``None`` after use, since a module holding a non-leaf tensor cannot be deep-copied
     """
 
-    def __init__(self, module: nn.Module, capture_input: bool = False) -> None:
+    def __init__(self, module: nn.Module, capture_input: bool = False, keep_graph: bool = False) -> None:
         self.value: th.Tensor | None = None
         self.capture_input = capture_input
+        self.keep_graph = keep_graph
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[th.Tensor, ...], output: th.Tensor) -> None:
-        self.value = (inputs[0] if self.capture_input else output).detach()
+        value = inputs[0] if self.capture_input else output
+        self.value = value if self.keep_graph else value.detach()
 
 
 class TD3CnnClip(TD3):
@@ -52,6 +57,10 @@ class TD3CnnClip(TD3):
     :param critic_mlp_max_grad_norm: limit of the critic MLP's gradient norm (``None``: measure, do not clip)
     :param on_nonfinite_grad: ``"skip"`` (zero the gradients, skip that optimizer step, count it) or ``"raise"``
         (:class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError`) when a gradient is NaN or infinite
+    :param actor_lr_scale: the actor's learning rate is this times the learning-rate schedule's (the critic's);
+        below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is TD3.
+    :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
+        keeps the actor's output layer out of tanh saturation. 0.0 is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
     """
 
@@ -71,6 +80,8 @@ class TD3CnnClip(TD3):
         critic_cnn_max_grad_norm: float | None = 10.0,
         critic_mlp_max_grad_norm: float | None = 10.0,
         on_nonfinite_grad: str = "skip",
+        actor_lr_scale: float = 1.0,
+        pre_tanh_penalty: float = 0.0,
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -81,6 +92,8 @@ class TD3CnnClip(TD3):
         self.critic_cnn_max_grad_norm = critic_cnn_max_grad_norm
         self.critic_mlp_max_grad_norm = critic_mlp_max_grad_norm
         self.on_nonfinite_grad = on_nonfinite_grad
+        self.actor_lr_scale = actor_lr_scale
+        self.pre_tanh_penalty = pre_tanh_penalty
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -94,8 +107,18 @@ class TD3CnnClip(TD3):
             setattr(self, key, check_max_norm(key, getattr(self, key)))
         if self.on_nonfinite_grad not in NONFINITE_ACTIONS:
             raise ValueError(f"on_nonfinite_grad={self.on_nonfinite_grad!r} is unknown; choose one of {NONFINITE_ACTIONS}.")
+        for key, smallest, td3_value in (("actor_lr_scale", "positive", 1.0), ("pre_tanh_penalty", "non-negative", 0.0)):
+            value = getattr(self, key)
+            valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not valid or value < 0 or (value == 0 and smallest == "positive"):
+                raise ValueError(f"{key}={value!r} must be a {smallest} finite number ({td3_value} is TD3).")
         super()._setup_model()
         self._build_groups()
+        if self.pre_tanh_penalty > 0 and self._pre_tanh is None:
+            raise ValueError(
+                "pre_tanh_penalty needs an actor whose output layer ends with nn.Tanh (SB3's TD3 actors do); "
+                "this policy's actor.mu does not. Use pre_tanh_penalty=0."
+            )
         #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
         self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
 
@@ -112,13 +135,22 @@ class TD3CnnClip(TD3):
         self._actor_features = _OutputCapture(self.actor.features_extractor)
         self._critic_features = _OutputCapture(self.critic.features_extractor)
         last = self.actor.mu[-1] if isinstance(self.actor.mu, nn.Sequential) else None
-        self._pre_tanh = _OutputCapture(last, capture_input=True) if isinstance(last, nn.Tanh) else None
+        self._pre_tanh = None
+        if isinstance(last, nn.Tanh):
+            self._pre_tanh = _OutputCapture(last, capture_input=True, keep_graph=self.pre_tanh_penalty > 0)
 
     def _excluded_save_params(self) -> list[str]:
         return [  # noqa: RUF005
             *super()._excluded_save_params(),
             "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats",
         ]  # fmt: skip
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        super()._update_learning_rate(optimizers)
+        if self.actor_lr_scale != 1.0:
+            for group in self.actor.optimizer.param_groups:
+                group["lr"] *= self.actor_lr_scale
+            self.logger.record("train/actor_learning_rate", self.actor.optimizer.param_groups[0]["lr"])
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -168,9 +200,12 @@ class TD3CnnClip(TD3):
                 actions_pi = self.actor(replay_data.observations)
                 stats.update(self._actor_output_stats(actions_pi))
                 actor_loss = -self.critic.q1_forward(replay_data.observations, actions_pi).mean()
+                stats["q_policy_gap"] = -actor_loss.item() - stats["q_replay"]
+                if self.pre_tanh_penalty > 0:
+                    actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
+                    self._pre_tanh.value = None  # release the graph (see _OutputCapture)
                 actor_losses.append(actor_loss.item())
                 stats["actor_loss"] = actor_losses[-1]
-                stats["q_policy_gap"] = -actor_losses[-1] - stats["q_replay"]
 
                 # Optimize the actor
                 self.actor.optimizer.zero_grad()
@@ -209,8 +244,7 @@ class TD3CnnClip(TD3):
         with th.no_grad():
             q_abs_max = max(q.abs().max() for q in current_q_values)
             stats = {"q_replay": current_q_values[0].mean().item(), "q_abs_max": q_abs_max.item()}
-            if self._critic_features.value is not None:
-                stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
+            stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
         return stats
 
     def _actor_output_stats(self, actions: th.Tensor) -> dict[str, float]:

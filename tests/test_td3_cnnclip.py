@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -253,6 +254,7 @@ def test_drop_in_with_vecenv_continued_learning_and_evaluation(tmp_path):
     assert np.isfinite(mean_reward)
     action, _ = model.predict(env.observation_space.sample(), deterministic=True)
     assert action.shape == (2,)
+    copy.deepcopy(model.policy)  # pipelines that copy the policy (e.g. for evaluation) still can
     other = make_model(env=env)
     other.set_parameters(model.get_parameters())
     for a, b in zip(model.policy.parameters(), other.policy.parameters()):
@@ -267,3 +269,44 @@ def test_group_norm_matches_float64_and_propagates_nan(scale):
     assert group_norm(grads).item() == pytest.approx(exact, rel=1e-7)
     grads[0][7] = math.nan
     assert math.isnan(group_norm(grads).item())
+
+
+@pytest.mark.parametrize("kwargs", [{"actor_lr_scale": 0}, {"actor_lr_scale": -1.0}, {"actor_lr_scale": None},
+                                    {"pre_tanh_penalty": -0.1}, {"pre_tanh_penalty": math.inf}])  # fmt: skip
+def test_bad_prevention_settings_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        make_model(**kwargs)
+
+
+def test_actor_lr_scale_scales_only_the_actor():
+    model = make_model(actor_lr_scale=0.1, learning_rate=1e-3)
+    model.learn(60)
+    assert model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert model.critic.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_pre_tanh_penalty_adds_its_gradient_to_the_actor_loss():
+    """At the actor's step, its gradient is that of -Q1(s, pi(s)) + coef * mean(pre_tanh^2), computed here by hand."""
+    coef = 0.5
+    model = make_model(pre_tanh_penalty=coef, policy_delay=1, **dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None))
+    model.learn(60)
+    batch = model.replay_buffer.sample(16)
+    model.replay_buffer.sample = lambda *args, **kwargs: batch
+    checked = []
+
+    def check(optimizer, args, kwargs):
+        actor = copy.deepcopy(model.actor)
+        actor.zero_grad()
+        *body, _tanh = actor.mu
+        pre = th.nn.Sequential(*body)(actor.extract_features(batch.observations, actor.features_extractor))
+        loss = -model.critic.q1_forward(batch.observations, th.tanh(pre)).mean() + coef * pre.pow(2).mean()
+        loss.backward()
+        for got, want in zip(model.actor.parameters(), actor.parameters()):
+            th.testing.assert_close(got.grad, want.grad)
+        checked.append(loss.item())
+
+    model.actor.optimizer.register_step_pre_hook(check)
+    model.train(gradient_steps=2, batch_size=16)
+    assert len(checked) == 2
+    copy.deepcopy(model.policy)  # no autograd graph is left in the hooks
+    assert [s["actor_loss"] for s in list(model.update_stats)[-2:]] == pytest.approx(checked)
