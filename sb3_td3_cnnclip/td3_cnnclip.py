@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch as th
 from stable_baselines3 import TD3
+from stable_baselines3.td3.policies import TD3Policy
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import polyak_update
 from torch import nn
 from torch.nn import functional as F
@@ -51,6 +53,10 @@ class TD3CnnClip(TD3):
     ``share_features_extractor=True``) are neither clipped nor logged. With all four limits ``None`` the updates
     are exactly those of :class:`~stable_baselines3.TD3`. Every other parameter is TD3's (see its docstring).
 
+    :param buffer_size: replay buffer capacity. The one default that differs from TD3's (1_000_000): a million
+        4x84x84 ``uint8`` transitions take 56 GB (observations and next observations), which cannot even be
+        allocated on most machines; 50_000 take 2.8 GB.
+
     :param actor_cnn_max_grad_norm: limit of the actor CNN's gradient norm (``None``: measure, do not clip)
     :param actor_mlp_max_grad_norm: limit of the actor MLP's gradient norm (``None``: measure, do not clip)
     :param critic_cnn_max_grad_norm: limit of the critic CNN's gradient norm (``None``: measure, do not clip)
@@ -72,8 +78,10 @@ class TD3CnnClip(TD3):
 
     def __init__(
         self,
-        policy: Any,
-        env: Any,
+        policy: str | type[TD3Policy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 50_000,
         *args: Any,
         actor_cnn_max_grad_norm: float | None = 1.0,
         actor_mlp_max_grad_norm: float | None = 1.0,
@@ -86,7 +94,7 @@ class TD3CnnClip(TD3):
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, env, *args, _init_setup_model=False, **kwargs)
+        super().__init__(policy, env, learning_rate, buffer_size, *args, _init_setup_model=False, **kwargs)
         self.actor_cnn_max_grad_norm = actor_cnn_max_grad_norm
         self.actor_mlp_max_grad_norm = actor_mlp_max_grad_norm
         self.critic_cnn_max_grad_norm = critic_cnn_max_grad_norm
