@@ -244,6 +244,10 @@ def summarise(runs: list[dict[str, Any]], last_episodes: int) -> dict[str, Any]:
         values = [e[key] for e in run["episodes"][-last_episodes:] if key in e]
         return statistics.mean(values) if values else None
 
+    def clipped_fraction(probes: list[dict[str, float]]) -> float | None:
+        values = [p["clipped_fraction"] for p in probes if math.isfinite(p.get("clipped_fraction", math.nan))]
+        return statistics.mean(values) if values else None
+
     def finite_max(values: list[float]) -> float:
         return max(values) if all(math.isfinite(v) for v in values) else math.inf
 
@@ -266,8 +270,7 @@ def summarise(runs: list[dict[str, Any]], last_episodes: int) -> dict[str, Any]:
         "median_last_mc_return": median([tail(r, "mc_return_mean") for r in runs]),
         "median_last_episode_return": median([tail(r, "return") for r in runs]),
         "median_wall_s": median([r["wall_s"] for r in runs]),
-        "median_clipped_fraction": median([statistics.mean(p["clipped_fraction"] for p in r["probes"])
-                                           for r in with_probes if "clipped_fraction" in r["probes"][0]]),
+        "median_clipped_fraction": median([clipped_fraction(r["probes"]) for r in with_probes]),
     }
 
 
