@@ -171,7 +171,8 @@ def make_model(config: TrainConfig, env: gym.Env) -> TD3CnnClip:
         policy_delay=config.policy_delay, target_policy_noise=config.target_policy_noise,
         target_noise_clip=config.target_noise_clip, actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm,
         actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm, critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm,
-        critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm,
+        critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm, actor_lr_scale=config.actor_lr_scale,
+        pre_tanh_penalty=config.pre_tanh_penalty,
         on_nonfinite_grad="raise" if config.debug else "skip", seed=config.seed, device=config.device,
         verbose=config.verbose,
     )  # fmt: skip

@@ -79,6 +79,8 @@ class TrainConfig:
     actor_mlp_max_grad_norm: float | None = option(1.0, "gradient-norm limit of the actor MLP (none: measure only)", POSITIVE)
     critic_cnn_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic CNN (none: measure only)", POSITIVE)
     critic_mlp_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic MLP (none: measure only)", POSITIVE)
+    actor_lr_scale: float = option(1.0, "actor learning rate = this x --learning-rate (below 1 keeps the actor out of tanh saturation)", POSITIVE)
+    pre_tanh_penalty: float = option(0.0, "coefficient of mean(pre_tanh^2) added to the actor loss (0: TD3's loss)", NON_NEGATIVE)
     early_stop: bool = option(True, "stop on a loss / Q / gradient explosion or a dead actor, and count alerts")
     curriculum: bool = option(False, "raise the scenario (traffic) from --scenario to 2, in equal shares of --max-timesteps")
     metrics: bool = option(True, "log driving metrics (route completion, speed, termination reasons) under driving/")

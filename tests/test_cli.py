@@ -39,6 +39,12 @@ def test_flags() -> None:
     assert parse_train() == TrainConfig()
 
 
+def test_prevention_flags_reach_the_model() -> None:
+    config = parse_train("--actor-lr-scale", "0.1", "--pre-tanh-penalty", "0.01", "--buffer-size", "100")
+    model = cli.make_model(config, ToyImageEnv())
+    assert (model.actor_lr_scale, model.pre_tanh_penalty) == (0.1, 0.01)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -51,6 +57,8 @@ def test_flags() -> None:
         (["--actor-cnn-max-grad-norm", "-1"], "actor_cnn_max_grad_norm=-1.0 must be > 0"),
         (["--actor-mlp-max-grad-norm", "inf"], "must be finite"),
         (["--curriculum", "--scenario", "2"], "start from 0 or 1"),
+        (["--actor-lr-scale", "0"], "actor_lr_scale=0.0 must be > 0"),
+        (["--pre-tanh-penalty", "-1"], "pre_tanh_penalty=-1.0 must be >= 0"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
     ],
 )
