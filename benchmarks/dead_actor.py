@@ -29,6 +29,7 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -41,6 +42,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from torch import nn
 
 from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.td3_cnnclip import SATURATION_EPS
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
 NAME = "dead_actor"
@@ -206,7 +208,11 @@ def run_one(settings: dict[str, Any], seed: int, threads: int) -> dict[str, Any]
     }
     eval_env = make_env(settings["env"])
     eval_env.reset(seed=seed + 10_000)
-    eval_returns, _ = evaluate_policy(model, eval_env, settings["eval_episodes"], return_episode_rewards=True)
+    eval_actions: list[np.ndarray] = []
+    eval_returns, _ = evaluate_policy(
+        model, eval_env, settings["eval_episodes"], return_episode_rewards=True,
+        callback=lambda local, _: eval_actions.append(local["actions"][0]),
+    )  # fmt: skip
     train_returns = [info["r"] for info in model.ep_info_buffer][-10:]
     return {
         "settings": settings,
@@ -226,6 +232,8 @@ def run_one(settings: dict[str, Any], seed: int, threads: int) -> dict[str, Any]
         "nonfinite_skips": dict(model.nonfinite_skips),
         "train_return_last10": statistics.fmean(train_returns) if train_returns else None,
         "eval_return": statistics.fmean(eval_returns),
+        "eval_action_mean": np.mean(eval_actions, axis=0).tolist(),
+        "eval_action_at_bound": np.mean(np.abs(eval_actions) > 1 - SATURATION_EPS, axis=0).tolist(),
         "train_seconds": train_seconds,
     }
 
@@ -249,9 +257,10 @@ def summarise(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         groups.setdefault(json.dumps(run["settings"], sort_keys=True), []).append(run)
     rows = []
-    for group in groups.values():
+    for group in sorted(groups.values(), key=lambda g: (g[0]["settings"]["env"], g[0]["settings"]["steps"], g[0]["settings"]["lr"])):
         group.sort(key=lambda run: run["seed"])
         settings = group[0]["settings"]
+        clipped = "clip" in parse_config(settings["config"])
         eval_returns = [run["eval_return"] for run in group]
         rows.append([
             settings["env"], settings["steps"], settings["lr"], settings["config"], len(group),
@@ -262,20 +271,45 @@ def summarise(runs: list[dict[str, Any]]) -> str:
             statistics.fmean(run["pre_tanh_abs_final"] for run in group),
             max(run["actor_feature_norm_max"] for run in group),
             max(run["q_abs_max"] for run in group),
-            statistics.fmean(run["actor_clip_frac"] for run in group),
-            statistics.fmean(run["critic_clip_frac"] for run in group),
+            *(
+                statistics.fmean(run[f"{network}_clip_frac"] for run in group) if clipped else "–"
+                for network in ("actor", "critic")
+            ),
             statistics.fmean(eval_returns),
             statistics.stdev(eval_returns) if len(group) > 1 else float("nan"),
             statistics.fmean(run["train_return_last10"] for run in group),
             statistics.fmean(run["train_seconds"] for run in group),
+            " ".join(
+                "(" + ", ".join(f"{a:.2f}" for a in run["eval_action_mean"]) + ")" for run in group if "eval_action_mean" in run
+            ),
         ])  # fmt: skip
     headers = [
         "env", "steps", "lr", "config", "seeds", "alive", "zero-grad actor updates (per seed)", "saturation (last 10 %)",
         "max saturation", "|pre-tanh| (last 10 %)", "max actor feature norm", "max abs Q", "actor clip frac",
         "critic clip frac", "eval return",
         "eval return std", "train return (last 10 ep.)", "seconds per run",
+        "mean eval action (per seed)",
     ]  # fmt: skip
     return markdown_table(headers, rows)
+
+
+def write(output_dir: Path, invocations: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
+    """Write the result file (every invocation's description, every run) and its Markdown summary.
+
+    :param output_dir: folder of the result files
+    :param invocations: the description of each invocation that contributed runs
+    :param runs: every run
+    """
+    markdown = "\n".join([
+        "# The dead actor: zero-gradient actor updates, saturation and returns per configuration", "",
+        "Alive: no actor update with an exactly-zero MLP gradient and final saturation below 50 %. "
+        "Saturation: fraction of action elements within 1e-3 of a bound. Eval return: mean of "
+        "deterministic episodes after training. `td3` is TD3CnnClip with every limit None (SB3 TD3's updates). "
+        "Clip frac: fraction of updates on which a group's gradient was clipped (– when nothing is clipped).",
+        "", *(f"- {describe_line(inv)} Flags: {json.dumps(inv['flags'])}" for inv in invocations), "",
+        summarise(runs),
+    ])  # fmt: skip
+    write_results(output_dir, NAME, {"invocations": invocations, "runs": runs}, markdown)
 
 
 def main() -> None:
@@ -291,13 +325,20 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each")
     parser.add_argument("--merge", action="store_true", help="add to the runs already in the result file")
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite the Markdown summary from the result file")
     add_common_args(parser)
     args = parser.parse_args()
     set_threads(args.threads)
     for config in args.configs:
         parse_config(config)  # fail before any training
     json_path = args.output_dir / f"{NAME}.json"
-    previous = json.loads(json_path.read_text()) if args.merge and json_path.exists() else {"invocations": [], "runs": []}
+    if args.rewrite and not json_path.exists():
+        parser.error(f"--rewrite needs a result file, and {json_path} does not exist: run the benchmark first.")
+    reuse = (args.merge or args.rewrite) and json_path.exists()
+    previous = json.loads(json_path.read_text()) if reuse else {"invocations": [], "runs": []}
+    if args.rewrite:
+        write(args.output_dir, previous["invocations"], previous["runs"])
+        return
     invocations = [*previous["invocations"], run_description(args)]
     runs: list[dict[str, Any]] = previous["runs"]
 
@@ -317,15 +358,7 @@ def main() -> None:
             print(f"{run['settings']['config']} seed {run['seed']}: {run['zero_grad_updates']}/{run['actor_updates']} "
                   f"zero-grad, saturation {run['saturation_final']:.2f}, eval return {run['eval_return']:.1f}, "
                   f"{run['train_seconds']:.0f} s", flush=True)  # fmt: skip
-            markdown = "\n".join([
-                "# The dead actor: zero-gradient actor updates, saturation and returns per configuration", "",
-                "Alive: no actor update with an exactly-zero MLP gradient and final saturation below 50 %. "
-                "Saturation: fraction of action elements within 1e-3 of a bound. Eval return: mean of "
-                "deterministic episodes after training. `td3` is TD3CnnClip with every limit None (SB3 TD3's updates).",
-                "", *(f"- {describe_line(inv)} Flags: {json.dumps(inv['flags'])}" for inv in invocations), "",
-                summarise(runs),
-            ])  # fmt: skip
-            write_results(args.output_dir, NAME, {"invocations": invocations, "runs": runs}, markdown)
+            write(args.output_dir, invocations, runs)
 
 
 if __name__ == "__main__":
