@@ -48,10 +48,12 @@ BUFFER_SIZE = 10_000
 DEFAULT_CANDIDATES: dict[str, tuple[int, dict[str, Any]]] = {
     "defaults (2 threads)": (2, {"buffer_size": BUFFER_SIZE}),
     "1 thread": (1, {"buffer_size": BUFFER_SIZE}),
-    "batch 128": (2, {"buffer_size": BUFFER_SIZE, "batch_size": 128}),
-    "batch 100 (TD3 paper)": (2, {"buffer_size": BUFFER_SIZE, "batch_size": 100}),
-    "batch 64": (2, {"buffer_size": BUFFER_SIZE, "batch_size": 64}),
+    "batch 128, 1 thread": (1, {"buffer_size": BUFFER_SIZE, "batch_size": 128}),
+    "batch 64, 2 threads": (2, {"buffer_size": BUFFER_SIZE, "batch_size": 64}),
     "batch 64, 1 thread": (1, {"buffer_size": BUFFER_SIZE, "batch_size": 64}),
+    "recommended: batch 64, 1 thread, learning_starts 1000": (
+        1, {"buffer_size": BUFFER_SIZE, "batch_size": 64, "learning_starts": 1000}
+    ),
 }
 
 

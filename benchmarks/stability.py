@@ -258,8 +258,8 @@ def summarise(runs: list[dict[str, Any]], last_episodes: int) -> dict[str, Any]:
         "q_beyond_bound": [r["q_beyond_bound_at"] for r in runs],
         "saturated": [r["saturated_at"] for r in runs],
         "features_blew_up": [r["features_blew_up_at"] for r in runs],
-        "early_stopped": [r["early_stop"]["checks"] if r["early_stop"] and r["early_stop"]["stopped"] else None
-                          for r in runs],  # fmt: skip
+        "early_stopped": [f"{'+'.join(r['early_stop']['checks'])} at {r['timesteps']}"
+                          if r["early_stop"] and r["early_stop"]["stopped"] else None for r in runs],  # fmt: skip
         "q_bound": runs[0]["q_bound"],
         "median_final_abs_actor_loss": median([abs(r["probes"][-1]["actor_loss"]) for r in with_probes]),
         "median_peak_q_abs_max": median([finite_max([p["q_abs_max"] for p in r["probes"]]) for r in with_probes]),
@@ -269,9 +269,20 @@ def summarise(runs: list[dict[str, Any]], last_episodes: int) -> dict[str, Any]:
         "median_last_overestimation": median([tail(r, "overestimation") for r in runs]),
         "median_last_mc_return": median([tail(r, "mc_return_mean") for r in runs]),
         "median_last_episode_return": median([tail(r, "return") for r in runs]),
+        "last_episode_return_per_seed": [tail(r, "return") for r in runs],
+        "final_actor_feature_norm_per_seed": [r["probes"][-1]["actor_feature_norm"] if r["probes"] else None
+                                              for r in runs],  # fmt: skip
         "median_wall_s": median([r["wall_s"] for r in runs]),
         "median_clipped_fraction": median([clipped_fraction(r["probes"]) for r in with_probes]),
     }
+
+
+def per_seed(values: list[float | None]) -> str:
+    """Format per-seed values with 3 significant digits.
+
+    :param values: one value per seed (``None`` when absent)
+    """
+    return ", ".join("-" if v is None else f"{v:.3g}" for v in values)
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -284,22 +295,24 @@ def to_markdown(results: dict[str, Any]) -> str:
     text = ["# Stability: SB3 TD3 vs TD3CnnClip (CnnPolicy)", "", describe_line(results["run"])]
     headers = ["variant", "Q diverged at (per seed)", "abs(Q) > bound at",
                f"feature norm > {flags['feature_limit']:g} at", "saturated at", "early stop", "updates clipped",
-               "final abs(actor loss)", "peak max abs(Q)", "actor feat. norm", "critic feat. norm", "saturation",
-               f"Q - G (last {flags['last_episodes']} ep.)", f"return (last {flags['last_episodes']} ep.)"]  # fmt: skip
+               "final abs(actor loss)", "peak max abs(Q)", "actor feat. norm, per seed", "critic feat. norm",
+               "saturation", f"Q - G (last {flags['last_episodes']} ep.)",
+               f"return (last {flags['last_episodes']} ep.), per seed"]  # fmt: skip
     for setting, variants in results["summary"].items():
         bound = next(iter(variants.values()))["q_bound"]
         text += ["", f"## {setting}: {results['settings'][setting]}; Q bound r_max/(1-gamma) = {bound:.4g}", ""]
         rows = [
             [variant, s["diverged"], s["q_beyond_bound"], s["features_blew_up"], s["saturated"], s["early_stopped"],
              "" if s["median_clipped_fraction"] is None else f"{s['median_clipped_fraction']:.0%}",
-             s["median_final_abs_actor_loss"], s["median_peak_q_abs_max"], s["median_final_actor_feature_norm"],
-             s["median_final_critic_feature_norm"], s["median_final_saturation"], s["median_last_overestimation"],
-             s["median_last_episode_return"]]
+             s["median_final_abs_actor_loss"], s["median_peak_q_abs_max"],
+             per_seed(s["final_actor_feature_norm_per_seed"]), s["median_final_critic_feature_norm"],
+             s["median_final_saturation"], s["median_last_overestimation"], per_seed(s["last_episode_return_per_seed"])]
             for variant, s in variants.items()
         ]  # fmt: skip
         text.append(markdown_table(headers, rows))
-    text += ["", "Per-seed lists give the timestep (None: never); the other columns are medians over seeds of the "
-             "last probe (peak for max abs(Q)) and of the mean over the last episodes."]  # fmt: skip
+    text += ["", "Timestep lists are per seed (None: never). Other columns: medians over seeds (or per seed) of the "
+             "last probe (peak for max abs(Q)) and of the mean over the last episodes. An early-stopped run ends "
+             "rolled back to its last healthy snapshot, so its last probe measures that snapshot."]  # fmt: skip
     return "\n".join(text)
 
 
