@@ -39,12 +39,12 @@ ENV_ID = "CarlaScenario0-v0"
 #: SB3's TD3 default ``learning_starts`` (TD3CnnClip keeps it)
 TD3_LEARNING_STARTS: int = inspect.signature(TD3).parameters["learning_starts"].default
 
-#: replay buffer of every default candidate: SB3's 1e6 needs 56 GB for a full 4x84x84 buffer, and numpy refuses the
-#: 26 GiB observation array outright on a machine with less memory; the size does not change the time per step
+#: replay buffer of every default candidate: the CLI's default, which holds a whole learn(5000); the buffer's size
+#: does not change the time per step (the arrays are allocated lazily and sampling costs O(batch))
 BUFFER_SIZE = 10_000
 
 #: the candidates compared by default: name -> (torch threads, TD3CnnClip keyword arguments); the first is the
-#: package's defaults (SB3's TD3 defaults: batch 256, learning_starts 100, one update per env step) but the buffer
+#: package's defaults (TD3's: batch 256, learning_starts 100, one update per env step; torch's 2 threads here)
 DEFAULT_CANDIDATES: dict[str, tuple[int, dict[str, Any]]] = {
     "defaults (2 threads)": (2, {"buffer_size": BUFFER_SIZE}),
     "1 thread": (1, {"buffer_size": BUFFER_SIZE}),
