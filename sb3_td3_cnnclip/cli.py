@@ -209,6 +209,8 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
     run_dir = Path(config.log_dir) / f"{config.run_name}_{get_latest_run_id(config.log_dir, config.run_name) + 1}"
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
     env = make_env(config)
     model = make_model(config, env)
     model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))

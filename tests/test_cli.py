@@ -40,9 +40,10 @@ def test_flags() -> None:
 
 
 def test_prevention_flags_reach_the_model() -> None:
-    config = parse_train("--actor-lr-scale", "0.1", "--pre-tanh-penalty", "0.01", "--buffer-size", "100")
+    config = parse_train("--actor-lr-scale", "0.1", "--pre-tanh-penalty", "0.5", "--buffer-size", "100")
     model = cli.make_model(config, ToyImageEnv())
-    assert (model.actor_lr_scale, model.pre_tanh_penalty) == (0.1, 0.01)
+    assert (model.actor_lr_scale, model.pre_tanh_penalty) == (0.1, 0.5)
+    assert parse_train("--torch-threads", "none").torch_threads is None
 
 
 @pytest.mark.parametrize(
@@ -59,6 +60,7 @@ def test_prevention_flags_reach_the_model() -> None:
         (["--curriculum", "--scenario", "2"], "start from 0 or 1"),
         (["--actor-lr-scale", "0"], "actor_lr_scale=0.0 must be > 0"),
         (["--pre-tanh-penalty", "-1"], "pre_tanh_penalty=-1.0 must be >= 0"),
+        (["--torch-threads", "0"], "torch_threads=0 must be > 0"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
     ],
 )
