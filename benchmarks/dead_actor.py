@@ -11,8 +11,8 @@ A configuration is ``+``-joined parts, each ``name`` or ``name=value``:
 - ``td3``: plain TD3 (``TD3CnnClip`` with every limit ``None``: its updates are exactly SB3 TD3's, measured only);
 - ``clip``: the seed report's gradient limits (actor CNN 1.0, actor MLP 1.0, critic CNN 10.0, critic MLP 10.0);
 - ``bounded``: ``"BoundedCnnPolicy"`` (NatureCNN + LayerNorm + tanh, features in [-1, 1]);
-- ``actor_lr=S``: the actor's learning rate is S times the critic's (prototype, see :class:`Prototype`);
-- ``penalty=C``: ``C * mean(pre_tanh ** 2)`` added to the actor loss (prototype, see :class:`Prototype`).
+- ``actor_lr=S``: ``actor_lr_scale=S`` (the actor's learning rate is S times the critic's);
+- ``penalty=C``: ``pre_tanh_penalty=C`` (``C * mean(pre_tanh ** 2)`` added to the actor loss).
 
 Example: ``--configs td3 clip bounded bounded+clip penalty=0.01``.
 Each run goes to its own process (``--workers`` at a time, one torch thread each). With ``--merge`` the runs are
@@ -34,16 +34,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch as th
 from common import add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
-from torch import nn
 
 from sb3_td3_cnnclip import TD3CnnClip
-from sb3_td3_cnnclip.td3_cnnclip import SATURATION_EPS
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+from sb3_td3_cnnclip.td3_cnnclip import SATURATION_EPS
 
 NAME = "dead_actor"
 #: gradient limits of the ``td3`` configuration (measure, never clip)
@@ -54,75 +52,6 @@ NO_CLIP = dict.fromkeys(
 PARTS = {"td3": False, "clip": False, "bounded": False, "actor_lr": True, "penalty": True}
 #: an actor whose final saturation reaches this is counted dead even with a non-zero gradient
 SATURATED = 0.5
-
-
-class _PenaltyGrad(th.autograd.Function):
-    """Identity forward; backward adds the gradient of ``coef * mean(x ** 2)``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: th.Tensor, coef: float) -> th.Tensor:
-        ctx.save_for_backward(x)
-        ctx.coef = coef
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: th.Tensor) -> tuple[th.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        return grad + 2.0 * ctx.coef * x / x.numel(), None
-
-
-class PreTanhPenalty(nn.Module):
-    """Placed just before the actor's final tanh: adds ``coef * mean(pre_tanh ** 2)`` to the loss's gradient.
-
-    :param coef: the penalty's coefficient
-    """
-
-    def __init__(self, coef: float) -> None:
-        super().__init__()
-        self.coef = coef
-
-    def forward(self, x: th.Tensor) -> th.Tensor:
-        return _PenaltyGrad.apply(x, self.coef) if x.requires_grad else x
-
-
-class Prototype(TD3CnnClip):
-    """
-    TD3CnnClip with two candidate preventions prototyped without touching ``train()``.
-
-    The pre-tanh penalty's gradient is added by a :class:`PreTanhPenalty` module in the actor (the logged actor loss
-    leaves the penalty out; the gradients, clipped and measured, are those of the penalised loss).
-    The actor's learning rate is rescaled after SB3 sets both optimizers' rates from the schedule.
-
-    :param args: TD3CnnClip's positional arguments
-    :param actor_lr_scale: the actor's learning rate is this times the schedule's
-    :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` in the actor loss
-    :param kwargs: TD3CnnClip's keyword arguments
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        actor_lr_scale: float = 1.0,
-        pre_tanh_penalty: float = 0.0,
-        _init_setup_model: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, _init_setup_model=False, **kwargs)
-        self.actor_lr_scale = actor_lr_scale
-        self.pre_tanh_penalty = pre_tanh_penalty
-        if _init_setup_model:
-            self._setup_model()
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        if self.pre_tanh_penalty > 0:
-            *body, tanh = self.actor.mu
-            self.actor.mu = nn.Sequential(*body, PreTanhPenalty(self.pre_tanh_penalty), tanh)
-
-    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
-        super()._update_learning_rate(optimizers)
-        for group in self.actor.optimizer.param_groups:
-            group["lr"] *= self.actor_lr_scale
 
 
 def parse_config(config: str) -> dict[str, float | bool]:
@@ -165,7 +94,7 @@ def make_model(settings: dict[str, Any], seed: int) -> TD3CnnClip:
     env = make_env(settings["env"])
     n_actions = env.action_space.shape[0]
     noise = settings["action_noise"]
-    return Prototype(
+    return TD3CnnClip(
         "BoundedCnnPolicy" if parts.get("bounded") else "CnnPolicy",
         env,
         learning_rate=settings["lr"],
@@ -293,13 +222,14 @@ def summarise(runs: list[dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
-def write(output_dir: Path, invocations: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
-    """Write the result file (every invocation's description, every run) and its Markdown summary.
+def write(output_dir: Path, results: dict[str, Any]) -> None:
+    """Write the result file and its Markdown summary.
 
     :param output_dir: folder of the result files
-    :param invocations: the description of each invocation that contributed runs
-    :param runs: every run
+    :param results: ``invocations`` (the description of each invocation that contributed runs), ``runs`` (every
+        run) and ``notes`` (remarks written by hand into the result file, kept and shown)
     """
+    invocations, runs = results["invocations"], results["runs"]
     markdown = "\n".join([
         "# The dead actor: zero-gradient actor updates, saturation and returns per configuration", "",
         "Alive: no actor update with an exactly-zero MLP gradient and final saturation below 50 %. "
@@ -307,9 +237,10 @@ def write(output_dir: Path, invocations: list[dict[str, Any]], runs: list[dict[s
         "deterministic episodes after training. `td3` is TD3CnnClip with every limit None (SB3 TD3's updates). "
         "Clip frac: fraction of updates on which a group's gradient was clipped (– when nothing is clipped).",
         "", *(f"- {describe_line(inv)} Flags: {json.dumps(inv['flags'])}" for inv in invocations), "",
+        *(f"Note: {note}\n" for note in results["notes"]),
         summarise(runs),
     ])  # fmt: skip
-    write_results(output_dir, NAME, {"invocations": invocations, "runs": runs}, markdown)
+    write_results(output_dir, NAME, results, markdown)
 
 
 def main() -> None:
@@ -335,12 +266,12 @@ def main() -> None:
     if args.rewrite and not json_path.exists():
         parser.error(f"--rewrite needs a result file, and {json_path} does not exist: run the benchmark first.")
     reuse = (args.merge or args.rewrite) and json_path.exists()
-    previous = json.loads(json_path.read_text()) if reuse else {"invocations": [], "runs": []}
+    results = json.loads(json_path.read_text()) if reuse else {"invocations": [], "runs": []}
+    results.setdefault("notes", [])
     if args.rewrite:
-        write(args.output_dir, previous["invocations"], previous["runs"])
+        write(args.output_dir, results)
         return
-    invocations = [*previous["invocations"], run_description(args)]
-    runs: list[dict[str, Any]] = previous["runs"]
+    results["invocations"].append(run_description(args))
 
     jobs = []
     for config in args.configs:
@@ -354,11 +285,12 @@ def main() -> None:
         futures = [pool.submit(run_one, settings, seed, args.threads) for settings, seed in jobs]
         for future in as_completed(futures):
             run = future.result()
-            runs = [r for r in runs if (r["settings"], r["seed"]) != (run["settings"], run["seed"])] + [run]
+            same = (run["settings"], run["seed"])
+            results["runs"] = [r for r in results["runs"] if (r["settings"], r["seed"]) != same] + [run]
             print(f"{run['settings']['config']} seed {run['seed']}: {run['zero_grad_updates']}/{run['actor_updates']} "
                   f"zero-grad, saturation {run['saturation_final']:.2f}, eval return {run['eval_return']:.1f}, "
                   f"{run['train_seconds']:.0f} s", flush=True)  # fmt: skip
-            write(args.output_dir, invocations, runs)
+            write(args.output_dir, results)
 
 
 if __name__ == "__main__":
