@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch as th
@@ -13,14 +15,15 @@ from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 BATCH = 8
 
 
-def model_with_pre_tanh(bias: list[float]) -> TD3CnnClip:
+def model_with_pre_tanh(bias: list[float], **kwargs: Any) -> TD3CnnClip:
     """A CnnPolicy model with a filled buffer whose actor's last Linear outputs ``bias`` for every observation.
 
     :param bias: the pre-tanh value of each action dimension
+    :param kwargs: more TD3CnnClip keywords
     :return: the model (``policy_delay=1``: every gradient step updates the actor)
     """
     env = ToyImageEnv(size=36, channels=1)
-    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0)
+    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **kwargs)
     model.set_logger(configure(None, []))
     space = env.observation_space
     for _ in range(32):
@@ -78,3 +81,23 @@ def test_partly_saturated_actor_still_has_a_gradient() -> None:
     assert stats["actor_saturation"] == 0.5
     assert stats["actor_mlp_before"] > 0
     assert model.logger.name_to_value["train/actor_mlp_zero_grad_frac"] == 0.0
+
+
+def test_pre_tanh_penalty_gives_a_dead_actor_its_gradient_back() -> None:
+    # Exactly saturated: the Q term's gradient is 0, only coef * mean(pre_tanh ** 2) has one. With the last Linear's
+    # weights at 0 it reaches that layer only: d/d(bias_j) = 2 coef b_j / A, d/d(W_ji) = 2 coef b_j / (B A) sum_n h_ni.
+    coef, bias = 0.5, th.tensor([20.0, -20.0])
+    model = model_with_pre_tanh(bias.tolist(), pre_tanh_penalty=coef)
+    obs = replayed_batch_observations(model)
+    with th.no_grad():
+        hidden = model.actor.mu[:-2](model.actor.features_extractor(obs.float() / 255.0))
+    grad_bias = 2 * coef * bias / len(bias)
+    grad_weight = th.outer(grad_bias, hidden.sum(dim=0)) / BATCH
+    expected = th.cat([grad_bias, grad_weight.flatten()]).norm().item()
+    np.random.seed(0)
+    model.train(1, BATCH)
+    stats = model.update_stats[-1]
+    assert stats["actor_saturation"] == 1.0
+    assert stats["actor_mlp_before"] == pytest.approx(expected, rel=1e-5)
+    assert stats["actor_cnn_before"] == 0.0  # the zero weights block the path to the CNN
+    assert (model.actor.mu[-2].bias.abs() < 20.0).all()  # the step pulled the pre-tanh back from the bound
