@@ -30,7 +30,6 @@ import gymnasium as gym
 import numpy as np
 from common import add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
 
-import sb3_td3_cnnclip  # noqa: F401  (registers the CarlaScenario ids)
 from sb3_td3_cnnclip.envs.registration import SCENARIO_IDS
 
 #: the fake carla package used by the tests

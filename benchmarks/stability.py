@@ -43,7 +43,6 @@ from stable_baselines3 import TD3
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.noise import NormalActionNoise
 
-import sb3_td3_cnnclip  # noqa: F401  (registers the CarlaScenario ids)
 from sb3_td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.callbacks import ExplosionEarlyStopping
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
