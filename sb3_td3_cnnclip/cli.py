@@ -200,6 +200,27 @@ def make_callbacks(config: TrainConfig, run_dir: Path) -> CallbackList:
     return CallbackList(callbacks)
 
 
+def claim_run_dir(log_dir: str | Path, run_name: str) -> Path:
+    """Create the next free run directory ``<log_dir>/<run_name>_<n>`` and return it.
+
+    The directory is created without ``exist_ok``: of several runs started together into one log directory, each
+    gets its own (one that finds ``<n>`` taken tries ``<n + 1>``).
+
+    :param log_dir: the log directory (created if missing)
+    :param run_name: the run name
+    :return: the new, empty run directory
+    """
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    number = get_latest_run_id(str(log_dir), run_name) + 1
+    while True:
+        run_dir = Path(log_dir) / f"{run_name}_{number}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            number += 1
+
+
 def run_train(config: TrainConfig) -> tuple[Path, str]:
     """Train as the options say and save everything in a new run directory.
 
@@ -208,11 +229,11 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     """
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
-    run_dir = Path(config.log_dir) / f"{config.run_name}_{get_latest_run_id(config.log_dir, config.run_name) + 1}"
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     env = make_env(config)
     model = make_model(config, env)
+    run_dir = claim_run_dir(config.log_dir, config.run_name)
     model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))
     saved = {
         "config": dataclasses.asdict(config),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 from PIL import Image
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sb3_td3_cnnclip import TD3CnnClip, cli
-from sb3_td3_cnnclip.cli import UpdateStatsWriter, build_parser, config_from_args, main
+from sb3_td3_cnnclip.cli import UpdateStatsWriter, build_parser, claim_run_dir, config_from_args, main, run_train
 from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
@@ -123,6 +125,55 @@ def test_update_stats_writer_refuses_to_lose_updates(tmp_path: Path) -> None:
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=100, learning_starts=4, batch_size=4, gradient_steps=3, stats_history=2)
     with pytest.raises(RuntimeError, match="raise stats_history"):
         model.learn(8, callback=UpdateStatsWriter(tmp_path))
+
+
+class ToyDrivingEnv(ToyImageEnv):
+    """The toy image env with what ``run_train`` records of a driving env."""
+
+    simulator_name = "toy"
+    max_abs_reward = 2.0
+    spec = gym.envs.registration.EnvSpec("ToyDriving-v0")
+
+
+def test_concurrent_runs_get_their_own_run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = 4
+    barrier = threading.Barrier(runs, timeout=120)
+
+    def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
+        barrier.wait()  # the runs get here together, as runs started at once do
+        return ToyDrivingEnv()
+
+    monkeypatch.setattr(cli, "make_env", make_env)
+    errors: list[BaseException] = []
+
+    def train(seed: int) -> None:
+        config = TrainConfig(seed=seed, log_dir=str(tmp_path), max_timesteps=2, buffer_size=10, metrics=False,
+                             progress_bar=False, verbose=0)  # fmt: skip
+        try:
+            run_train(config)
+        except BaseException as error:  # noqa: BLE001 (re-raised below, in the test's thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=train, args=(seed,)) for seed in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    run_dirs = sorted(path.name for path in tmp_path.iterdir())
+    assert run_dirs == [f"TD3CnnClip_{n}" for n in range(1, runs + 1)]
+    seeds = {json.loads((tmp_path / name / "config.json").read_text())["config"]["seed"] for name in run_dirs}
+    assert seeds == set(range(runs))  # each run wrote its own config.json, none overwrote another's
+    for name in run_dirs:
+        assert json.loads((tmp_path / name / "result.json").read_text())["model"] == str(tmp_path / name / "model.zip")
+
+
+def test_claim_run_dir_skips_a_number_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "TD3CnnClip_1").mkdir()
+    (tmp_path / "TD3CnnClip_2").mkdir()
+    monkeypatch.setattr(cli, "get_latest_run_id", lambda *args: 0)  # another run took 1 and 2 after the listing
+    assert claim_run_dir(tmp_path, "TD3CnnClip") == tmp_path / "TD3CnnClip_3"
+    assert claim_run_dir(tmp_path / "new", "run") == tmp_path / "new" / "run_1"
 
 
 class Interrupt(BaseCallback):
