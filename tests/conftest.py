@@ -1,12 +1,29 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and helpers."""
 
+import importlib
+import os
 import socket
+import types
 
 import pytest
 import torch as th
 
 # The models under test are tiny: one thread is faster than two, and does not thrash when jobs share the cores.
 th.set_num_threads(1)
+
+
+def require(module: str) -> types.ModuleType:
+    """Import an optional dependency a test needs: skip the test when it is missing, except in CI.
+
+    CI (``CI`` set, as CI services do) installs every extra, so there a missing module is a broken environment and
+    the import error fails the test instead of turning it into a silent skip.
+
+    :param module: the module name, e.g. ``"highway_env"`` or ``"carla"``
+    :return: the module
+    """
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (CI fails instead of skipping)")
 
 
 @pytest.fixture

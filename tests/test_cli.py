@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from conftest import require
 from PIL import Image
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -190,6 +191,7 @@ class Interrupt(BaseCallback):
 
 
 def test_ctrl_c_saves_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    require("highway_env")
     make_callbacks = cli.make_callbacks
     monkeypatch.setattr(cli, "make_callbacks", lambda *args: CallbackList([*make_callbacks(*args).callbacks, Interrupt(5)]))
     status = main(["train", "--simulator", "surrogate", "--log-dir", str(tmp_path), "--verbose", "0", "--no-progress-bar"])
@@ -202,6 +204,7 @@ def test_ctrl_c_saves_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.slow
 def test_train_report_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    require("highway_env")
     flags = ["--simulator", "surrogate", "--max-timesteps", "60", "--learning-starts", "30", "--batch-size", "8",
              "--buffer-size", "100", "--seed", "42", "--debug", "--verbose", "0", "--log-dir", str(tmp_path)]  # fmt: skip
     assert main(["train", *flags]) == 0
@@ -235,9 +238,13 @@ def test_train_report_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert sum(durations) == (length + 1) * 50
 
 
-def test_evaluate_errors_and_inherited_options(tmp_path: Path, closed_port: int, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(tmp_path / "missing.zip")]) == 2
     assert "missing.zip' does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_inherits_the_run_options(tmp_path: Path, closed_port: int, capsys: pytest.CaptureFixture) -> None:
+    require("carla")  # the CARLA client, asked for by the run's config
     TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10).save(tmp_path / "model.zip")
     config = {**TrainConfig().__dict__, "simulator": "carla", "port": closed_port}
     (tmp_path / "config.json").write_text(json.dumps({"config": config}))

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from sb3_td3_cnnclip import TD3CnnClip
+
+require("highway_env")  # every example runs on the surrogate
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -48,6 +51,7 @@ def test_train_with_callbacks(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_rl_zoo(tmp_path: Path) -> None:
+    require("rl_zoo3")
     extra = ["-params", "learning_starts:40", "batch_size:8", "buffer_size:100", "--env-kwargs", "simulator:'surrogate'"]
     run(EXAMPLES / "rl_zoo.py", *extra, cwd=tmp_path, timesteps=60)
     model = TD3CnnClip.load(tmp_path / "logs" / "td3_cnnclip" / "CarlaScenario0-v0_1" / "CarlaScenario0-v0.zip")
