@@ -14,6 +14,7 @@ import json
 import secrets
 import sys
 import typing
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,8 +47,16 @@ TRAIN_DESCRIPTION = (
 )
 #: written by ExplosionEarlyStopping in the run directory when it stops training
 EXPLOSION_FILE = "explosion.json"
+#: the model file of a run directory
+MODEL_FILE = "model.zip"
+
+
+class ModelFileError(ValueError):
+    """``evaluate`` was given a file that is not a saved TD3 model."""
+
+
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
-USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError)
+USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError)
 
 
 def float_or_none(text: str) -> float | None:
@@ -258,19 +267,54 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
         if model.logger.name_to_value:  # the updates since the last dump
             model.dump_logs()
         model.logger.close()
-        model.save(run_dir / "model.zip")
+        model.save(run_dir / MODEL_FILE)
         result = {"status": status, "num_timesteps": model.num_timesteps, "n_updates": model._n_updates,
-                  "nonfinite_skips": model.nonfinite_skips, "model": str(run_dir / "model.zip")}  # fmt: skip
+                  "nonfinite_skips": model.nonfinite_skips, "model": str(run_dir / MODEL_FILE)}  # fmt: skip
         explosion = run_dir / EXPLOSION_FILE
         if explosion.is_file():
             result["stop_reason"] = json.loads(explosion.read_text())["reason"]
         (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
         env.close()
-        print(f"Training {status} at timestep {model.num_timesteps}; model saved to {run_dir / 'model.zip'}")
+        print(f"Training {status} at timestep {model.num_timesteps}; model saved to {run_dir / MODEL_FILE}")
     if "stop_reason" in result:
         print(f"Stopped early: {result['stop_reason']} (details in {run_dir / EXPLOSION_FILE})")
     print(f"Check the run with: sb3-td3-cnnclip report {run_dir}")
     return run_dir, status
+
+
+def model_file(path: str | Path) -> Path:
+    """The saved model a path names: the file itself, or the ``model.zip`` of a run directory.
+
+    :param path: a model file or a run directory
+    :return: the model file (it exists)
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"Run directory {str(path)!r} has no {MODEL_FILE}; train saves it when the run ends.")
+        return path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Model {str(path)!r} does not exist; pass a run directory or its {MODEL_FILE}.")
+    return path
+
+
+def load_model(path: Path, device: str) -> TD3CnnClip:
+    """Load a model saved by ``TD3CnnClip`` or SB3's ``TD3``, after checking that the file is one.
+
+    :param path: the model file
+    :param device: the torch device
+    :return: the model
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise ModelFileError(
+            f"{str(path)!r} is not a model saved by Stable-Baselines3 ({error}); pass a run directory or its {MODEL_FILE}."
+        ) from error
+    if "policy_delay" not in data:
+        raise ModelFileError(f"{str(path)!r} holds a Stable-Baselines3 model but not a TD3 one (no policy_delay in it).")
+    return TD3CnnClip.load(path, device=device)
 
 
 def _run_config(model_path: Path) -> dict[str, Any]:
@@ -282,16 +326,13 @@ def _run_config(model_path: Path) -> dict[str, Any]:
 def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, video: str | Path | None = None) -> list[dict[str, Any]]:
     """Drive ``episodes`` episodes with the model's deterministic policy; optionally save the camera view as a GIF.
 
-    :param model_path: the saved model (``model.zip``)
+    :param model_path: the saved model, or a run directory holding one (``model.zip``)
     :param config: the env options (scenario, simulator, server, seed, device)
     :param episodes: number of episodes
     :param video: GIF file to write (``None``: no video)
     :return: one dict of driving metrics per episode
     """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"Model {str(model_path)!r} does not exist; pass the model.zip of a run directory.")
-    model = TD3CnnClip.load(model_path, device=config.device)
+    model = load_model(model_file(model_path), config.device)
     policy = "MultiInputPolicy" if isinstance(model.observation_space, gym.spaces.Dict) else "CnnPolicy"
     env = make_env(dataclasses.replace(config, policy=policy), render_mode="rgb_array" if video else None)
     frames, results = [], []
@@ -373,7 +414,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    saved = {name: value for name, value in _run_config(Path(args.model)).items() if name in INHERITED_OPTIONS}
+    saved = {name: value for name, value in _run_config(model_file(args.model)).items() if name in INHERITED_OPTIONS}
     try:
         config = resolve_config(saved, given)
     except ValueError as error:
@@ -414,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train, parser=train)
 
     evaluate = commands.add_parser("evaluate", help="drive a saved model and print driving metrics")
-    evaluate.add_argument("model", help="the saved model (model.zip); scenario, simulator and server default to its run's config.json")
+    evaluate.add_argument("model", help="a run directory or its model.zip; scenario, simulator and server default to the run's config.json")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes to drive (default: 3)")
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
     add_options(evaluate, EVALUATE_OPTIONS)

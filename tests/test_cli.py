@@ -5,12 +5,14 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
 from conftest import require
 from PIL import Image
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -249,5 +251,31 @@ def test_evaluate_inherits_the_run_options(tmp_path: Path, closed_port: int, cap
     config = {**TrainConfig().__dict__, "simulator": "carla", "port": closed_port}
     (tmp_path / "config.json").write_text(json.dumps({"config": config}))
     # the run's simulator and port apply: CARLA is asked for, and nobody answers on that port
-    assert main(["evaluate", str(tmp_path / "model.zip")]) == 2
-    assert f"localhost:{closed_port}" in capsys.readouterr().err
+    for model in (tmp_path / "model.zip", tmp_path):  # the model, or its run directory
+        assert main(["evaluate", str(model)]) == 2
+        assert f"localhost:{closed_port}" in capsys.readouterr().err
+
+
+def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "model.zip").touch()
+    assert cli.model_file(tmp_path) == cli.model_file(tmp_path / "model.zip") == tmp_path / "model.zip"
+    empty = tmp_path / "unfinished"
+    empty.mkdir()
+    assert main(["evaluate", str(empty)]) == 2
+    assert capsys.readouterr().err == (
+        f"sb3-td3-cnnclip evaluate: error: Run directory {str(empty)!r} has no model.zip; train saves it when the run ends.\n"
+    )
+
+
+def test_evaluate_rejects_what_is_not_a_td3_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "text.zip").write_text("not a model")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("notes.txt", "a zip file without SB3's data")
+    PPO("MlpPolicy", "CartPole-v1", n_steps=8, batch_size=8).save(tmp_path / "ppo.zip")
+    not_saved = "is not a model saved by Stable-Baselines3 ({}); pass a run directory or its model.zip."
+    expected = {"text.zip": not_saved.format("File is not a zip file"),
+                "other.zip": not_saved.format('"There is no item named \'data\' in the archive"'),
+                "ppo.zip": "holds a Stable-Baselines3 model but not a TD3 one (no policy_delay in it)."}  # fmt: skip
+    for name, message in expected.items():
+        assert main(["evaluate", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err == f"sb3-td3-cnnclip evaluate: error: {str(tmp_path / name)!r} {message}\n"
