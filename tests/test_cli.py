@@ -17,7 +17,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sb3_td3_cnnclip import TD3CnnClip, cli
-from sb3_td3_cnnclip.cli import UpdateStatsWriter, build_parser, claim_run_dir, config_from_args, main, run_train
+from sb3_td3_cnnclip.callbacks import UpdateStatsWriter
+from sb3_td3_cnnclip.cli import build_parser, claim_run_dir, config_from_args, main, run_train
 from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 

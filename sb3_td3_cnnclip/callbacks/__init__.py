@@ -3,6 +3,7 @@
 - :class:`ScenarioCallback`: sets the scenario of the envs at training start, optionally a curriculum.
 - :class:`ExplosionEarlyStopping`: stops a diverging run, says why, keeps the last healthy model.
 - :class:`DrivingMetricsCallback`: logs per-episode driving figures under ``driving/``.
+- :class:`UpdateStatsWriter`: writes every gradient update's statistics of ``TD3CnnClip`` under ``debug/``.
 
 Example::
 
@@ -24,5 +25,6 @@ See each class for its parameters, defaults and logged keys.
 from sb3_td3_cnnclip.callbacks.driving_metrics import DrivingMetricsCallback
 from sb3_td3_cnnclip.callbacks.explosion import ExplosionEarlyStopping
 from sb3_td3_cnnclip.callbacks.scenario import ScenarioCallback
+from sb3_td3_cnnclip.callbacks.update_stats import UpdateStatsWriter
 
-__all__ = ["DrivingMetricsCallback", "ExplosionEarlyStopping", "ScenarioCallback"]
+__all__ = ["DrivingMetricsCallback", "ExplosionEarlyStopping", "ScenarioCallback", "UpdateStatsWriter"]
