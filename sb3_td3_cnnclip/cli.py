@@ -25,7 +25,7 @@ import numpy as np
 import stable_baselines3
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import HumanOutputFormat, KVWriter, Logger, configure
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import get_latest_run_id
 
@@ -96,6 +96,42 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
                 *flags, dest=f.name, type=parse, choices=f.metadata["choices"], default=argparse.SUPPRESS,
                 metavar=None if f.metadata["choices"] else metavar, help=help_text,
             )  # fmt: skip
+
+
+class EveryNthDump(KVWriter):
+    """Passes every ``n``-th logger dump on to another writer, e.g. SB3's stdout table: the logs can then be dumped
+    to TensorBoard at every episode while the terminal (and its progress bar) stays readable.
+
+    :param writer: the writer that receives every ``n``-th dump
+    :param n: dumps between two that are passed on
+    """
+
+    def __init__(self, writer: KVWriter, n: int) -> None:
+        self.writer = writer
+        self.n = n
+        self._dumps = 0
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        self._dumps += 1
+        if self._dumps % self.n == 0:
+            self.writer.write(key_values, key_excluded, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def make_logger(config: TrainConfig, run_dir: Path) -> Logger:
+    """The run's logger: TensorBoard and ``progress.csv`` at every dump, SB3's table on stdout every
+    ``table_interval`` dumps.
+
+    :param config: the options
+    :param run_dir: the run directory
+    :return: the logger
+    """
+    logger = configure(str(run_dir), ["csv", "tensorboard"])
+    if config.table_interval:
+        logger.output_formats.append(EveryNthDump(HumanOutputFormat(sys.stdout), config.table_interval))
+    return logger
 
 
 def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
@@ -191,7 +227,7 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     env = make_env(config)
     model = make_model(config, env)
     run_dir = claim_run_dir(config.log_dir, config.run_name)
-    model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))
+    model.set_logger(make_logger(config, run_dir))
     saved = {
         "config": dataclasses.asdict(config),
         "env": {"id": env.spec.id, "simulator": env.unwrapped.simulator_name, "max_abs_reward": env.unwrapped.max_abs_reward},

@@ -90,8 +90,9 @@ class TrainConfig:
     metrics: bool = option(True, "log driving metrics (route completion, speed, termination reasons) under driving/")
     debug: bool = option(False, "log every gradient update under debug/ (step = update) and raise on non-finite gradients")
     progress_bar: bool = option(True, "show a progress bar")
-    log_interval: int = option(1, "episodes between two TensorBoard dumps (one more is written at the end)", POSITIVE)
-    verbose: int = option(1, "0: quiet, 1: SB3's training table, 2: debug messages", choices=(0, 1, 2))
+    log_interval: int = option(1, "episodes between two logger dumps to TensorBoard and progress.csv (one more is written at the end)", POSITIVE)
+    table_interval: int = option(0, "dumps between two of SB3's training tables on stdout (0: none, the progress bar stays readable)", NON_NEGATIVE)
+    verbose: int = option(1, "0: quiet, 1: SB3's messages, 2: debug messages", choices=(0, 1, 2))
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(TrainConfig)

@@ -172,6 +172,19 @@ def test_concurrent_runs_get_their_own_run_dirs(tmp_path: Path, monkeypatch: pyt
         assert json.loads((tmp_path / name / "result.json").read_text())["model"] == str(tmp_path / name / "model.zip")
 
 
+@pytest.mark.parametrize("table_interval", [None, 2])
+def test_training_table_interval(table_interval: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(cli, "make_env", lambda config, render_mode=None: ToyDrivingEnv(episode_length=10))
+    flags = ["--max-timesteps", "60", "--buffer-size", "10", "--no-metrics", "--no-progress-bar", "--log-dir", str(tmp_path)]
+    if table_interval is not None:
+        flags += ["--table-interval", str(table_interval)]
+    assert main(["train", *flags]) == 0
+    tables = capsys.readouterr().out.count("| time/")
+    dumps = len((tmp_path / "TD3CnnClip_1" / "progress.csv").read_text().splitlines()) - 1
+    assert dumps >= 6  # one per episode (--log-interval 1) whatever is printed, as the report needs
+    assert tables == (0 if table_interval is None else dumps // table_interval)
+
+
 def test_claim_run_dir_skips_a_number_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "TD3CnnClip_1").mkdir()
     (tmp_path / "TD3CnnClip_2").mkdir()
