@@ -40,9 +40,16 @@ from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
 INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
 #: options of ``evaluate`` shared with ``train``
 EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
+#: ``evaluate``'s own help of a shared option
+EVALUATE_HELP = {"seed": "seed of the first episode's reset; episode i gets seed + i (none: unseeded)"}
+DESCRIPTION = "Train TD3CnnClip on the CARLA driving scenarios, check a run, drive a saved model (also: python -m sb3_td3_cnnclip)."
 TRAIN_DESCRIPTION = (
     "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
     "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
+)
+EVALUATE_DESCRIPTION = (
+    "Drive a saved model deterministically and print driving metrics per episode. The environment options default "
+    "to the run's config.json, overridden by flags."
 )
 #: written by ExplosionEarlyStopping in the run directory when it stops training
 EXPLOSION_FILE = "explosion.json"
@@ -74,12 +81,16 @@ _PARSERS: dict[Any, tuple[Callable[[str], Any], str]] = {
 }  # fmt: skip
 
 
-def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, names: Sequence[str], inherited: Sequence[str] = (), helps: dict[str, str] | None = None
+) -> None:
     """Add a flag for each named :class:`TrainConfig` field. Flags default to "absent" so that only the ones the
     user gives override the lower layers (defaults, config file).
 
     :param parser: the (sub)parser
     :param names: the fields to offer
+    :param inherited: the fields whose default comes from a run's ``config.json`` (said in their help)
+    :param helps: help texts that replace the fields' own (name -> text)
     """
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -87,7 +98,8 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
             continue
         flags = [f"--{f.name.replace('_', '-')}", *f.metadata["flags"]]
         shown = "none" if f.default is None else f.default
-        help_text = f"{f.metadata['help']} (default: {shown})"
+        default = f"the run's config.json, else {shown}" if f.name in inherited else shown
+        help_text = f"{(helps or {}).get(f.name, f.metadata['help'])} (default: {default})"
         if hints[f.name] is bool:
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
@@ -429,7 +441,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``sb3-td3-cnnclip`` and its three commands."""
-    parser = argparse.ArgumentParser(prog="sb3-td3-cnnclip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sb3-td3-cnnclip", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {sb3_td3_cnnclip.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -438,11 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(train, option_names())
     train.set_defaults(func=_train, parser=train)
 
-    evaluate = commands.add_parser("evaluate", help="drive a saved model and print driving metrics")
-    evaluate.add_argument("model", help="a run directory or its model.zip; scenario, simulator and server default to the run's config.json")
+    evaluate = commands.add_parser("evaluate", help="drive a saved model and print driving metrics", description=EVALUATE_DESCRIPTION)
+    evaluate.add_argument("model", help="a run directory or its model.zip")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes to drive (default: 3)")
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
-    add_options(evaluate, EVALUATE_OPTIONS)
+    add_options(evaluate, EVALUATE_OPTIONS, inherited=INHERITED_OPTIONS, helps=EVALUATE_HELP)
     evaluate.set_defaults(func=_evaluate, parser=evaluate)
 
     report = commands.add_parser("report", help="check a run against the success criteria (exit 1 if one fails)")

@@ -77,6 +77,19 @@ def test_bad_flag_values(argv: list[str], message: str, capsys: pytest.CaptureFi
     assert message in capsys.readouterr().err
 
 
+def test_help_texts(capsys: pytest.CaptureFixture) -> None:
+    helps = {}
+    for command in ("", "train", "evaluate", "report"):
+        with pytest.raises(SystemExit):
+            main([*command.split(), "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())  # argparse's lines joined
+    assert [command for command, text in helps.items() if "``" in text] == []  # no reStructuredText markup
+    assert "--scenario {0,1,2} driving scenario (NPC vehicles 0: 20, 1: 50, 2: 100) (default: the run's config.json, else 0)" in helps["evaluate"]
+    assert "--seed N|none seed of the first episode's reset; episode i gets seed + i (none: unseeded) (default: none)" in helps["evaluate"]
+    assert "--seed N|none random seed (none: draw one, recorded in the run's config.json) (default: none)" in helps["train"]
+    assert "--scenario {0,1,2} driving scenario (NPC vehicles 0: 20, 1: 50, 2: 100) (default: 0)" in helps["train"]
+
+
 def test_config_files(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("learning_rate: 1.0e-4\nbatch_size: 64\nactor_cnn_max_grad_norm: null\n")
     (tmp_path / "c.toml").write_text('learning_rate = 1e-4\nbatch_size = 64\nactor_cnn_max_grad_norm = "none"\n')
