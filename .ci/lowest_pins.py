@@ -7,8 +7,13 @@ extra), so the job always tests what the package declares. Usage: ``python .ci/l
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: run it with a Python that has tomli (the package's .venv has it)
+    import tomli as tomllib
 
 #: the packages pinned to their floor: the core the code relies on, and the test extra's simulators and zoo
 PINNED = ("stable-baselines3", "gymnasium", "torch", "highway-env", "rl-zoo3")
