@@ -360,7 +360,7 @@ def _save_gif(frames: list[np.ndarray], path: Path, fps: int, scale: int = 4) ->
     try:
         from PIL import Image
     except ImportError as error:
-        raise MissingExtraError('Videos need Pillow: pip install "sb3-td3-cnnclip[report]".') from error
+        raise MissingExtraError("Videos need Pillow: pip install pillow (or the package's report extra).") from error
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)

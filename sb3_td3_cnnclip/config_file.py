@@ -165,7 +165,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as error:
-            raise MissingExtraError('YAML config files need PyYAML: pip install "sb3-td3-cnnclip[yaml]".') from error
+            raise MissingExtraError("YAML config files need PyYAML: pip install pyyaml (or the package's yaml extra), or write a .toml file.") from error
         values = yaml.safe_load(path.read_text())
     elif suffix == ".toml":
         if sys.version_info >= (3, 11):

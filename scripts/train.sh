@@ -5,5 +5,5 @@
 # Extra arguments go to `sb3-td3-cnnclip train` (e.g. --max-timesteps 5000 --seed 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh "surrogate,report"
+source scripts/setup.sh "surrogate,report,yaml"
 sb3-td3-cnnclip train --scenario 0 --simulator surrogate --max-timesteps 2000 --batch-size 64 --log-dir runs/quickstart "$@"

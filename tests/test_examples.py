@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,16 @@ from conftest import require
 
 from sb3_td3_cnnclip import TD3CnnClip
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover (Python 3.10: tomli is a dependency there)
+    import tomli as tomllib
+
 require("highway_env")  # every example runs on the surrogate
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SCRIPTS = ROOT / "scripts"
 
 
 def run(script: Path, *args: str, cwd: Path, timesteps: int | None = None) -> subprocess.CompletedProcess:
@@ -66,3 +73,10 @@ def test_train_td3_scripts(script: Path, tmp_path: Path) -> None:
     result = run(script, *flags, cwd=tmp_path)
     assert "Training completed at timestep 40" in result.stdout
     assert TD3CnnClip.load(tmp_path / "TD3CnnClip_1" / "model.zip")._n_updates == 20
+
+
+def test_train_sh_installs_what_a_yaml_config_needs() -> None:
+    """``bash scripts/train.sh --config run.yaml`` must work: the extras it installs include PyYAML."""
+    extras = re.search(r'source scripts/setup.sh "([^"]+)"', (SCRIPTS / "train.sh").read_text())[1].split(",")
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.lower().startswith("pyyaml") for extra in extras for requirement in optional[extra])
