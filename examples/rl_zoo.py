@@ -1,4 +1,4 @@
-"""Train TD3CnnClip with RL Baselines3 Zoo (``pip install "sb3-td3-cnnclip[zoo]"``).
+"""Train TD3CnnClip with RL Baselines3 Zoo (``pip install ".[zoo]"`` in a clone).
 
 rl-zoo3 looks algorithms up by name in its ``rl_zoo3.ALGOS`` dict and builds envs with ``gymnasium.make``. Two
 lines make the package usable there: add ``TD3CnnClip`` to ``ALGOS`` (here as ``"td3_cnnclip"``) before the zoo
