@@ -287,6 +287,8 @@ class TD3CnnClip(TD3):
         if "q_policy_gap" in stats:
             logger.record_mean("train/q_policy_gap", stats["q_policy_gap"])
         self._record_max("train/q_abs", stats["q_abs_max"], mean=False)
+        if "actor_loss" in stats:
+            self._record_max("train/actor_loss_abs", abs(stats["actor_loss"]), mean=False)
         if "actor_mlp_before" in stats:
             logger.record_mean("train/actor_mlp_zero_grad_frac", float(stats["actor_mlp_before"] == 0.0))
         for network in ("critic", "actor"):
@@ -294,8 +296,11 @@ class TD3CnnClip(TD3):
             logger.record(key, logger.name_to_value.get(key, 0) + stats.get(f"{network}_skipped", 0.0))
 
     def _record_max(self, key: str, value: float, mean: bool = True) -> None:
-        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``."""
+        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``.
+
+        The maximum is NaN once a NaN was recorded (``np.fmax`` and ``max`` would drop it).
+        """
         if mean:
             self.logger.record_mean(key, value)
         max_key = f"{key}_max"
-        self.logger.record(max_key, max(self.logger.name_to_value.get(max_key, -np.inf), value))
+        self.logger.record(max_key, float(np.maximum(self.logger.name_to_value.get(max_key, -np.inf), value)))
