@@ -67,7 +67,9 @@ class TD3CnnClip(TD3):
         below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is TD3.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
         keeps the actor's output layer out of tanh saturation. 0.0 is TD3.
-    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
+    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
+        with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
+        ``train()`` sees every update
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -166,6 +168,8 @@ class TD3CnnClip(TD3):
 
         # Update learning rate according to lr schedule
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
+            self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
 
         actor_losses, critic_losses = [], []
         for _ in range(gradient_steps):

@@ -216,3 +216,24 @@ def test_q_bound_reads_max_abs_reward_from_the_env(tmp_path):
 def test_invalid_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ExplosionEarlyStopping(**kwargs)
+
+
+def test_every_update_of_a_long_train_call_is_checked(tmp_path, force_q):
+    # 60 gradient steps per train() call against a history of 20: update 5 would leave update_stats unchecked
+    model = toy_model(tmp_path, train_freq=60, gradient_steps=-1, stats_history=20)
+    force_q(model, at_update=5, value=1e9, on="replay")
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    with pytest.warns(RuntimeWarning, match=r"update 5: \|Q\| = 1e\+09"):
+        model.learn(200, callback=callback)
+    assert callback.triggered == ["q_bound"]
+    assert len(model.update_stats) >= 60  # the history grew to hold a whole train() call
+
+
+def test_updates_that_left_update_stats_unchecked_raise(tmp_path):
+    model = toy_model(tmp_path, stats_history=20)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    model.learn(60, callback=callback)
+    model.train(15, batch_size=16)  # two train() calls outside learn(): 30 updates since the last check
+    model.train(15, batch_size=16)
+    with pytest.raises(RuntimeError, match=r"Updates 11 to 20 left model.update_stats before they were checked"):
+        callback.on_rollout_start()

@@ -1,7 +1,8 @@
 """Early stopping on divergence, from the statistics :class:`~sb3_td3_cnnclip.TD3CnnClip` keeps of every update.
 
 The callback adds no forward pass: it reads the entries of ``model.update_stats`` newer than the last one it saw
-(with plain SB3 algorithms, the losses the algorithm logged). Each check is a condition on one update, either
+(with plain SB3 algorithms, the losses the algorithm logged), all of them: an update that left ``update_stats``
+before it was checked raises a ``RuntimeError``. Each check is a condition on one update, either
 immediate (one bad update stops training) or persistent (``window`` consecutive bad updates of that statistic).
 The checks run at the start of each rollout, i.e. right after ``train()`` and before the policy acts again.
 """
@@ -258,6 +259,13 @@ class ExplosionEarlyStopping(BaseCallback):
                     break
                 new.append(stats)
             new.reverse()
+            if not new or new[0]["n_updates"] != self._last_update + 1:
+                first = new[0]["n_updates"] if new else n_updates + 1
+                raise RuntimeError(
+                    f"Updates {self._last_update + 1} to {first - 1} left model.update_stats before they were checked: "
+                    f"more gradient steps ran between two checks than stats_history={self.model.stats_history} holds "
+                    "(train() called outside learn()?); raise stats_history, or check after each train() call."
+                )
         else:  # plain SB3: the losses the last train() logged (name_to_value is a defaultdict: test membership)
             logged = self.logger.name_to_value
             losses = {key: logged[f"train/{key}"] for key in ("actor_loss", "critic_loss") if f"train/{key}" in logged}
