@@ -211,8 +211,12 @@ class TD3CnnClip(TD3):
                 # Compute actor loss
                 actions_pi = self.actor(replay_data.observations)
                 stats.update(self._actor_output_stats(actions_pi))
-                actor_loss = -self.critic.q1_forward(replay_data.observations, actions_pi).mean()
-                stats["q_policy_gap"] = -actor_loss.item() - stats["q_replay"]
+                # = critic.q1_forward(obs, actions_pi), with its features kept to compare Q on the replay actions
+                with th.no_grad():
+                    features = self.critic.extract_features(replay_data.observations, self.critic.features_extractor)
+                q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
+                actor_loss = -q_pi.mean()
+                stats["q_policy_gap"] = self._q_policy_gap(features, q_pi, replay_data.actions)
                 if self.pre_tanh_penalty > 0:
                     actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
                     self._pre_tanh.value = None  # release the graph (see _OutputCapture)
@@ -258,6 +262,12 @@ class TD3CnnClip(TD3):
             stats = {"q_replay": current_q_values[0].mean().item(), "q_abs_max": q_abs_max.item()}
             stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
         return stats
+
+    def _q_policy_gap(self, features: th.Tensor, q_pi: th.Tensor, replay_actions: th.Tensor) -> float:
+        """Mean Q1 on the policy's actions minus mean Q1 on the replay actions, from the same critic weights."""
+        with th.no_grad():
+            q_replay = self.critic.q_networks[0](th.cat([features, replay_actions], dim=1))
+            return (q_pi.mean() - q_replay.mean()).item()
 
     def _actor_output_stats(self, actions: th.Tensor) -> dict[str, float]:
         """Saturation of the actor's actions, its mean |pre-tanh| and its feature norm, from the forward just done."""
