@@ -29,6 +29,9 @@ Q_BOUND_CHECKS = ("q_bound", "q_gap")
 
 GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
 
+#: the model's counters that belong to its weights, kept with each snapshot (name in explosion.json: attribute)
+SNAPSHOT_COUNTERS = {"num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining"}
+
 BOUNDED_ENCODER = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
     "BoundedNatureCNN) from sb3_td3_cnnclip.encoders)"
@@ -74,7 +77,9 @@ class ExplosionEarlyStopping(BaseCallback):
 
     The checks run at the start of each rollout (right after ``train()``) and at the end of training. On a trigger
     the callback rolls the model back to the last healthy state and saves it to ``<log_dir>/last_healthy.zip``
-    (loadable with ``TD3CnnClip.load``), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
+    (loadable with ``TD3CnnClip.load``, with the counters of the snapshot: ``num_timesteps``, ``_n_updates`` and
+    ``_current_progress_remaining``, so a resumed run continues the learning-rate schedule and the policy-delay
+    phase of those weights; the model ``learn()`` returns keeps the counters of the trigger), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
     checkpoint's update), warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
     text), dumps the logger, and returns ``False`` at the next env step, which SB3 takes before it can stop. The
     rollback makes that step and the model ``learn()`` returns usable: diverged weights are often NaN, and then
@@ -178,7 +183,7 @@ class ExplosionEarlyStopping(BaseCallback):
         self._dead_counts = [0, 0]  # zero-gradient and saturated actor updates in the current dead-actor streak
         self._feature_history: dict[str, list[float]] = {}
         self._snapshot: dict[str, Any] | None = None
-        self._snapshot_at = {"num_timesteps": 0, "n_updates": 0}
+        self._snapshot_at: dict[str, float] = {}
 
     def _init_callback(self) -> None:
         if self.log_dir is None:
@@ -420,10 +425,18 @@ class ExplosionEarlyStopping(BaseCallback):
     def _take_snapshot(self) -> None:
         """Copy the weights and optimizer states in memory: the last healthy model."""
         self._snapshot = copy.deepcopy(self.model.get_parameters())
-        self._snapshot_at = {"num_timesteps": self.model.num_timesteps, "n_updates": self.model._n_updates}
+        self._snapshot_at = self._counters()
         if self.verbose >= 1:
             print(f"ExplosionEarlyStopping: healthy snapshot at update {self.model._n_updates}")
 
+
+    def _counters(self) -> dict[str, float]:
+        """The model's :data:`SNAPSHOT_COUNTERS` now."""
+        return {name: getattr(self.model, attribute) for name, attribute in SNAPSHOT_COUNTERS.items()}
+
+    def _set_counters(self, counters: dict[str, float]) -> None:
+        for name, attribute in SNAPSHOT_COUNTERS.items():
+            setattr(self.model, attribute, counters[name])
 
     def _record_alerts(self) -> None:
         for check in self.checks:
@@ -435,7 +448,12 @@ class ExplosionEarlyStopping(BaseCallback):
         self.reason = "; ".join(reason for _, reason in found)
         checkpoint = os.path.join(self.log_dir, "last_healthy.zip")
         self.model.set_parameters(self._snapshot, exact_match=True)
-        self.model.save(checkpoint)
+        at_trigger = self._counters()
+        self._set_counters(self._snapshot_at)  # the checkpoint resumes with the weights' schedule and delay phase
+        try:
+            self.model.save(checkpoint)
+        finally:
+            self._set_counters(at_trigger)
         replay_buffer = None
         if self.save_replay_buffer:
             replay_buffer = os.path.join(self.log_dir, "replay_buffer.pkl")
