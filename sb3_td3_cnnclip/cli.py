@@ -254,7 +254,8 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     status = "error"
     try:
         model.learn(config.max_timesteps, callback=callback, log_interval=config.log_interval)
-        status = "completed" if model.num_timesteps >= config.max_timesteps else "stopped_early"
+        stopped = (run_dir / EXPLOSION_FILE).is_file() or model.num_timesteps < config.max_timesteps
+        status = "stopped_early" if stopped else "completed"
     except KeyboardInterrupt:
         status = "interrupted"
     finally:

@@ -67,7 +67,9 @@ class TD3CnnClip(TD3):
         below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is TD3.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
         keeps the actor's output layer out of tanh saturation. 0.0 is TD3.
-    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
+    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
+        with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
+        ``train()`` sees every update
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -166,6 +168,8 @@ class TD3CnnClip(TD3):
 
         # Update learning rate according to lr schedule
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
+            self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
 
         actor_losses, critic_losses = [], []
         for _ in range(gradient_steps):
@@ -207,8 +211,12 @@ class TD3CnnClip(TD3):
                 # Compute actor loss
                 actions_pi = self.actor(replay_data.observations)
                 stats.update(self._actor_output_stats(actions_pi))
-                actor_loss = -self.critic.q1_forward(replay_data.observations, actions_pi).mean()
-                stats["q_policy_gap"] = -actor_loss.item() - stats["q_replay"]
+                # = critic.q1_forward(obs, actions_pi), with its features kept to compare Q on the replay actions
+                with th.no_grad():
+                    features = self.critic.extract_features(replay_data.observations, self.critic.features_extractor)
+                q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
+                actor_loss = -q_pi.mean()
+                stats["q_policy_gap"] = self._q_policy_gap(features, q_pi, replay_data.actions)
                 if self.pre_tanh_penalty > 0:
                     actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
                     self._pre_tanh.value = None  # release the graph (see _OutputCapture)
@@ -255,6 +263,12 @@ class TD3CnnClip(TD3):
             stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
         return stats
 
+    def _q_policy_gap(self, features: th.Tensor, q_pi: th.Tensor, replay_actions: th.Tensor) -> float:
+        """Mean Q1 on the policy's actions minus mean Q1 on the replay actions, from the same critic weights."""
+        with th.no_grad():
+            q_replay = self.critic.q_networks[0](th.cat([features, replay_actions], dim=1))
+            return (q_pi.mean() - q_replay.mean()).item()
+
     def _actor_output_stats(self, actions: th.Tensor) -> dict[str, float]:
         """Saturation of the actor's actions, its mean |pre-tanh| and its feature norm, from the forward just done."""
         with th.no_grad():
@@ -287,6 +301,8 @@ class TD3CnnClip(TD3):
         if "q_policy_gap" in stats:
             logger.record_mean("train/q_policy_gap", stats["q_policy_gap"])
         self._record_max("train/q_abs", stats["q_abs_max"], mean=False)
+        if "actor_loss" in stats:
+            self._record_max("train/actor_loss_abs", abs(stats["actor_loss"]), mean=False)
         if "actor_mlp_before" in stats:
             logger.record_mean("train/actor_mlp_zero_grad_frac", float(stats["actor_mlp_before"] == 0.0))
         for network in ("critic", "actor"):
@@ -294,8 +310,11 @@ class TD3CnnClip(TD3):
             logger.record(key, logger.name_to_value.get(key, 0) + stats.get(f"{network}_skipped", 0.0))
 
     def _record_max(self, key: str, value: float, mean: bool = True) -> None:
-        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``."""
+        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``.
+
+        The maximum is NaN once a NaN was recorded (``np.fmax`` and ``max`` would drop it).
+        """
         if mean:
             self.logger.record_mean(key, value)
         max_key = f"{key}_max"
-        self.logger.record(max_key, max(self.logger.name_to_value.get(max_key, -np.inf), value))
+        self.logger.record(max_key, float(np.maximum(self.logger.name_to_value.get(max_key, -np.inf), value)))

@@ -97,7 +97,8 @@ def test_divergence_stops_and_saves_the_last_healthy_model(tmp_path, overrides, 
         model.learn(400, callback=callback)
     report = check_stopped(tmp_path, callback, model, check, 400)
     # With snapshot_freq beyond the run, the last healthy model is the one training started from.
-    assert report["last_healthy"] == {"path": str(tmp_path / "last_healthy.zip"), "num_timesteps": 0, "n_updates": 0}
+    assert report["last_healthy"] == {"path": str(tmp_path / "last_healthy.zip"), "num_timesteps": 0, "n_updates": 0,
+                                      "progress_remaining": 1.0}
     # Both the saved model and the model learn() returns are the last healthy one.
     for policy in (TD3CnnClip.load(tmp_path / "last_healthy.zip").policy, model.policy):
         for key, value in policy.state_dict().items():
@@ -216,3 +217,64 @@ def test_q_bound_reads_max_abs_reward_from_the_env(tmp_path):
 def test_invalid_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ExplosionEarlyStopping(**kwargs)
+
+
+def test_every_update_of_a_long_train_call_is_checked(tmp_path, force_q):
+    # 60 gradient steps per train() call against a history of 20: update 5 would leave update_stats unchecked
+    model = toy_model(tmp_path, train_freq=60, gradient_steps=-1, stats_history=20)
+    force_q(model, at_update=5, value=1e9, on="replay")
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    with pytest.warns(RuntimeWarning, match=r"update 5: \|Q\| = 1e\+09"):
+        model.learn(200, callback=callback)
+    assert callback.triggered == ["q_bound"]
+    assert len(model.update_stats) >= 60  # the history grew to hold a whole train() call
+
+
+def test_updates_that_left_update_stats_unchecked_raise(tmp_path):
+    model = toy_model(tmp_path, stats_history=20)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    model.learn(60, callback=callback)
+    model.train(15, batch_size=16)  # two train() calls outside learn(): 30 updates since the last check
+    model.train(15, batch_size=16)
+    with pytest.raises(RuntimeError, match=r"Updates 11 to 20 left model.update_stats before they were checked"):
+        callback.on_rollout_start()
+
+
+def test_last_healthy_checkpoint_carries_the_snapshot_counters(tmp_path):
+    model = toy_model(tmp_path, env=NanRewardAfter(ToyImageEnv(size=36), after=200), lr=lambda p: 1e-4 * p)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, snapshot_freq=40)
+    counters = []
+    take = callback._take_snapshot
+
+    def recording_snapshot():
+        take()
+        counters.append((model._n_updates, model.num_timesteps, model._current_progress_remaining))
+
+    callback._take_snapshot = recording_snapshot
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        model.learn(400, callback=callback)
+    loaded = TD3CnnClip.load(tmp_path / "last_healthy.zip")
+    assert counters[-1][0] == 120
+    assert (loaded._n_updates, loaded.num_timesteps, loaded._current_progress_remaining) == counters[-1]
+    assert (model._n_updates, model.num_timesteps) != counters[-1][:2]  # the model that stopped went further
+    report = json.loads((tmp_path / "explosion.json").read_text())["last_healthy"]
+    assert (report["n_updates"], report["num_timesteps"]) == counters[-1][:2]
+
+
+def test_a_trigger_at_training_end_gives_a_stopped_status(tmp_path, monkeypatch):
+    from functools import partial
+
+    from sb3_td3_cnnclip import cli
+
+    # the only actor update (update 2) is the last train() of learn(), checked in _on_training_end
+    monkeypatch.setattr(cli, "ExplosionEarlyStopping", partial(ExplosionEarlyStopping, max_abs_actor_loss=1e-12))
+    flags = ["--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "10", "--batch-size", "4",
+             "--buffer-size", "20", "--seed", "1", "--verbose", "0", "--no-progress-bar", "--log-dir", str(tmp_path)]  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"update 2: \|actor loss\|"):
+        assert cli.main(["train", *flags]) == 0
+    run_dir = tmp_path / "TD3CnnClip_1"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "stopped_early" and "update 2: |actor loss|" in result["stop_reason"]
+    assert result["num_timesteps"] == 12
+    loaded = TD3CnnClip.load(run_dir / "last_healthy.zip")
+    assert (loaded._n_updates, loaded.num_timesteps) == (0, 0)

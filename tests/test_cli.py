@@ -140,8 +140,12 @@ def test_update_stats_writer_logs_every_update(tmp_path: Path) -> None:
 
 def test_update_stats_writer_refuses_to_lose_updates(tmp_path: Path) -> None:
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=100, learning_starts=4, batch_size=4, gradient_steps=3, stats_history=2)
+    writer = UpdateStatsWriter(tmp_path)
+    model.learn(8, callback=writer)  # update_stats grows to hold each train() call of learn(): nothing lost
+    model.train(2, batch_size=4)  # two train() calls outside learn(): 4 updates since the last write, 3 kept
+    model.train(2, batch_size=4)
     with pytest.raises(RuntimeError, match="raise stats_history"):
-        model.learn(8, callback=UpdateStatsWriter(tmp_path))
+        writer.on_step()
 
 
 class ToyDrivingEnv(ToyImageEnv):

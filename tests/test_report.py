@@ -19,6 +19,7 @@ HEALTHY = {
     "train/actor_mlp_zero_grad_frac": [0.0, 0.0],
     "train/actor_saturation": [0.1, 0.2],
     "train/actor_loss": [-5.0, -20.0],
+    "train/actor_loss_abs_max": [5.0, 20.0],
     "alerts/actor_loss": [0, 0],
     "alerts/dead_actor": [0, 0],
 }
@@ -59,9 +60,9 @@ def test_healthy_run_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         ("train/actor_cnn_grad_after_max", [0.4, 1.001], "actor CNN grad AFTER <= limit"),
         ("train/actor_mlp_zero_grad_frac", [0.0, 0.98], "actor MLP grad > 0"),
         ("alerts/dead_actor", [0, 3], "alerts/* == 0"),
-        ("train/actor_loss", [-5.0, -7.5e12], "|actor loss| bounded"),
-        ("train/actor_loss", [-5.0, float("nan")], "|actor loss| bounded"),
-        ("train/actor_loss", [-5.0, -101.0], "|actor loss| bounded"),  # just over the Q bound 100
+        ("train/actor_loss_abs_max", [5.0, 7.5e12], "|actor loss| bounded"),
+        ("train/actor_loss_abs_max", [5.0, float("nan")], "|actor loss| bounded"),
+        ("train/actor_loss_abs_max", [5.0, 101.0], "|actor loss| bounded"),  # just over the Q bound 100
     ],
 )
 def test_violation_fails_its_criterion_only(tmp_path: Path, tag: str, values: list[float], criterion: str) -> None:
@@ -70,6 +71,18 @@ def test_violation_fails_its_criterion_only(tmp_path: Path, tag: str, values: li
     assert result.pop(criterion) == FAIL
     assert set(result.values()) == {PASS}
     assert main(["report", str(run_dir), "--no-plots"]) == 1
+
+
+def test_actor_loss_row_reads_the_per_dump_maximum(tmp_path: Path) -> None:
+    # the per-dump mean of the last train() call looks healthy; the maximum over every update does not
+    run_dir = write_run(tmp_path / "new", {**HEALTHY, "train/actor_loss_abs_max": [5.0, 7.5e12]})
+    row = {c.name: c for c in check_run(run_dir).criteria}["|actor loss| bounded"]
+    assert (row.status, row.measured) == (FAIL, "max 7.5e+12, last 7.5e+12")
+    assert row.note.startswith("train/actor_loss_abs_max, per log dump;")
+    # runs logged before the maximum existed are checked on the means, and the note says so
+    old = {key: value for key, value in HEALTHY.items() if key != "train/actor_loss_abs_max"}
+    row = {c.name: c for c in check_run(write_run(tmp_path / "old", old)).criteria}["|actor loss| bounded"]
+    assert row.status == PASS and "updates in between are not checked" in row.note
 
 
 def test_float32_rounding_above_the_limit_passes(tmp_path: Path) -> None:
@@ -179,3 +192,23 @@ def test_json_output_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_plots_default_to_the_run_dir(tmp_path: Path) -> None:
     report = check_run(write_run(tmp_path / "run", HEALTHY))
     assert [p.parent for p in write_plots(report)] == [tmp_path / "run"] * 4
+
+
+def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, force_q) -> None:
+    """Without --debug, one actor update among many with Q = 1e9 on the policy's actions must fail the loss row."""
+    from stable_baselines3.common.logger import configure
+
+    from sb3_td3_cnnclip import TD3CnnClip
+    from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=200, learning_starts=40, batch_size=8, seed=0,
+                       policy_kwargs={"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32]})  # fmt: skip
+    model.set_logger(configure(str(tmp_path / "run"), ["tensorboard"]))
+    force_q(model, at_update=20, value=1e9)  # an actor update in the middle of the second 50-step episode
+    model.learn(150, log_interval=1)  # one train() of one update per step, one dump per episode
+    model.dump_logs()
+    assert [s["actor_loss"] for s in model.update_stats if s["n_updates"] == 20] == [pytest.approx(-1e9)]
+    row = {c.name: c for c in check_run(tmp_path / "run").criteria}["|actor loss| bounded"]
+    assert row.status == FAIL
+    assert row.measured.startswith("max 1e+09")
+    assert "train/actor_loss_abs_max" in row.note

@@ -316,3 +316,23 @@ def test_default_buffer_fits_and_positional_arguments_keep_td3_order():
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), 5e-4, 700, 30, policy_kwargs=SMALL_CNN)
     assert (model.learning_rate, model.buffer_size, model.learning_starts) == (5e-4, 700, 30)
     assert TD3CnnClip("CnnPolicy", ToyImageEnv(), policy_kwargs=SMALL_CNN).buffer_size == 50_000
+
+
+def test_q_policy_gap_compares_one_critic():
+    """The gap is Q1(s, pi(s)) - Q1(s, a_replay) with the critic the actor loss uses (after the critic's step)."""
+    model = make_model(policy_delay=1)
+    model.learn(60)
+    batch = model.replay_buffer.sample(16)
+    model.replay_buffer.sample = lambda *args, **kwargs: batch
+    gaps = []
+
+    def recompute(optimizer, args, kwargs):  # the critic has stepped, the actor not yet
+        with th.no_grad():
+            q_pi = model.critic.q1_forward(batch.observations, model.actor(batch.observations))
+            gaps.append((q_pi.mean() - model.critic.q1_forward(batch.observations, batch.actions).mean()).item())
+
+    model.actor.optimizer.register_step_pre_hook(recompute)
+    model.train(gradient_steps=3, batch_size=16)
+    logged = [s["q_policy_gap"] for s in list(model.update_stats)[-3:]]
+    assert logged == pytest.approx(gaps, rel=1e-5, abs=1e-6)
+    assert min(abs(g) for g in gaps) > 1e-4  # not vacuous

@@ -1,7 +1,8 @@
 """Early stopping on divergence, from the statistics :class:`~sb3_td3_cnnclip.TD3CnnClip` keeps of every update.
 
 The callback adds no forward pass: it reads the entries of ``model.update_stats`` newer than the last one it saw
-(with plain SB3 algorithms, the losses the algorithm logged). Each check is a condition on one update, either
+(with plain SB3 algorithms, the losses the algorithm logged), all of them: an update that left ``update_stats``
+before it was checked raises a ``RuntimeError``. Each check is a condition on one update, either
 immediate (one bad update stops training) or persistent (``window`` consecutive bad updates of that statistic).
 The checks run at the start of each rollout, i.e. right after ``train()`` and before the policy acts again.
 """
@@ -27,6 +28,9 @@ STATS_CHECKS = ("nonfinite_grad", "grad_norm", "feature_norm", "feature_growth",
 Q_BOUND_CHECKS = ("q_bound", "q_gap")
 
 GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
+
+#: the model's counters that belong to its weights, kept with each snapshot (name in explosion.json: attribute)
+SNAPSHOT_COUNTERS = {"num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining"}
 
 BOUNDED_ENCODER = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
@@ -73,7 +77,9 @@ class ExplosionEarlyStopping(BaseCallback):
 
     The checks run at the start of each rollout (right after ``train()``) and at the end of training. On a trigger
     the callback rolls the model back to the last healthy state and saves it to ``<log_dir>/last_healthy.zip``
-    (loadable with ``TD3CnnClip.load``), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
+    (loadable with ``TD3CnnClip.load``, with the counters of the snapshot: ``num_timesteps``, ``_n_updates`` and
+    ``_current_progress_remaining``, so a resumed run continues the learning-rate schedule and the policy-delay
+    phase of those weights; the model ``learn()`` returns keeps the counters of the trigger), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
     checkpoint's update), warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
     text), dumps the logger, and returns ``False`` at the next env step, which SB3 takes before it can stop. The
     rollback makes that step and the model ``learn()`` returns usable: diverged weights are often NaN, and then
@@ -177,7 +183,7 @@ class ExplosionEarlyStopping(BaseCallback):
         self._dead_counts = [0, 0]  # zero-gradient and saturated actor updates in the current dead-actor streak
         self._feature_history: dict[str, list[float]] = {}
         self._snapshot: dict[str, Any] | None = None
-        self._snapshot_at = {"num_timesteps": 0, "n_updates": 0}
+        self._snapshot_at: dict[str, float] = {}
 
     def _init_callback(self) -> None:
         if self.log_dir is None:
@@ -258,6 +264,13 @@ class ExplosionEarlyStopping(BaseCallback):
                     break
                 new.append(stats)
             new.reverse()
+            if not new or new[0]["n_updates"] != self._last_update + 1:
+                first = new[0]["n_updates"] if new else n_updates + 1
+                raise RuntimeError(
+                    f"Updates {self._last_update + 1} to {first - 1} left model.update_stats before they were checked: "
+                    f"more gradient steps ran between two checks than stats_history={self.model.stats_history} holds "
+                    "(train() called outside learn()?); raise stats_history, or check after each train() call."
+                )
         else:  # plain SB3: the losses the last train() logged (name_to_value is a defaultdict: test membership)
             logged = self.logger.name_to_value
             losses = {key: logged[f"train/{key}"] for key in ("actor_loss", "critic_loss") if f"train/{key}" in logged}
@@ -412,10 +425,18 @@ class ExplosionEarlyStopping(BaseCallback):
     def _take_snapshot(self) -> None:
         """Copy the weights and optimizer states in memory: the last healthy model."""
         self._snapshot = copy.deepcopy(self.model.get_parameters())
-        self._snapshot_at = {"num_timesteps": self.model.num_timesteps, "n_updates": self.model._n_updates}
+        self._snapshot_at = self._counters()
         if self.verbose >= 1:
             print(f"ExplosionEarlyStopping: healthy snapshot at update {self.model._n_updates}")
 
+
+    def _counters(self) -> dict[str, float]:
+        """The model's :data:`SNAPSHOT_COUNTERS` now."""
+        return {name: getattr(self.model, attribute) for name, attribute in SNAPSHOT_COUNTERS.items()}
+
+    def _set_counters(self, counters: dict[str, float]) -> None:
+        for name, attribute in SNAPSHOT_COUNTERS.items():
+            setattr(self.model, attribute, counters[name])
 
     def _record_alerts(self) -> None:
         for check in self.checks:
@@ -427,7 +448,12 @@ class ExplosionEarlyStopping(BaseCallback):
         self.reason = "; ".join(reason for _, reason in found)
         checkpoint = os.path.join(self.log_dir, "last_healthy.zip")
         self.model.set_parameters(self._snapshot, exact_match=True)
-        self.model.save(checkpoint)
+        at_trigger = self._counters()
+        self._set_counters(self._snapshot_at)  # the checkpoint resumes with the weights' schedule and delay phase
+        try:
+            self.model.save(checkpoint)
+        finally:
+            self._set_counters(at_trigger)
         replay_buffer = None
         if self.save_replay_buffer:
             replay_buffer = os.path.join(self.log_dir, "replay_buffer.pkl")
