@@ -1,0 +1,372 @@
+"""A replay buffer that stores each frame of stacked image observations once and rebuilds the stacks on sampling.
+
+SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` stores every observation and next observation in
+full: a (4, 84, 84) ``uint8`` transition costs 56,468 bytes, although consecutive stacked observations share all
+but one frame. :class:`FrameStackReplayBuffer` keeps, per environment, a ring of single frames and, per transition,
+the number of the newest frame of its observation and of its next observation; a stack is the ``n_stack``
+consecutive frames ending there.
+
+The sharing is verified, never assumed: ``add()`` compares the new observation with the previous next observation
+of the same environment, and the new next observation's older frames with the observation's newer ones
+(``next_obs[:-1] == obs[1:]`` along the stack axis). What does not match (an episode start, a terminal observation
+that differs from the reset one, an environment that does not stack frames) is written in full. ``sample()`` is
+SB3's own code (:class:`~stable_baselines3.common.buffers.ReplayBuffer`,
+:class:`~stable_baselines3.common.buffers.DictReplayBuffer` or
+:class:`~stable_baselines3.common.buffers.NStepReplayBuffer`) reading the rebuilt stacks, so every sampled field is
+byte for byte what SB3's buffer returns for the same indices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import BaseBuffer, DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class FrameStore:
+    """The stacked image observations of one array (the Box observation, or one key of a Dict), each frame once.
+
+    Frames live in a ring ``frames[capacity, n_envs, *frame_shape]`` and are numbered per environment from 0 on;
+    frame ``i`` of environment ``e`` sits at ``frames[i % capacity, e]``. ``obs_refs[pos, e]`` and
+    ``next_refs[pos, e]`` are the numbers of the newest frames of the transition's two stacks (-1: slot empty).
+    Transitions are written in SB3's order (``observations[pos] = obs`` then ``next_observations[pos] = next_obs``,
+    ``pos`` advancing around the ring), so frame numbers grow with ``pos`` and the oldest live transition holds
+    the oldest frame still needed. When a write would overwrite a frame still needed, the ring grows.
+
+    :param buffer_size: transitions per environment
+    :param n_envs: number of environments
+    :param stack_shape: the shape of one observation, stack axis first
+    :param dtype: the observation dtype
+    :param n_stack: frames per observation (``stack_shape[0]`` is ``n_stack`` times the channels of a frame)
+    :param episode_length_hint: frames are reserved for episodes of at least this many steps; each episode start
+        costs ``n_stack`` frames, so shorter episodes make the ring grow (once, by an eighth or more)
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        n_envs: int,
+        stack_shape: tuple[int, ...],
+        dtype: np.dtype,
+        n_stack: int,
+        episode_length_hint: int,
+    ) -> None:
+        self.n_stack = n_stack
+        self.stack_shape = stack_shape
+        self.channels = stack_shape[0] // n_stack
+        capacity = buffer_size + math.ceil(buffer_size * n_stack / episode_length_hint) + 2 * n_stack
+        self.frames = np.zeros((capacity, n_envs, self.channels, *stack_shape[1:]), dtype=dtype)
+        self.obs_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
+        self.next_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
+        #: frames written so far, per environment (the number of the next frame)
+        self.heads = np.zeros(n_envs, dtype=np.int64)
+        #: the last next observation of each environment, to verify that the following observation continues it
+        self.last_next = np.zeros((n_envs, *stack_shape), dtype=dtype)
+        self.has_last = np.zeros(n_envs, dtype=bool)
+        self._offsets = np.arange(1 - n_stack, 1)
+        self._obs: np.ndarray | None = None
+        self.observations = StackedView(self, "obs")
+        self.next_observations = StackedView(self, "next")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the arrays the store holds."""
+        arrays = (self.frames, self.obs_refs, self.next_refs, self.heads, self.last_next, self.has_last)
+        return sum(array.nbytes for array in arrays)
+
+    def reset(self) -> None:
+        """Forget every transition (the frames are overwritten as new ones come)."""
+        self.obs_refs.fill(-1)
+        self.next_refs.fill(-1)
+        self.has_last.fill(False)
+        self._obs = None
+
+    def set_obs(self, pos: int, obs: np.ndarray) -> None:
+        """Store the observations of the transitions at ``pos`` (one per environment).
+
+        :param pos: the slot in the buffer
+        :param obs: observations, shape ``(n_envs, *stack_shape)``
+        """
+        obs = self._as_stacks(obs)
+        self.obs_refs[pos] = -1  # the slot's previous transition is being replaced
+        continues = self.has_last & _rows_equal(obs, self.last_next)
+        self._write(pos, obs, np.where(continues, 0, self.n_stack))
+        self.obs_refs[pos] = self.heads - 1
+        self._obs = obs
+
+    def set_next(self, pos: int, next_obs: np.ndarray) -> None:
+        """Store the next observations of the transitions at ``pos``, right after :meth:`set_obs`.
+
+        :param pos: the slot in the buffer
+        :param next_obs: next observations, shape ``(n_envs, *stack_shape)``
+        """
+        if self._obs is None:
+            raise RuntimeError("next_observations[pos] was set before observations[pos]; set the observation first.")
+        next_obs = self._as_stacks(next_obs)
+        c = self.channels
+        continues = _rows_equal(next_obs[:, : self.stack_shape[0] - c], self._obs[:, c:])
+        # a continuing stack adds its newest frame, any other one all of its frames
+        self._write(pos, next_obs, np.where(continues, 1, self.n_stack))
+        self.next_refs[pos] = self.heads - 1
+        self.last_next[:] = next_obs
+        self.has_last[:] = True
+        self._obs = None
+
+    def stacks(self, refs: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        """Rebuild the stacks whose newest frames are ``refs`` of ``env_indices``.
+
+        :param refs: frame numbers, shape ``(batch,)``
+        :param env_indices: environments, shape ``(batch,)``
+        :return: the stacks, shape ``(batch, *stack_shape)``
+        """
+        indices = (refs[:, None] + self._offsets) % len(self.frames)
+        return self.frames[indices, env_indices[:, None]].reshape(len(refs), *self.stack_shape)
+
+    def _as_stacks(self, obs: np.ndarray) -> np.ndarray:
+        """The observations as an array of the store's dtype and shape ``(n_envs, *stack_shape)``."""
+        return np.asarray(obs).astype(self.frames.dtype, copy=False).reshape(len(self.heads), *self.stack_shape)
+
+    def _write(self, pos: int, stacks: np.ndarray, counts: np.ndarray) -> None:
+        """Append the newest ``counts[e]`` frames of ``stacks[e]`` to the ring of each environment ``e``.
+
+        :param pos: the slot being written (the other slots hold live transitions)
+        :param stacks: stacks, shape ``(n_envs, *stack_shape)``
+        :param counts: frames to write per environment (0 to ``n_stack``), shape ``(n_envs,)``
+        """
+        if not counts.any():
+            return
+        self._make_room(pos, counts)
+        capacity = len(self.frames)
+        frames = stacks.reshape(len(stacks), self.n_stack, *self.frames.shape[2:])
+        for n in np.unique(counts[counts > 0]):
+            group = np.flatnonzero(counts == n)
+            numbers = self.heads[group, None] + np.arange(n)
+            self.frames[numbers % capacity, group[:, None]] = frames[group, self.n_stack - n :]
+            self.heads[group] += n
+
+    def _make_room(self, pos: int, counts: np.ndarray) -> None:
+        """Grow the ring if writing ``counts[e]`` frames per environment would overwrite a frame still needed.
+
+        Needed are the frames of the live transitions (all but the slot ``pos`` being replaced, except its
+        observation once set) and of the last next observation (the next observation may continue it).
+
+        :param pos: the slot being written
+        :param counts: frames about to be written, per environment
+        """
+        oldest = self.heads - self.n_stack * self.has_last
+        following = (pos + 1) % len(self.obs_refs)
+        for slot in (following, 0, pos):
+            if self.obs_refs[slot, 0] >= 0:
+                oldest = np.minimum(oldest, self.obs_refs[slot] + 1 - self.n_stack)
+                break
+        needed = int((self.heads + counts - np.maximum(oldest, 0)).max())
+        capacity = len(self.frames)
+        if needed <= capacity:
+            return
+        grown = np.zeros((max(needed, capacity + capacity // 8), *self.frames.shape[1:]), dtype=self.frames.dtype)
+        numbers = self.heads - capacity + np.arange(capacity)[:, None]  # the frames in the ring, per environment
+        kept, envs = np.nonzero(numbers >= 0)
+        grown[numbers[kept, envs] % len(grown), envs] = self.frames[numbers[kept, envs] % capacity, envs]
+        self.frames = grown
+
+
+class StackedView:
+    """The array-like that SB3's buffer code reads and writes as ``observations`` / ``next_observations``.
+
+    ``view[pos] = stacks`` stores the transitions at ``pos`` in the :class:`FrameStore`;
+    ``view[batch_inds, env_indices]`` (with an optional trailing ``:``) rebuilds the stacks.
+
+    :param store: the frame store
+    :param which: ``"obs"`` or ``"next"``
+    """
+
+    def __init__(self, store: FrameStore, which: str) -> None:
+        self.store = store
+        self.which = which
+
+    def __setitem__(self, pos: int, stacks: np.ndarray) -> None:
+        if not isinstance(pos, (int, np.integer)):
+            raise TypeError(f"Stacked observations are stored one slot at a time (view[pos] = ...), not at {pos!r}.")
+        (self.store.set_obs if self.which == "obs" else self.store.set_next)(int(pos), stacks)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) in (2, 3) and key[2:] in ((), (slice(None),))):
+            raise TypeError(f"Stacked observations are read as view[batch_inds, env_indices], not view[{key!r}].")
+        batch_inds, env_indices = np.asarray(key[0]), np.asarray(key[1])
+        refs = (self.store.obs_refs if self.which == "obs" else self.store.next_refs)[batch_inds, env_indices]
+        if (refs < 0).any():
+            raise IndexError(f"Empty slots of the replay buffer were read: {batch_inds[refs < 0]}.")
+        return self.store.stacks(refs, env_indices)
+
+
+class FrameStackReplayBuffer(ReplayBuffer):
+    """
+    Replay buffer that stores each frame of stacked image observations once; a drop-in for SB3's
+    :class:`~stable_baselines3.common.buffers.ReplayBuffer` and
+    :class:`~stable_baselines3.common.buffers.DictReplayBuffer` (``replay_buffer_class=FrameStackReplayBuffer``)
+    whose samples are identical to theirs.
+
+    Stacked are the ``uint8`` image observations (SB3's ``is_image_space``), channel-first, the stack axis being
+    the first one: the Box observation, or each image key of a Dict observation (the other keys are stored in
+    full, as SB3 does). At (4, 84, 84) with episodes of at least 100 steps a transition costs about 7,400 bytes
+    instead of 56,468 (``benchmarks/results/replay_memory.md``).
+
+    :param buffer_size: Max number of element in the buffer
+    :param observation_space: Observation space (an image Box, or a Dict with at least one image key)
+    :param action_space: Action space
+    :param device: PyTorch device
+    :param n_envs: Number of parallel environments
+    :param optimize_memory_usage: must be False (this buffer already stores each frame once)
+    :param handle_timeout_termination: Handle timeout termination (due to timelimit)
+        separately and treat the task as infinite horizon task.
+        https://github.com/DLR-RM/stable-baselines3/issues/284
+    :param n_stack: frames per observation; the first axis of an image holds ``n_stack`` frames of equal channels.
+        ``None``: one channel per frame (``VecFrameStack`` of grayscale frames). With the wrong value the buffer stays
+        exact but saves nothing.
+    :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions)
+    :param gamma: discount factor of the n-step returns
+    :param episode_length_hint: frames are reserved for episodes of at least this many steps (each episode start
+        stores a whole stack); shorter episodes make the frame ring grow, once, by an eighth or more
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        n_stack: int | None = None,
+        n_steps: int = 1,
+        gamma: float = 0.99,
+        episode_length_hint: int = 100,
+    ) -> None:
+        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        if optimize_memory_usage:
+            raise ValueError(
+                "FrameStackReplayBuffer already stores each frame once; optimize_memory_usage=True is not supported "
+                "(it also changes TD3's targets on truncation). Pass optimize_memory_usage=False."
+            )
+        if n_steps < 1 or int(n_steps) != n_steps:
+            raise ValueError(f"n_steps={n_steps!r} must be a positive integer (1: one-step transitions).")
+        if n_steps > 1 and isinstance(observation_space, spaces.Dict):
+            raise ValueError(
+                f"n_steps={n_steps} with Dict observations is not supported (neither is it by SB3's NStepReplayBuffer)."
+            )
+        if episode_length_hint < 1:
+            raise ValueError(f"episode_length_hint={episode_length_hint!r} must be at least 1.")
+        self.buffer_size = max(buffer_size // n_envs, 1)
+        self.optimize_memory_usage = False
+        self.handle_timeout_termination = handle_timeout_termination
+        self.n_steps = int(n_steps)
+        self.gamma = gamma
+
+        keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
+        #: one frame store per stacked image array (key ``None``: the Box observation)
+        self.frame_stores = {
+            key: FrameStore(self.buffer_size, n_envs, space.shape, space.dtype, _n_stack(key, space, n_stack),
+                            episode_length_hint)
+            for key, space in keyed.items() if is_image_space(space, check_channels=False)
+        }  # fmt: skip
+        if not self.frame_stores:
+            raise ValueError(
+                f"FrameStackReplayBuffer stacks uint8 image observations (SB3's is_image_space), but the observation "
+                f"space {observation_space} has none; use SB3's ReplayBuffer / DictReplayBuffer."
+            )
+        if isinstance(observation_space, spaces.Dict):
+            self.observations: Any = {}
+            self.next_observations: Any = {}
+            for key, space in keyed.items():
+                store = self.frame_stores.get(key)
+                shape = (self.buffer_size, n_envs, *self.obs_shape[key])  # type: ignore[index]
+                self.observations[key] = store.observations if store else np.zeros(shape, dtype=space.dtype)
+                self.next_observations[key] = store.next_observations if store else np.zeros(shape, dtype=space.dtype)
+        else:
+            self.observations = self.frame_stores[None].observations
+            self.next_observations = self.frame_stores[None].next_observations
+
+        self.actions = np.zeros(
+            (self.buffer_size, self.n_envs, self.action_dim), dtype=self._maybe_cast_dtype(action_space.dtype)
+        )
+        self.rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.dones = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.timeouts = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the buffer holds (frames, frame numbers, plain observations, actions, rewards...)."""
+        plain = [
+            array
+            for arrays in (self.observations, self.next_observations)
+            if isinstance(arrays, dict)
+            for array in arrays.values()
+            if isinstance(array, np.ndarray)
+        ]
+        others = (self.actions, self.rewards, self.dones, self.timeouts)
+        return sum(store.nbytes for store in self.frame_stores.values()) + sum(a.nbytes for a in (*plain, *others))
+
+    def reset(self) -> None:
+        super().reset()
+        for store in self.frame_stores.values():
+            store.reset()
+
+    def add(  # type: ignore[override]
+        self,
+        obs: np.ndarray | dict[str, np.ndarray],
+        next_obs: np.ndarray | dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        parent = DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
+        parent.add(self, obs, next_obs, action, reward, done, infos)  # type: ignore[arg-type]
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+    ) -> ReplayBufferSamples | DictReplayBufferSamples:
+        if isinstance(self.observation_space, spaces.Dict):
+            return DictReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
+        if self.n_steps > 1:
+            return NStepReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
+        return ReplayBuffer._get_samples(self, batch_inds, env)
+
+
+def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:
+    """The frames per observation of an image space, checked against its shape.
+
+    :param key: the Dict key (``None``: the Box observation), for the error message
+    :param space: the image space
+    :param n_stack: frames per observation (``None``: one channel per frame)
+    :return: the number of frames
+    """
+    where = "the observation" if key is None else f"observation key {key!r}"
+    if not is_image_space_channels_first(space):
+        raise ValueError(
+            f"{where} has shape {space.shape}, channel-last; FrameStackReplayBuffer stacks on the first axis. "
+            "Transpose the images to channel-first (VecTransposeImage; SB3 does it for CnnPolicy)."
+        )
+    if n_stack is None:
+        return space.shape[0]
+    if n_stack < 1 or space.shape[0] % n_stack:
+        raise ValueError(f"n_stack={n_stack!r} must divide the first axis of {where}, shape {space.shape}.")
+    return n_stack
+
+
+def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per environment (first axis), whether ``a`` and ``b`` are equal everywhere.
+
+    :param a: an array of shape ``(n_envs, ...)``
+    :param b: an array of the same shape
+    :return: a bool array of shape ``(n_envs,)``
+    """
+    return (a == b).reshape(len(a), -1).all(axis=1)
