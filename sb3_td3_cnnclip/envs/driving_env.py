@@ -124,7 +124,7 @@ class DrivingEnv(gym.Env):
     steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
     Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
     Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
-    never truncated by the env itself (the registered ids add ``TimeLimit(1000)``). ``info``: see the module.
+    never truncated by the env itself (the registered ids add ``TimeLimit(1200)``). ``info``: see the module.
 
     Curriculum hooks (reachable through ``VecEnv.env_method`` / ``get_attr``): :meth:`set_scenario` and
     :attr:`scenario`. ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.
