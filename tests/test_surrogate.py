@@ -14,12 +14,12 @@ from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, DrivingEnv, make_config  # noqa: E402
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING  # noqa: E402
 from sb3_td3_cnnclip.envs.expert import drive_episode  # noqa: E402
 from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
     NPC_SPEED_RANGE,
     ROUTE_LENGTH,
     SPEED_LIMIT,
-    WAYPOINT_SPACING,
     SurrogateBackend,
     TownVehicle,
     traffic_mapping,
@@ -72,6 +72,16 @@ def test_first_frame_measures_the_route_start():
     np.testing.assert_allclose(frame.waypoints, expected, atol=1e-6)
     assert frame.extra == {"vehicles_count": 0.0, "vehicles_density": 0.0}
     backend.close()
+    backend.close()
+
+
+def test_waypoints_are_spaced_from_the_ego_not_from_fixed_points():
+    backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    backend.reset(seed=0)
+    for _ in range(10):
+        frame = backend.step(0.0, 1.0)
+    assert 0.5 < frame.route_completion * ROUTE_LENGTH < 1.0  # driven past the start, short of the first waypoint
+    np.testing.assert_allclose(frame.waypoints, [[WAYPOINT_SPACING * (i + 1), 0.0] for i in range(5)], atol=1e-6)
     backend.close()
 
 

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from sb3_td3_cnnclip.envs.backend import Backend, Frame
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
@@ -53,8 +53,6 @@ MAX_EGO_SPEED = 30.0
 MAX_VEHICLES = 20
 #: metres of road drawn across the top-down image (forward is up; the ego sits 30 % from the bottom)
 VIEW_METRES = 40.0
-#: metres between the route waypoints of the "dict" observation
-WAYPOINT_SPACING = 5.0
 #: RGB to grayscale weights (ITU-R 601)
 GRAYSCALE_WEIGHTS = [0.2989, 0.5870, 0.1140]
 
@@ -227,7 +225,7 @@ class SurrogateBackend(Backend):
         )
 
     def _waypoints(self, longitudinal: float, position: np.ndarray, heading: float) -> np.ndarray:
-        """The next route points every :data:`WAYPOINT_SPACING` metres (stopping at the goal), in the ego frame."""
+        """The route points every :data:`WAYPOINT_SPACING` metres beyond ``longitudinal`` (up to the goal), in the ego frame."""
         ahead = np.minimum(
             longitudinal + WAYPOINT_SPACING * np.arange(1, self.config.n_waypoints + 1), EGO_START + ROUTE_LENGTH
         )
