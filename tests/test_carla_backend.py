@@ -21,6 +21,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from sb3_td3_cnnclip.envs import DrivingEnv, MissingExtraError, ScenarioConfig, SimulatorUnavailableError
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING
 from sb3_td3_cnnclip.envs.carla_backend import CarlaBackend, Route, bgra_to_gray
 
 FAKE_CARLA = Path(__file__).parent / "fake_carla"
@@ -241,10 +242,12 @@ def test_measurements_follow_the_vehicle(server):
     route = backend.route
     assert frame.speed == 0.0 and frame.route_completion == 0.0 and frame.min_npc_distance == math.inf
     assert frame.distance_to_goal == pytest.approx(route.length)
-    np.testing.assert_allclose(frame.waypoints, [[2.0 * (i + 1), 0.0] for i in range(5)], atol=1e-9)
+    np.testing.assert_allclose(frame.waypoints, [[WAYPOINT_SPACING * (i + 1), 0.0] for i in range(5)], atol=1e-9)
     for step in range(1, 11):
         frame = backend.step(0.0, 1.0)
         assert frame.speed == pytest.approx(4.0 * 0.05 * step)  # the fake's full-throttle acceleration, 20 Hz
+    # 2.2 m driven on a route of points 2 m apart: still WAYPOINT_SPACING m apart from the ego on, as on the surrogate
+    np.testing.assert_allclose(frame.waypoints, [[WAYPOINT_SPACING * (i + 1), 0.0] for i in range(5)], atol=1e-6)
     location = ego(server).get_location()
     x0, y0 = route.points[0]
     assert frame.route_completion == pytest.approx((location.x - x0) / route.length)
@@ -278,8 +281,9 @@ def test_route_geometry_in_a_left_handed_frame():
     assert (position.segment, position.arc_length, position.lateral) == (0, 5.0, 1.0)
     position = route.locate(11.0, 4.0, 0)  # second segment heads +y (yaw 90 degrees): +x is its left
     assert (position.segment, position.arc_length, position.lateral, position.yaw) == (1, 14.0, 1.0, math.pi / 2)
-    facing_plus_y = route.ahead(0, 0.0, 0.0, math.pi / 2, 3)
-    np.testing.assert_allclose(facing_plus_y, [[0.0, 10.0], [10.0, 10.0], [10.0, 10.0]], atol=1e-9)
+    facing_plus_y = route.ahead(0.0, 0.0, 0.0, math.pi / 2, 5)  # points at 5, 10, 15, 20 and (past the end) 20 m
+    np.testing.assert_allclose(facing_plus_y, [[0.0, 5.0], [0.0, 10.0], [5.0, 10.0], [10.0, 10.0], [10.0, 10.0]],
+                               atol=1e-9)
     with pytest.raises(ValueError, match="2 distinct"):
         Route([(1.0, 1.0), (1.0, 1.0)])
 

@@ -232,7 +232,7 @@ def test_registered_ids():
     register_envs()  # a second registration is a no-op
     for scenario, env_id in SCENARIO_IDS.items():
         spec = gym.spec(env_id)
-        assert spec.max_episode_steps == MAX_EPISODE_STEPS == 1000
+        assert spec.max_episode_steps == MAX_EPISODE_STEPS == 1200
         assert spec.kwargs == {"scenario": scenario}
         assert spec.entry_point == "sb3_td3_cnnclip.envs.driving_env:DrivingEnv"
     assert sorted(SCENARIO_IDS.values()) == ["CarlaScenario0-v0", "CarlaScenario1-v0", "CarlaScenario2-v0"]
@@ -249,7 +249,7 @@ def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
         pytest.skip("needs the surrogate extra")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["CarlaScenario2-v0", "1000", "2", "100", "surrogate"]
+    assert result.stdout.split() == ["CarlaScenario2-v0", str(MAX_EPISODE_STEPS), "2", "100", "surrogate"]
 
 
 def test_package_imports_and_registers_without_the_optional_extras():

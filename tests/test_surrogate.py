@@ -7,14 +7,21 @@ import pytest
 
 pytest.importorskip("highway_env")
 
+import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
+from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
+from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
-from sb3_td3_cnnclip.envs import DrivingEnv, make_config  # noqa: E402
+from sb3_td3_cnnclip.envs import SCENARIO_IDS, DrivingEnv, make_config  # noqa: E402
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING  # noqa: E402
+from sb3_td3_cnnclip.envs.expert import drive_episode  # noqa: E402
 from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
+    NPC_SPEED_RANGE,
     ROUTE_LENGTH,
-    WAYPOINT_SPACING,
+    SPEED_LIMIT,
     SurrogateBackend,
+    TownVehicle,
     traffic_mapping,
 )
 
@@ -68,6 +75,16 @@ def test_first_frame_measures_the_route_start():
     backend.close()
 
 
+def test_waypoints_are_spaced_from_the_ego_not_from_fixed_points():
+    backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    backend.reset(seed=0)
+    for _ in range(10):
+        frame = backend.step(0.0, 1.0)
+    assert 0.5 < frame.route_completion * ROUTE_LENGTH < 1.0  # driven past the start, short of the first waypoint
+    np.testing.assert_allclose(frame.waypoints, [[WAYPOINT_SPACING * (i + 1), 0.0] for i in range(5)], atol=1e-6)
+    backend.close()
+
+
 def test_steering_right_leaves_the_road_then_the_lane():
     env = surrogate_env(n_npcs=0)
     env.reset(seed=0)
@@ -115,6 +132,56 @@ def test_braking_stops_without_reversing():
     speeds = [info["speed"] for _, _, info in drive(env, [0.0, 1.0], 20) + drive(env, [0.0, -1.0], 40)]
     assert speeds[19] == pytest.approx(20 * 5.0 * 0.05)  # 5 m/s^2 for 20 ticks of 0.05 s
     assert min(speeds) > -1e-9 and speeds[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("npc_class, reverses", [(IDMVehicle, True), (TownVehicle, False)])
+def test_npcs_brake_to_a_stop_without_reversing(npc_class, reverses):
+    """An NPC that brakes hard behind a stopped car: highway-env's own IDM vehicle backs up, the surrogate's stops."""
+    backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    backend.reset(seed=0)
+    road, lane = backend.env.road, backend.route_lane
+    npc = npc_class(road, lane.position(100.0, 0.0), lane.heading_at(100.0), speed=8.0, enable_lane_change=False)
+    road.vehicles += [Vehicle(road, lane.position(110.0, 0.0), lane.heading_at(110.0), speed=0.0), npc]
+    speeds, positions = [], []
+    for _ in range(100):
+        npc.act()
+        npc.step(0.05)
+        speeds.append(npc.speed)
+        positions.append(lane.local_coordinates(npc.position)[0])
+    assert (min(speeds) < 0) == reverses
+    if not reverses:
+        assert speeds[-1] == 0.0 and np.all(np.diff(positions) >= 0)
+    backend.close()
+
+
+@pytest.mark.parametrize("scenario", [0, 2])
+def test_npcs_drive_near_the_speed_limit(scenario):
+    backend = SurrogateBackend(make_config(scenario=scenario, image_size=SIZE))
+    backend.reset(seed=0)
+    npcs = [vehicle for vehicle in backend.env.road.vehicles if vehicle is not backend.env.vehicle]
+    low, high = (SPEED_LIMIT * fraction for fraction in NPC_SPEED_RANGE)
+    assert len(npcs) == 20 and all(isinstance(npc, TownVehicle) for npc in npcs)
+    assert all(low <= npc.speed <= high and npc.target_speed == npc.speed for npc in npcs)
+    backend.close()
+
+
+def test_the_expert_drives_to_the_goal():
+    env = gym.make(SCENARIO_IDS[0], simulator="surrogate", image_size=SIZE)
+    info = drive_episode(env, seed=500)
+    assert info["termination_reason"] == "goal" and info["route_completion"] > 0.98
+    assert info["steps"] < env.spec.max_episode_steps and info["mean_speed"] > 6.0
+    env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [0, 1, 2])
+def test_the_expert_completes_every_scenario(scenario):
+    """The ceiling of issue 13: >= 95 % route completion and <= 5 % collisions on 10 episodes (seeds 500-509)."""
+    env = gym.make(SCENARIO_IDS[scenario], simulator="surrogate", image_size=SIZE)
+    infos = [drive_episode(env, seed=seed) for seed in range(500, 510)]
+    assert np.mean([info["route_completion"] for info in infos]) >= 0.95
+    assert np.mean([info["termination_reason"] == "collision" for info in infos]) <= 0.05
+    env.close()
 
 
 def run_episode(env: DrivingEnv, seed: int | None, steps: int = 60):

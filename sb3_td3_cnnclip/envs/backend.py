@@ -14,6 +14,10 @@ import numpy as np
 
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
 
+#: metres of route between consecutive waypoints of :attr:`Frame.waypoints`, the first one this far along the
+#: route beyond the ego's projection onto it (every backend, whatever the spacing of its route's points)
+WAYPOINT_SPACING = 5.0
+
 
 @dataclass
 class Frame:
@@ -29,7 +33,9 @@ class Frame:
     :param off_road: whether the ego left the drivable area since the previous tick
     :param lane_invasion: whether the ego crossed a lane marking since the previous tick
     :param min_npc_distance: distance in metres to the nearest other vehicle (``inf`` when there is none)
-    :param waypoints: the next route waypoints in the ego frame (x forward, y left), shape ``(n_waypoints, 2)``
+    :param waypoints: the route points :data:`WAYPOINT_SPACING`, 2 :data:`WAYPOINT_SPACING`, ... metres along the
+        route beyond the ego's projection onto it (the goal where that passes the route's end), in the ego frame
+        (x forward, y left), shape ``(n_waypoints, 2)``
     :param extra: backend-specific diagnostics, copied into ``info`` under ``backend/``
     """
 

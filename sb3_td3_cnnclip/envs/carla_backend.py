@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_td3_cnnclip.envs.backend import Backend, Frame
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError
 
@@ -127,18 +127,26 @@ class Route:
         return RoutePosition(segment=segment, arc_length=float(self.arc[segment] + along[best]),
                              lateral=float(rests[best] @ (dy, -dx)), yaw=math.atan2(dy, dx))
 
-    def ahead(self, segment: int, x: float, y: float, yaw: float, n: int) -> np.ndarray:
-        """The ``n`` route points after ``segment`` in the frame of a vehicle (x forward, y left), padded with the goal.
+    def point_at(self, arc_length: float | np.ndarray) -> np.ndarray:
+        """The route point(s) at ``arc_length`` metres along the route (clamped to its ends).
 
-        :param segment: the vehicle's current segment
+        :param arc_length: metres along the route, a number or an array
+        :return: ``(x, y)``, shape ``(2,)`` or ``(n, 2)``
+        """
+        return np.stack([np.interp(arc_length, self.arc, self.points[:, i]) for i in range(2)], axis=-1)
+
+    def ahead(self, arc_length: float, x: float, y: float, yaw: float, n: int) -> np.ndarray:
+        """The route points every :data:`~sb3_td3_cnnclip.envs.backend.WAYPOINT_SPACING` metres beyond
+        ``arc_length`` (the goal past the route's end), in the frame of a vehicle (x forward, y left).
+
+        :param arc_length: metres along the route of the vehicle's projection onto it
         :param x: vehicle world x in metres
         :param y: vehicle world y in metres
         :param yaw: vehicle yaw in radians, CARLA convention
         :param n: number of points
         :return: ``float32`` array of shape ``(n, 2)``
         """
-        indices = np.minimum(np.arange(segment + 1, segment + 1 + n), len(self.points) - 1)
-        offsets = self.points[indices] - (x, y)
+        offsets = self.point_at(arc_length + WAYPOINT_SPACING * np.arange(1, n + 1)) - (x, y)
         forward, left = (math.cos(yaw), math.sin(yaw)), (math.sin(yaw), -math.cos(yaw))
         return np.stack([offsets @ forward, offsets @ left], axis=1).astype(np.float32)
 
@@ -457,7 +465,7 @@ class CarlaBackend(Backend):
             off_road=road is None or road.lane_type != self._carla.LaneType.Driving,
             lane_invasion=_drained(self._lane_invasions),
             min_npc_distance=min((npc.get_location().distance(location) for npc in self._npcs), default=math.inf),
-            waypoints=self._route.ahead(self._segment, location.x, location.y, yaw, self.config.n_waypoints),
+            waypoints=self._route.ahead(position.arc_length, location.x, location.y, yaw, self.config.n_waypoints),
             extra=dict(self._extra),
         )
 

@@ -55,7 +55,8 @@ class ScenarioConfig:
     :param image_size: side of the square grayscale camera image
     :param frame_stack: frames stacked on the channel axis
     :param observation: ``"image"`` (uint8 Box) or ``"dict"`` (image + kinematics/waypoints vector)
-    :param n_waypoints: route waypoints in the ``"dict"`` observation
+    :param n_waypoints: route waypoints in the ``"dict"`` observation, 5 m apart along the route starting 5 m
+        beyond the ego (``backend.WAYPOINT_SPACING``)
     :param max_lateral_deviation: metres off the route centre that terminate the episode
     :param goal_tolerance: metres from the route end that count as reaching the goal
     :param near_miss_distance: distance in metres between vehicle centres under which the safety reward

@@ -44,7 +44,7 @@ FRAME_INFO_KEYS = (
     "speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal",
     "collision", "off_road", "lane_invasion", "min_npc_distance",
 )
-#: the start of the ``"vector"`` observation; the next ``n_waypoints`` (x forward, y left) pairs follow
+#: the start of the ``"vector"`` observation; ``n_waypoints`` (x forward, y left) pairs of ``Frame.waypoints`` follow
 VECTOR_KINEMATICS = ("speed", "lateral_deviation", "heading_error", "previous_steering", "previous_throttle_brake")
 
 
@@ -120,11 +120,12 @@ class DrivingEnv(gym.Env):
     Observation: ``Box(0, 255, (frame_stack, image_size, image_size), uint8)``, channel-first, newest frame
     last (filled with the first frame on reset); with ``observation="dict"``, ``Dict(image=<that Box>,
     vector=Box(-inf, inf, (5 + 2 * n_waypoints,), float32))`` where the vector is :data:`VECTOR_KINEMATICS`
-    followed by the next ``n_waypoints`` route points in the ego frame. Action: ``Box([-1, -1], [1, 1])`` =
+    followed by ``n_waypoints`` route points 5, 10, ... m ahead along the route in the ego frame
+    (:attr:`Frame.waypoints`, the same on every backend). Action: ``Box([-1, -1], [1, 1])`` =
     steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
     Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
     Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
-    never truncated by the env itself (the registered ids add ``TimeLimit(1000)``). ``info``: see the module.
+    never truncated by the env itself (the registered ids add ``TimeLimit(1200)``). ``info``: see the module.
 
     Curriculum hooks (reachable through ``VecEnv.env_method`` / ``get_attr``): :meth:`set_scenario` and
     :attr:`scenario`. ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.

@@ -8,8 +8,9 @@ its route is that lane for :data:`ROUTE_LENGTH` metres. Ego control is highway-e
 NPC traffic: a scenario's ``n_npcs`` counts vehicles spread over a whole town, and highway-env's vehicle
 interactions cost O(n^2) in Python, so the surrogate simulates a window of traffic ahead of the ego instead
 (:func:`traffic_mapping`): ``min(n_npcs, MAX_VEHICLES)`` IDM vehicles (which change lanes with MOBIL) whose
-spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs drive at 70-80 % of
-Town01's 30 km/h limit.
+spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs (:class:`TownVehicle`) aim for
+90-100 % of Town01's 30 km/h limit, keep town gaps, and never reverse; the denser the traffic, the slower its
+lanes flow (a scripted driver's mean speed: about 7.3 m/s on scenario 0, 5.8 m/s on scenario 2).
 
 Rendering is offscreen. ``SDL_VIDEODRIVER=dummy`` must not be set: highway-env then skips drawing and every
 image is black, so this module sets ``SDL_VIDEODRIVER=offscreen`` when the variable is unset, and refuses
@@ -24,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from sb3_td3_cnnclip.envs.backend import Backend, Frame
+from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
@@ -33,6 +34,7 @@ from highway_env import utils  # noqa: E402  (the video driver must be chosen be
 from highway_env.envs.common.action import ContinuousAction  # noqa: E402
 from highway_env.envs.highway_env import HighwayEnv  # noqa: E402
 from highway_env.road.road import Road, RoadNetwork  # noqa: E402
+from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 #: length in metres of the ego's route along its lane
 ROUTE_LENGTH = 300.0
@@ -41,16 +43,16 @@ EGO_START = 20.0
 #: lanes of the road; the route is the right-most one
 LANES = 2
 ROUTE_LANE = ("0", "1", LANES - 1)
-#: road speed limit in m/s (Town01's 30 km/h); NPCs start at 70-80 % of it and keep that speed as IDM target
+#: road speed limit in m/s (Town01's 30 km/h)
 SPEED_LIMIT = 30 / 3.6
+#: range of the NPCs' initial and IDM target speeds, as fractions of the speed limit
+NPC_SPEED_RANGE = (0.9, 1.0)
 #: ego speed range in m/s
 MAX_EGO_SPEED = 30.0
 #: most NPC vehicles simulated at once
 MAX_VEHICLES = 20
 #: metres of road drawn across the top-down image (forward is up; the ego sits 30 % from the bottom)
 VIEW_METRES = 40.0
-#: metres between the route waypoints of the "dict" observation
-WAYPOINT_SPACING = 5.0
 #: RGB to grayscale weights (ITU-R 601)
 GRAYSCALE_WEIGHTS = [0.2989, 0.5870, 0.1140]
 
@@ -66,6 +68,23 @@ def traffic_mapping(n_npcs: int) -> tuple[int, float]:
     :return: simulated vehicles, and their density (inverse spacing, 0 when there are none)
     """
     return min(n_npcs, MAX_VEHICLES), math.sqrt(n_npcs / SCENARIO_NPCS[0])
+
+
+class TownVehicle(IDMVehicle):
+    """highway-env's IDM/MOBIL vehicle with town gaps (1 s time headway, 2 m between bumpers at rest) that never
+    reverses: highway-env's own vehicles reach negative speeds when they brake hard, and then back into the ego.
+    """
+
+    TIME_WANTED = 1.0
+    DISTANCE_WANTED = 2.0 + IDMVehicle.LENGTH
+
+    def step(self, dt: float) -> None:
+        """Move for ``dt`` seconds; braking stops the vehicle, never turns it into reverse.
+
+        :param dt: time step in seconds
+        """
+        super().step(dt)
+        self.speed = max(self.speed, 0.0)
 
 
 class _RouteHighway(HighwayEnv):
@@ -86,9 +105,9 @@ class _RouteHighway(HighwayEnv):
         ego = self.action_type.vehicle_class(self.road, lane.position(EGO_START, 0.0), lane.heading_at(EGO_START), 0.0)
         self.controlled_vehicles = [ego]
         self.road.vehicles.append(ego)
-        npc_class = utils.class_from_path(self.config["other_vehicles_type"])
         for _ in range(self.config["vehicles_count"]):
-            npc = npc_class.create_random(self.road, spacing=1 / self.config["vehicles_density"])
+            speed = SPEED_LIMIT * self.np_random.uniform(*NPC_SPEED_RANGE)
+            npc = TownVehicle.create_random(self.road, speed=speed, spacing=1 / self.config["vehicles_density"])
             npc.randomize_behavior()
             npc.check_collisions = False  # NPC-NPC contacts do not matter; the ego's are still checked
             self.road.vehicles.append(npc)
@@ -206,7 +225,7 @@ class SurrogateBackend(Backend):
         )
 
     def _waypoints(self, longitudinal: float, position: np.ndarray, heading: float) -> np.ndarray:
-        """The next route points every :data:`WAYPOINT_SPACING` metres (stopping at the goal), in the ego frame."""
+        """The route points every :data:`WAYPOINT_SPACING` metres beyond ``longitudinal`` (up to the goal), in the ego frame."""
         ahead = np.minimum(
             longitudinal + WAYPOINT_SPACING * np.arange(1, self.config.n_waypoints + 1), EGO_START + ROUTE_LENGTH
         )
