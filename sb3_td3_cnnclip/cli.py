@@ -27,6 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Progr
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import get_latest_run_id
+from stable_baselines3.common.vec_env import VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 import sb3_td3_cnnclip
@@ -35,6 +36,7 @@ from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig, load_config_
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.vec_env import EnvWorkerError, make_carla_vec_env, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
 INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
@@ -47,7 +49,7 @@ TRAIN_DESCRIPTION = (
 #: written by ExplosionEarlyStopping in the run directory when it stops training
 EXPLOSION_FILE = "explosion.json"
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
-USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError)
+USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, EnvWorkerError)
 
 
 def float_or_none(text: str) -> float | None:
@@ -154,7 +156,20 @@ def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
     )  # fmt: skip
 
 
-def make_model(config: TrainConfig, env: gym.Env) -> TD3CnnClip:
+def make_train_env(config: TrainConfig) -> VecEnv:
+    """The ``config.n_envs`` training envs of the scenario, each on its own server and Traffic Manager port.
+
+    :param config: the options (scenario, simulator, servers, n_envs, seed)
+    :return: the VecEnv (see :func:`~sb3_td3_cnnclip.vec_env.make_carla_vec_env`)
+    """
+    return make_carla_vec_env(
+        config.scenario, config.n_envs, servers=config.servers, host=config.host, port=config.port,
+        tm_port=config.tm_port, port_stride=config.port_stride, simulator=config.simulator, seed=config.seed,
+        env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image"},
+    )  # fmt: skip
+
+
+def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> TD3CnnClip:
     """The TD3CnnClip model the options describe.
 
     :param config: the options
@@ -211,12 +226,13 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     run_dir = Path(config.log_dir) / f"{config.run_name}_{get_latest_run_id(config.log_dir, config.run_name) + 1}"
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    env = make_env(config)
+    env = make_train_env(config)
     model = make_model(config, env)
     model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))
     saved = {
         "config": dataclasses.asdict(config),
-        "env": {"id": env.spec.id, "simulator": env.unwrapped.simulator_name, "max_abs_reward": env.unwrapped.max_abs_reward},
+        "env": {"id": SCENARIO_IDS[config.scenario], "simulator": env.get_attr("simulator_name")[0],
+                "max_abs_reward": env.get_attr("max_abs_reward")[0], "n_envs": env.num_envs},
         "versions": {"sb3_td3_cnnclip": sb3_td3_cnnclip.__version__, "stable_baselines3": stable_baselines3.__version__,
                      "torch": torch.__version__, "gymnasium": gym.__version__},
     }  # fmt: skip
@@ -352,7 +368,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    saved = {name: value for name, value in _run_config(Path(args.model)).items() if name in INHERITED_OPTIONS}
+    run = _run_config(Path(args.model))
+    saved = {name: value for name, value in run.items() if name in INHERITED_OPTIONS}
+    if run.get("servers"):  # a run of several envs: drive on its env 0's server
+        saved["host"], saved["port"] = parse_servers(run["servers"])[0]
     try:
         config = resolve_config(saved, given)
     except ValueError as error:
