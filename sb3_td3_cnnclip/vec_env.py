@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import subproc_vec_env
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
+from sb3_td3_cnnclip.envs.errors import SimulatorUnavailableError
 from sb3_td3_cnnclip.envs.driving_env import carla_server_answers, resolve_simulator
 from sb3_td3_cnnclip.envs.registration import SCENARIO_IDS
 
@@ -136,7 +137,10 @@ def check_ports(addresses: Sequence[EnvAddress]) -> None:
     for address in addresses:
         for name, value, span in (("port", address.port, SERVER_PORT_SPAN), ("tm_port", address.tm_port, 1)):
             if not 0 < value <= 65536 - span:
-                raise ValueError(f"{name}={value} of {address} is out of range: ports must be in [1, 65535].")
+                raise ValueError(
+                    f"{name}={value} of {address} is out of range: ports must lie in [1, 65535], and a CARLA server "
+                    "also opens port + 1 and port + 2."
+                )
     for i, a in enumerate(addresses):
         for j, b in enumerate(addresses[:i]):
             if _machine(a.host) == _machine(b.host) and abs(a.port - b.port) < SERVER_PORT_SPAN:
@@ -351,7 +355,7 @@ def _resolve_simulator(simulator: str, addresses: Sequence[EnvAddress], env_kwar
     if not silent:
         return "carla"
     if len(silent) < len(addresses):
-        raise ValueError(
+        raise SimulatorUnavailableError(
             f"simulator='auto': the CARLA servers {', '.join(f'{a.host}:{a.port}' for a in silent)} did not answer "
             f"within {timeout} s while the others did. Start them (or fix --servers), or pass simulator='surrogate'."
         )
