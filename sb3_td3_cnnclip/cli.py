@@ -1,4 +1,4 @@
-"""The command line: ``sb3-td3-cnnclip train | evaluate | report`` (also ``python -m sb3_td3_cnnclip``).
+"""The command line: ``sb3-td3-cnnclip train | evaluate | report | sweep`` (also ``python -m sb3_td3_cnnclip``).
 
 ``train`` writes one run directory ``<log_dir>/<run_name>_<n>/`` holding the TensorBoard events, ``progress.csv``,
 ``config.json`` (the resolved options, the simulator that actually ran, the reward bound, library versions),
@@ -45,6 +45,11 @@ EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 TRAIN_DESCRIPTION = (
     "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
     "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
+)
+SWEEP_DESCRIPTION = (
+    "Tune TD3CnnClip with Optuna: trials of --max-timesteps steps, each evaluated --n-evaluations times (pruned when "
+    "below the median), in a study that every worker started with the same --study and --storage shares. The best "
+    "configuration is written as a YAML file for train --config."
 )
 #: written by ExplosionEarlyStopping in the run directory when it stops training
 EXPLOSION_FILE = "explosion.json"
@@ -383,6 +388,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        from sb3_td3_cnnclip.sweep import eval_address, run_sweep
+    except ImportError as error:
+        raise MissingExtraError(f'Sweeps need Optuna and PyYAML ({error}): pip install "sb3-td3-cnnclip[sweep]".') from error
+    try:
+        config = config_from_args(args)
+        eval_address(config, args.eval_server)
+    except ValueError as error:
+        args.parser.error(str(error))
+    run_sweep(
+        config, args.study, args.storage, n_trials=args.n_trials, max_trials=args.max_trials,
+        n_evaluations=args.n_evaluations, eval_episodes=args.eval_episodes, eval_server=args.eval_server,
+        best_config=args.best_config,
+    )  # fmt: skip
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     report = check_run(
         args.run_dir, actor_cnn_max_grad_norm=args.actor_cnn_max_grad_norm,
@@ -401,7 +424,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``sb3-td3-cnnclip`` and its three commands."""
+    """The parser of ``sb3-td3-cnnclip`` and its commands."""
     parser = argparse.ArgumentParser(prog="sb3-td3-cnnclip", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {sb3_td3_cnnclip.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -417,6 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
     add_options(evaluate, EVALUATE_OPTIONS)
     evaluate.set_defaults(func=_evaluate, parser=evaluate)
+
+    sweep = commands.add_parser("sweep", help="tune TD3CnnClip with Optuna; run one such worker per process or machine", description=SWEEP_DESCRIPTION)
+    sweep.add_argument("--config", metavar="FILE", help="YAML or TOML file of base options; flags override it, sampled parameters override both")
+    sweep.add_argument("--study", default="sweep", help="study name; workers on the same study and storage share its trials (default: sweep)")
+    sweep.add_argument("--storage", metavar="PATH|URL", help="journal file, or database URL such as sqlite:///sweep.db or postgresql://... (default: <log-dir>/<study>.journal)")
+    sweep.add_argument("--n-trials", type=_positive_int, default=10, help="trials this worker runs (default: 10)")
+    sweep.add_argument("--max-trials", type=_positive_int, help="stop once the study holds this many finished trials, all workers together")
+    sweep.add_argument("--n-evaluations", type=_positive_int, default=5, help="evaluations per trial, each a pruning point (default: 5)")
+    sweep.add_argument("--eval-episodes", type=_positive_int, default=3, help="episodes per evaluation (default: 3)")
+    sweep.add_argument("--eval-server", metavar="HOST:PORT", help="CARLA server of the evaluation env (default: the next after the training envs')")
+    sweep.add_argument("--best-config", metavar="FILE", help="YAML file for the best configuration (default: <log-dir>/<study>_best.yaml)")
+    add_options(sweep, option_names())
+    sweep.set_defaults(func=_sweep, parser=sweep)
 
     report = commands.add_parser("report", help="check a run against the success criteria (exit 1 if one fails)")
     report.add_argument("run_dir", help="a run directory, or a log directory holding exactly one run")
