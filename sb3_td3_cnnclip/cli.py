@@ -401,7 +401,7 @@ def _sweep(args: argparse.Namespace) -> int:
     run_sweep(
         config, args.study, args.storage, n_trials=args.n_trials, max_trials=args.max_trials,
         n_evaluations=args.n_evaluations, eval_episodes=args.eval_episodes, eval_server=args.eval_server,
-        best_config=args.best_config,
+        eval_max_steps=args.eval_max_steps, best_config=args.best_config,
     )  # fmt: skip
     return 0
 
@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-trials", type=_positive_int, help="stop once the study holds this many finished trials, all workers together")
     sweep.add_argument("--n-evaluations", type=_positive_int, default=5, help="evaluations per trial, each a pruning point (default: 5)")
     sweep.add_argument("--eval-episodes", type=_positive_int, default=3, help="episodes per evaluation (default: 3)")
+    sweep.add_argument("--eval-max-steps", type=_positive_int, help="step limit of an evaluation episode, for quick sweeps (default: the scenario's)")
     sweep.add_argument("--eval-server", metavar="HOST:PORT", help="CARLA server of the evaluation env (default: the next after the training envs')")
     sweep.add_argument("--best-config", metavar="FILE", help="YAML file for the best configuration (default: <log-dir>/<study>_best.yaml)")
     add_options(sweep, option_names())

@@ -120,7 +120,14 @@ def eval_address(base: TrainConfig, eval_server: str | None) -> EnvAddress:
     return address
 
 
-def objective(trial: optuna.Trial, base: TrainConfig, n_evaluations: int, eval_episodes: int, eval_at: EnvAddress) -> float:
+def objective(
+    trial: optuna.Trial,
+    base: TrainConfig,
+    n_evaluations: int,
+    eval_episodes: int,
+    eval_at: EnvAddress,
+    eval_max_steps: int | None = None,
+) -> float:
     """Train one trial's configuration and return its last evaluation's mean return.
 
     :param trial: the Optuna trial
@@ -128,6 +135,7 @@ def objective(trial: optuna.Trial, base: TrainConfig, n_evaluations: int, eval_e
     :param n_evaluations: evaluations during training (each one a pruning point)
     :param eval_episodes: episodes per evaluation
     :param eval_at: server address of the evaluation env
+    :param eval_max_steps: step limit of an evaluation episode (``None``: the scenario's)
     :return: the mean return of the last evaluation
     """
     from sb3_td3_cnnclip.cli import make_model, make_train_env
@@ -142,7 +150,8 @@ def objective(trial: optuna.Trial, base: TrainConfig, n_evaluations: int, eval_e
         eval_env = make_carla_vec_env(
             config.scenario, 1, host=eval_at.host, port=eval_at.port, tm_port=eval_at.tm_port,
             simulator=env.get_attr("simulator_name")[0], seed=seed + config.n_envs,
-            env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image"},
+            env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image",
+                        **({} if eval_max_steps is None else {"max_episode_steps": eval_max_steps})},
         )  # fmt: skip
         model = make_model(config, env)
         model.set_logger(configure(str(Path(config.log_dir) / config.run_name), ["csv", "tensorboard"]))
@@ -188,6 +197,7 @@ def run_sweep(
     n_evaluations: int = 5,
     eval_episodes: int = 3,
     eval_server: str | None = None,
+    eval_max_steps: int | None = None,
     best_config: str | Path | None = None,
 ) -> optuna.Study:
     """Run ``n_trials`` trials of a study as one worker, then write the best configuration so far.
@@ -200,6 +210,7 @@ def run_sweep(
     :param n_evaluations: evaluations per trial (pruning points)
     :param eval_episodes: episodes per evaluation
     :param eval_server: ``host:port`` of the evaluation env's CARLA server (``None``: the next after the training envs')
+    :param eval_max_steps: step limit of an evaluation episode (``None``: the scenario's)
     :param best_config: YAML file for the best configuration (``None``: ``<log_dir>/<study_name>_best.yaml``)
     :return: the study
     """
@@ -214,7 +225,8 @@ def run_sweep(
     )  # fmt: skip
     callbacks = [] if max_trials is None else [MaxTrialsCallback(max_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
     study.optimize(
-        lambda trial: objective(trial, base, n_evaluations, eval_episodes, eval_at), n_trials=n_trials, callbacks=callbacks
+        lambda trial: objective(trial, base, n_evaluations, eval_episodes, eval_at, eval_max_steps),
+        n_trials=n_trials, callbacks=callbacks,
     )  # fmt: skip
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         path = write_best_config(study, best_config or Path(base.log_dir) / f"{study_name}_best.yaml")

@@ -37,10 +37,11 @@ def flags(options: dict) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study_and_the_best_config_trains(tmp_path: Path) -> None:
     journal = tmp_path / "study.journal"
     command = [sys.executable, "-m", "sb3_td3_cnnclip", "sweep", "--study", "s", "--storage", str(journal),
-               "--n-trials", "2", "--n-evaluations", "2", "--eval-episodes", "1", "--seed", "0", "--log-dir",
+               "--n-trials", "2", "--n-evaluations", "2", "--eval-episodes", "1", "--eval-max-steps", "30", "--seed", "0", "--log-dir",
                str(tmp_path), *flags(TINY)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -67,11 +68,12 @@ def test_two_workers_share_one_journal_study_and_the_best_config_trains(tmp_path
 def test_a_pruned_trial_stops_training_at_that_evaluation(tmp_path: Path) -> None:
     base = TrainConfig(**{**TINY, "seed": 1, "log_dir": str(tmp_path)})
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
-    study.optimize(lambda trial: objective(trial, base, 3, 1, eval_address(base, None)), n_trials=1)
+    study.optimize(lambda trial: objective(trial, base, 3, 1, eval_address(base, None), eval_max_steps=30), n_trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]  # 1 of 3 evaluations: training stopped there
     assert trial.user_attrs["config"]["seed"] == 1
+    assert len(list(tmp_path.glob("*_trial_0/progress.csv"))) == 1  # the trial's own log
 
 
 def test_best_config_needs_a_completed_trial_and_a_yaml_file(tmp_path: Path) -> None:
