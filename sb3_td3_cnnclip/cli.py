@@ -1,4 +1,4 @@
-"""The command line: ``sb3-td3-cnnclip train | evaluate | report`` (also ``python -m sb3_td3_cnnclip``).
+"""The command line: ``sb3-td3-cnnclip train | evaluate | report | sweep`` (also ``python -m sb3_td3_cnnclip``).
 
 ``train`` writes one run directory ``<log_dir>/<run_name>_<n>/`` holding the TensorBoard events, ``progress.csv``,
 ``config.json`` (the resolved options, the simulator that actually ran, the reward bound, library versions),
@@ -28,6 +28,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Progr
 from stable_baselines3.common.logger import HumanOutputFormat, KVWriter, Logger, configure
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import get_latest_run_id
+from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
@@ -35,6 +36,7 @@ from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig, load_config_
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.vec_env import EnvWorkerError, make_carla_vec_env, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
 INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
@@ -42,7 +44,7 @@ INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
 EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 #: ``evaluate``'s own help of a shared option
 EVALUATE_HELP = {"seed": "seed of the first episode's reset; episode i gets seed + i (none: unseeded)"}
-DESCRIPTION = "Train TD3CnnClip on the CARLA driving scenarios, check a run, drive a saved model (also: python -m sb3_td3_cnnclip)."
+DESCRIPTION = "Train TD3CnnClip on the CARLA driving scenarios, check a run, drive a saved model, tune with Optuna (also: python -m sb3_td3_cnnclip)."
 TRAIN_DESCRIPTION = (
     "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
     "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
@@ -50,6 +52,11 @@ TRAIN_DESCRIPTION = (
 EVALUATE_DESCRIPTION = (
     "Drive a saved model deterministically and print driving metrics per episode. The environment options default "
     "to the run's config.json, overridden by flags."
+)
+SWEEP_DESCRIPTION = (
+    "Tune TD3CnnClip with Optuna: trials of --max-timesteps steps, each evaluated --n-evaluations times (pruned when "
+    "below the median), in a study that every worker started with the same --study and --storage shares. The best "
+    "configuration is written as a YAML file for train --config."
 )
 #: written by ExplosionEarlyStopping in the run directory when it stops training
 EXPLOSION_FILE = "explosion.json"
@@ -62,7 +69,7 @@ class ModelFileError(ValueError):
 
 
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
-USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError)
+USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError, EnvWorkerError)
 
 
 def float_or_none(text: str) -> float | None:
@@ -159,7 +166,20 @@ def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
     )  # fmt: skip
 
 
-def make_model(config: TrainConfig, env: gym.Env) -> TD3CnnClip:
+def make_train_env(config: TrainConfig) -> VecEnv:
+    """The ``config.n_envs`` training envs of the scenario, each on its own server and Traffic Manager port.
+
+    :param config: the options (scenario, simulator, servers, n_envs, seed)
+    :return: the VecEnv (see :func:`~sb3_td3_cnnclip.vec_env.make_carla_vec_env`)
+    """
+    return make_carla_vec_env(
+        config.scenario, config.n_envs, servers=config.servers, host=config.host, port=config.port,
+        tm_port=config.tm_port, port_stride=config.port_stride, simulator=config.simulator, seed=config.seed,
+        env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image"},
+    )  # fmt: skip
+
+
+def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> TD3CnnClip:
     """The TD3CnnClip model the options describe.
 
     :param config: the options
@@ -236,13 +256,14 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    env = make_env(config)
+    env = make_train_env(config)
     model = make_model(config, env)
     run_dir = claim_run_dir(config.log_dir, config.run_name)
     model.set_logger(make_logger(config, run_dir))
     saved = {
         "config": dataclasses.asdict(config),
-        "env": {"id": env.spec.id, "simulator": env.unwrapped.simulator_name, "max_abs_reward": env.unwrapped.max_abs_reward},
+        "env": {"id": SCENARIO_IDS[config.scenario], "simulator": env.get_attr("simulator_name")[0],
+                "max_abs_reward": env.get_attr("max_abs_reward")[0], "n_envs": env.num_envs},
         "versions": {"sb3_td3_cnnclip": sb3_td3_cnnclip.__version__, "stable_baselines3": stable_baselines3.__version__,
                      "torch": torch.__version__, "gymnasium": gym.__version__},
     }  # fmt: skip
@@ -411,7 +432,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    saved = {name: value for name, value in _run_config(model_file(args.model)).items() if name in INHERITED_OPTIONS}
+    run = _run_config(model_file(args.model))
+    saved = {name: value for name, value in run.items() if name in INHERITED_OPTIONS}
+    if run.get("servers"):  # a run of several envs: drive on its env 0's server
+        saved["host"], saved["port"] = parse_servers(run["servers"])[0]
     try:
         config = resolve_config(saved, given)
     except ValueError as error:
@@ -420,6 +444,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     print_evaluation(results)
     if args.video:
         print(f"Video saved to {args.video}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        from sb3_td3_cnnclip.sweep import eval_address, run_sweep
+    except ImportError as error:
+        raise MissingExtraError(f"Sweeps need Optuna and PyYAML ({error}): pip install optuna pyyaml (or the package's sweep extra).") from error
+    try:
+        config = config_from_args(args)
+        eval_address(config, args.eval_server)
+    except ValueError as error:
+        args.parser.error(str(error))
+    run_sweep(
+        config, args.study, args.storage, n_trials=args.n_trials, max_trials=args.max_trials,
+        n_evaluations=args.n_evaluations, eval_episodes=args.eval_episodes, eval_server=args.eval_server,
+        eval_max_steps=args.eval_max_steps, best_config=args.best_config,
+    )  # fmt: skip
     return 0
 
 
@@ -441,7 +483,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``sb3-td3-cnnclip`` and its three commands."""
+    """The parser of ``sb3-td3-cnnclip`` and its commands."""
     parser = argparse.ArgumentParser(prog="sb3-td3-cnnclip", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {sb3_td3_cnnclip.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -457,6 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
     add_options(evaluate, EVALUATE_OPTIONS, inherited=INHERITED_OPTIONS, helps=EVALUATE_HELP)
     evaluate.set_defaults(func=_evaluate, parser=evaluate)
+
+    sweep = commands.add_parser("sweep", help="tune TD3CnnClip with Optuna; run one such worker per process or machine", description=SWEEP_DESCRIPTION)
+    sweep.add_argument("--config", metavar="FILE", help="YAML or TOML file of base options; flags override it, sampled parameters override both")
+    sweep.add_argument("--study", default="sweep", help="study name; workers on the same study and storage share its trials (default: sweep)")
+    sweep.add_argument("--storage", metavar="PATH|URL", help="journal file, or database URL such as sqlite:///sweep.db or postgresql://... (default: <log-dir>/<study>.journal)")
+    sweep.add_argument("--n-trials", type=_positive_int, default=10, help="trials this worker runs (default: 10)")
+    sweep.add_argument("--max-trials", type=_positive_int, help="stop once the study holds this many finished trials, all workers together")
+    sweep.add_argument("--n-evaluations", type=_positive_int, default=5, help="evaluations per trial, each a pruning point (default: 5)")
+    sweep.add_argument("--eval-episodes", type=_positive_int, default=3, help="episodes per evaluation (default: 3)")
+    sweep.add_argument("--eval-max-steps", type=_positive_int, help="step limit of an evaluation episode, for quick sweeps (default: the scenario's)")
+    sweep.add_argument("--eval-server", metavar="HOST:PORT", help="CARLA server of the evaluation env (default: the next after the training envs')")
+    sweep.add_argument("--best-config", metavar="FILE", help="YAML file for the best configuration (default: <log-dir>/<study>_best.yaml)")
+    add_options(sweep, option_names())
+    sweep.set_defaults(func=_sweep, parser=sweep)
 
     report = commands.add_parser("report", help="check a run against the success criteria (exit 1 if one fails)")
     report.add_argument("run_dir", help="a run directory, or a log directory holding exactly one run")

@@ -15,6 +15,7 @@ from typing import Any
 
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
+from sb3_td3_cnnclip.vec_env import env_addresses
 
 #: policies the command line offers; the MultiInput ones observe the env's Dict (image + kinematics) observation
 POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy")
@@ -59,7 +60,10 @@ class TrainConfig:
     simulator: str = option("auto", "simulator backend; auto = CARLA if a server answers, else the surrogate", choices=SIMULATORS)
     host: str = option("localhost", "CARLA server host")
     port: int = option(2000, "CARLA server RPC port", PORT)
-    tm_port: int = option(8000, "CARLA Traffic Manager port", PORT)
+    tm_port: int = option(8000, "CARLA Traffic Manager port (of env 0; env i gets tm_port + i x port_stride)", PORT)
+    n_envs: int = option(1, "envs stepped in parallel, one process and one CARLA server each; every env's step counts as a timestep", POSITIVE)
+    servers: str = option("", "CARLA server of each env: host:port,host:port,... (empty: --host, and --port + i x --port-stride)")
+    port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features, MultiInput* observe image + kinematics", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
@@ -98,6 +102,7 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _validate(f.name, getattr(self, f.name), hints[f.name], f.metadata))
+        env_addresses(self.n_envs, self.host, self.port, self.tm_port, self.port_stride, self.servers)  # ports, before any connection
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
 

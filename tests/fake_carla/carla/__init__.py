@@ -473,6 +473,10 @@ class World:
 
     def tick(self, seconds: float = 10.0) -> int:
         server = self._server
+        if server.lost_at_frame == server.frame + 1:
+            server.reachable = False
+        if not server.reachable:
+            raise _timeout_error(seconds, self._client._host, self._client._port)
         if server.tick_error_frame == server.frame + 1:
             server.tick_error_frame = None
             raise _timeout_error(seconds, self._client._host, self._client._port)

@@ -40,6 +40,7 @@ class FakeServer:
     :param map_name: name of the loaded map, as the real ``Map.name`` reports it
     :param spawn_failures: number of the next ``SpawnActor`` batch commands that fail with a collision error
     :param tick_error_frame: frame whose tick raises a time-out ``RuntimeError`` (once)
+    :param lost_at_frame: frame whose tick loses the server: that tick and every later RPC time out
     :param collision_frames: frames at which the collision sensors report an event
     :param lane_invasion_frames: frames at which the lane-invasion sensors report an event
     :param stale_images: whether each camera first delivers a late image of the previous frame on every tick
@@ -56,6 +57,7 @@ class FakeServer:
     map_name: str = "Carla/Maps/Town01"
     spawn_failures: int = 0
     tick_error_frame: int | None = None
+    lost_at_frame: int | None = None
     collision_frames: set[int] = field(default_factory=set)
     lane_invasion_frames: set[int] = field(default_factory=set)
     stale_images: bool = False
