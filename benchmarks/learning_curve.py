@@ -1,7 +1,7 @@
 """Does the agent learn to drive? Learning curves of TD3 configurations on the surrogate ``CarlaScenario0-v0``.
 
-Every configuration trains ``TD3CnnClip("CnnPolicy", "CarlaScenario0-v0")`` on the highway-env surrogate backend for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training)
-drives ``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
+Every configuration trains ``TD3CnnClip("CnnPolicy", "CarlaScenario0-v0")`` on the highway-env surrogate backend
+for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training) drives ``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
 ``--eval-seed + 1``, ...), in a separate env. Each evaluation records the mean route completion, the collision,
 off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode length and
 mean speed, and the training wall time so far.
@@ -45,7 +45,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from common import RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
+from common import (
+    RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results,
+)
 from stable_baselines3.common.noise import NormalActionNoise
 
 from sb3_td3_cnnclip import TD3CnnClip
@@ -257,8 +259,10 @@ def report(args: argparse.Namespace) -> None:
     found = collect(args)
     curves = summarise(found)
     run = run_description(args)
-    results = {"run": run, "env_id": ENV_ID, "configs": {c: {**COMMON, **CONFIGS[c]} for c in args.configs},
-               "curves": curves, "evaluations": {c: {str(s): r for s, r in seeds.items()} for c, seeds in found.items()}}  # fmt: skip
+    results = {
+        "run": run, "env_id": ENV_ID, "configs": {config: {**COMMON, **CONFIGS[config]} for config in args.configs},
+        "curves": curves, "evaluations": {c: {str(s): r for s, r in seeds.items()} for c, seeds in found.items()},
+    }  # fmt: skip
     last_rows, curve_rows = [], []
     for config, points in curves.items():
         last = points[-1]

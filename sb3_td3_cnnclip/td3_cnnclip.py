@@ -71,8 +71,8 @@ class TD3CnnClip(TD3):
     :param random_shift_pad: random-shift augmentation (DrQ's ``image_pad``): each image observation and next
         observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
         border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is TD3.
-    :param critic_trained_encoder: the DrQ-v2 encoder arrangement (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`):
-        one image encoder, trained by the critic's loss only, whose features the actor reads without gradient.
+    :param critic_trained_encoder: the DrQ-v2 encoder arrangement
+        (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss only, whose features the actor reads without gradient.
         The actor-CNN group is then empty (neither clipped nor logged) and ``critic_cnn_max_grad_norm`` limits the
         only CNN. False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks
