@@ -1,7 +1,8 @@
 """Does the agent learn to drive? Learning curves of TD3 configurations on the surrogate ``CarlaScenario0-v0``.
 
 Every configuration trains ``TD3CnnClip("CnnPolicy", "CarlaScenario0-v0")`` on the highway-env surrogate backend
-for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training) drives ``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
+for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training) drives
+``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
 ``--eval-seed + 1``, ...), in a separate env. Each evaluation records the mean route completion, the collision,
 off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode length and
 mean speed, and the training wall time so far.
