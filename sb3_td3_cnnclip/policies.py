@@ -1,16 +1,19 @@
-"""TD3 policies whose image encoders are bounded (:mod:`sb3_td3_cnnclip.encoders`).
+"""TD3 policies whose image encoders are bounded (:mod:`sb3_td3_cnnclip.encoders`), and the DrQ-v2 encoder arrangement.
 
-Available in :class:`~sb3_td3_cnnclip.TD3CnnClip` as ``"BoundedCnnPolicy"`` and ``"BoundedMultiInputPolicy"``.
+The bounded policies are available in :class:`~sb3_td3_cnnclip.TD3CnnClip` as ``"BoundedCnnPolicy"`` and
+``"BoundedMultiInputPolicy"``; :func:`use_critic_encoder` is ``TD3CnnClip(critic_trained_encoder=True)``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.td3.policies import CnnPolicy, MultiInputPolicy
+from stable_baselines3.td3.policies import CnnPolicy, MultiInputPolicy, TD3Policy
+from torch import nn
 
 from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
 
@@ -73,3 +76,53 @@ class BoundedMultiInputPolicy(MultiInputPolicy):
         super().__init__(
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
+
+
+class DetachedEncoder(nn.Module):
+    """The features of another network's encoder, computed without gradient, and without owning its parameters.
+
+    The encoder is held outside the module tree, so ``parameters()``, ``state_dict()`` and an optimizer built on
+    the owner see none of it: the network that registers the encoder trains, saves and moves it.
+
+    :param encoder: the encoder to read
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self._encoder = (encoder,)  # a tuple, so that nn.Module does not register it as a submodule
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder read (owned by another network)."""
+        return self._encoder[0]
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        with th.no_grad():
+            return self.encoder(observations)
+
+
+def use_critic_encoder(policy: TD3Policy) -> None:
+    """Give a TD3 policy the DrQ-v2 encoder arrangement: one image encoder, trained by the critic's loss only.
+
+    The actor reads the critic's encoder through a :class:`DetachedEncoder` (its loss never reaches the encoder),
+    the target actor reads the target critic's, and the actor's optimizer is rebuilt on the actor's own
+    parameters (its MLP). The actor's encoder, built by SB3, is dropped. This is the opposite of SB3's
+    ``share_features_extractor=True``, where the actor's loss trains the shared encoder and the critic's does not.
+
+    :param policy: a TD3 policy with separate actor and critic encoders (``share_features_extractor=False``)
+    """
+    if policy.share_features_extractor:
+        raise ValueError(
+            "critic_trained_encoder=True needs share_features_extractor=False in policy_kwargs: with a shared "
+            "features extractor SB3 trains the encoder with the actor's loss, the opposite arrangement."
+        )
+    if not any(True for _ in policy.critic.features_extractor.parameters()):
+        raise ValueError(
+            f"critic_trained_encoder=True needs a features extractor with parameters (an image encoder); "
+            f"{type(policy.critic.features_extractor).__name__} has none. Use critic_trained_encoder=False."
+        )
+    policy.actor.features_extractor = DetachedEncoder(policy.critic.features_extractor)
+    policy.actor_target.features_extractor = DetachedEncoder(policy.critic_target.features_extractor)
+    policy.actor.optimizer = policy.optimizer_class(
+        policy.actor.parameters(), lr=policy.actor.optimizer.param_groups[0]["lr"], **policy.optimizer_kwargs
+    )

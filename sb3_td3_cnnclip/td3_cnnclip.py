@@ -11,13 +11,14 @@ import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.td3.policies import TD3Policy
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
+from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch import nn
 from torch.nn import functional as F
 
 from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
-from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy
+from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
+from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, use_critic_encoder
 
 #: an action this close to a bound of [-1, 1] counts as saturated
 SATURATION_EPS = 1e-3
@@ -67,6 +68,13 @@ class TD3CnnClip(TD3):
         below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is TD3.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
         keeps the actor's output layer out of tanh saturation. 0.0 is TD3.
+    :param random_shift_pad: random-shift augmentation (DrQ's ``image_pad``): each image observation and next
+        observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
+        border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is TD3.
+    :param critic_trained_encoder: the DrQ-v2 encoder arrangement
+        (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss only, whose features the actor reads without gradient.
+        The actor-CNN group is then empty (neither clipped nor logged) and ``critic_cnn_max_grad_norm`` limits the
+        only CNN. False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -92,6 +100,8 @@ class TD3CnnClip(TD3):
         on_nonfinite_grad: str = "skip",
         actor_lr_scale: float = 1.0,
         pre_tanh_penalty: float = 0.0,
+        random_shift_pad: int = 0,
+        critic_trained_encoder: bool = False,
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -104,6 +114,8 @@ class TD3CnnClip(TD3):
         self.on_nonfinite_grad = on_nonfinite_grad
         self.actor_lr_scale = actor_lr_scale
         self.pre_tanh_penalty = pre_tanh_penalty
+        self.random_shift_pad = random_shift_pad
+        self.critic_trained_encoder = critic_trained_encoder
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -122,7 +134,12 @@ class TD3CnnClip(TD3):
             valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
             if not valid or value < 0 or (value == 0 and smallest == "positive"):
                 raise ValueError(f"{key}={value!r} must be a {smallest} finite number ({td3_value} is TD3).")
+        self._check_learning_options()
         super()._setup_model()
+        if self.critic_trained_encoder:
+            use_critic_encoder(self.policy)
+            self.actor_batch_norm_stats = get_parameters_by_name(self.actor, ["running_"])
+            self.actor_batch_norm_stats_target = get_parameters_by_name(self.actor_target, ["running_"])
         self._build_groups()
         if self.pre_tanh_penalty > 0 and self._pre_tanh is None:
             raise ValueError(
@@ -131,6 +148,33 @@ class TD3CnnClip(TD3):
             )
         #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
         self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
+
+    def _check_learning_options(self) -> None:
+        """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""
+        if not isinstance(self.critic_trained_encoder, bool):
+            raise ValueError(f"critic_trained_encoder={self.critic_trained_encoder!r} must be True or False.")
+        pad = self.random_shift_pad
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"random_shift_pad={pad!r} must be a non-negative int (pixels; 4 in DrQ, 0 is TD3).")
+        #: the observation entries random_shift_pad shifts ([None] for an image Box)
+        self._shift_keys = image_keys(self.observation_space) if pad > 0 else []
+        space = self.observation_space
+        sides = [min((space[key] if key else space).shape[1:]) for key in self._shift_keys]
+        if pad > 0 and not sides:
+            raise ValueError(
+                f"random_shift_pad={pad} shifts images, but the observation space {space} has no 3-D (channels, "
+                "height, width) Box. Use random_shift_pad=0."
+            )
+        if sides and pad >= min(sides):
+            raise ValueError(f"random_shift_pad={pad} must be smaller than the images' sides ({min(sides)} pixels).")
+
+    def _shift_images(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
+        """Random-shift the images of the observations and of the next observations, with independent offsets (DrQ)."""
+        pad, keys = self.random_shift_pad, self._shift_keys
+        return replay_data._replace(
+            observations=shift_observations(replay_data.observations, keys, pad),
+            next_observations=shift_observations(replay_data.next_observations, keys, pad),
+        )
 
     def _build_groups(self) -> None:
         """Partition the optimizers' parameters into the four groups and watch the features and the pre-tanh."""
@@ -179,6 +223,8 @@ class TD3CnnClip(TD3):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             # For n-step replay, discount factor is gamma**n_steps (when no early termination)
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            if self.random_shift_pad > 0:
+                replay_data = self._shift_images(replay_data)
 
             with th.no_grad():
                 # Select action according to policy and add clipped noise

@@ -1,0 +1,63 @@
+"""``benchmarks/learning_curve.py`` end to end at its tiny size: results, plot, resuming and extending a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("CI"):  # CI installs highway-env: a missing one must fail there, not skip
+    pytest.importorskip("highway_env")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(tmp_path: Path, *flags: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCHMARKS.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "learning_curve.py"), "--size", "tiny", "--output-dir", str(tmp_path),
+         "--run-dir", str(tmp_path / "runs"), *flags],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
+    out = run_benchmark(tmp_path)
+    assert "td3 seed 0: 0 -> 120 steps" in out
+    results = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert set(results["curves"]) == {"td3", "recommended+shift+encoder+nstep3"}
+    assert results["configs"]["td3"]["actor_cnn_max_grad_norm"] is None
+    for points in results["curves"].values():
+        assert [p["step"] for p in points] == [0, 60, 120]
+        for point in points:
+            assert 0 <= point["route_completion"]["mean"] <= 1
+            rates = sum(point[f"{r}_rate"]["mean"] for r in ("collision", "off_lane", "goal", "time_limit"))
+            assert rates == pytest.approx(1.0)  # every evaluation episode ends for one reason
+    episodes = results["evaluations"]["td3"]["0"][-1]["episodes"]
+    assert len(episodes) == 2 and all(e["length"] <= 20 for e in episodes)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    assert "| td3 | 120 | 1 |" in (tmp_path / "learning_curve.md").read_text()
+
+    # started again, a run continues from its last checkpoint (here, extended by a larger --steps)
+    assert "td3 seed 0: 120 -> 180 steps" in run_benchmark(tmp_path, "--steps", "180")
+    results = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert [p["step"] for p in results["curves"]["td3"]] == [0, 60, 120, 180]
+
+
+def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    args = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path)])
+    folder = tmp_path / "td3" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({**learning_curve.job_settings(args, "td3", 0), "batch_size": 4}))
+    with pytest.raises(ValueError, match="other settings"):
+        learning_curve.run_job(args, "td3", 0)
