@@ -6,6 +6,7 @@ import inspect
 import json
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,6 +15,8 @@ from conftest import require
 from PIL import Image
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sb3_td3_cnnclip import TD3CnnClip, cli
@@ -156,15 +159,20 @@ class ToyDrivingEnv(ToyImageEnv):
     spec = gym.envs.registration.EnvSpec("ToyDriving-v0")
 
 
+def train_on(monkeypatch: pytest.MonkeyPatch, make_env: Callable[[TrainConfig], gym.Env]) -> None:
+    """Make ``train`` run on ``make_env(config)`` (in SB3's Monitor and DummyVecEnv) instead of the scenario's envs."""
+    monkeypatch.setattr(cli, "make_train_env", lambda config: DummyVecEnv([lambda: Monitor(make_env(config))]))
+
+
 def test_concurrent_runs_get_their_own_run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = 4
     barrier = threading.Barrier(runs, timeout=120)
 
-    def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
+    def make_env(config: TrainConfig) -> gym.Env:
         barrier.wait()  # the runs get here together, as runs started at once do
         return ToyDrivingEnv()
 
-    monkeypatch.setattr(cli, "make_env", make_env)
+    train_on(monkeypatch, make_env)
     errors: list[BaseException] = []
 
     def train(seed: int) -> None:
@@ -191,7 +199,7 @@ def test_concurrent_runs_get_their_own_run_dirs(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize("table_interval", [None, 2])
 def test_training_table_interval(table_interval: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(cli, "make_env", lambda config, render_mode=None: ToyDrivingEnv(episode_length=10))
+    train_on(monkeypatch, lambda config: ToyDrivingEnv(episode_length=10))
     flags = ["--max-timesteps", "60", "--buffer-size", "10", "--no-metrics", "--no-progress-bar", "--log-dir", str(tmp_path)]
     if table_interval is not None:
         flags += ["--table-interval", str(table_interval)]
