@@ -139,20 +139,21 @@ def test_nonfinite_gradients_every_step_stop(tmp_path):
 
 def test_dead_actor_stops_and_names_the_cause(tmp_path):
     # lr 1e-3 with NatureCNN: the actor's features grow, its tanh saturates and its MLP gradient becomes exactly 0.
-    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    model = toy_model(tmp_path, lr=1e-3, bounded=False, pre_tanh_penalty=0.0)
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20)
     with pytest.warns(RuntimeWarning, match="dead actor"):
         model.learn(400, callback=callback)
     check_stopped(tmp_path, callback, model, "dead_actor", 400)
     assert callback.triggered == ["dead_actor"]
     assert "exactly zero on 20" in callback.reason or "saturated on 20" in callback.reason
-    assert "tanh saturated" in callback.reason and "BoundedNatureCNN" in callback.reason
+    assert "tanh saturated" in callback.reason and "set TD3CnnClip's pre_tanh_penalty=0.01" in callback.reason
+    assert "BoundedNatureCNN" not in callback.reason  # a bounded encoder was measured not to keep the actor alive
     actor_updates = [s for s in model.update_stats if "actor_loss" in s][-20:]
     assert all(s["actor_mlp_before"] == 0 or s["actor_saturation"] > 0.9 for s in actor_updates)
 
 
 def test_dead_actor_warn_mode_keeps_training(tmp_path):
-    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    model = toy_model(tmp_path, lr=1e-3, bounded=False, pre_tanh_penalty=0.0)
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20, dead_actor="warn")
     with pytest.warns(RuntimeWarning, match="dead actor") as record:
         model.learn(300, callback=callback, log_interval=1)

@@ -19,11 +19,11 @@ def model_with_pre_tanh(bias: list[float], **kwargs: Any) -> TD3CnnClip:
     """A CnnPolicy model with a filled buffer whose actor's last Linear outputs ``bias`` for every observation.
 
     :param bias: the pre-tanh value of each action dimension
-    :param kwargs: more TD3CnnClip keywords
+    :param kwargs: more TD3CnnClip keywords (``pre_tanh_penalty`` is 0, TD3's actor loss, unless given)
     :return: the model (``policy_delay=1``: every gradient step updates the actor)
     """
     env = ToyImageEnv(size=36, channels=1)
-    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **kwargs)
+    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **{"pre_tanh_penalty": 0.0, **kwargs})
     model.set_logger(configure(None, []))
     space = env.observation_space
     for _ in range(32):

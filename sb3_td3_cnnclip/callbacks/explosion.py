@@ -32,11 +32,10 @@ GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
 #: the model's counters that belong to its weights, kept with each snapshot (name in explosion.json: attribute)
 SNAPSHOT_COUNTERS = {"num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining"}
 
-BOUNDED_ENCODER = (
+FIXES = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
-    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders)"
+    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders) and/or a lower learning rate"
 )
-FIXES = f"{BOUNDED_ENCODER} and/or a lower learning rate"
 NONFINITE_FIXES = "lower the learning rate or the reward scale, and check the env for NaN rewards or observations"
 
 
@@ -419,8 +418,18 @@ class ExplosionEarlyStopping(BaseCallback):
             f"dead actor: over its last {self._streaks['dead_actor']} actor updates the actor-MLP gradient was "
             f"exactly zero on {n_zero} and more than {self.saturation_threshold:.0%} of the action elements were "
             f"saturated on {n_saturated} (latest saturation {stats['actor_saturation']:.2f}), i.e. {seen}; "
-            f"{BOUNDED_ENCODER} and/or a lower actor learning rate",
+            f"{self._dead_actor_fix()}",
         )]  # fmt: skip
+
+    def _dead_actor_fix(self) -> str:
+        """What to change against a dead actor: the pre-tanh penalty, measured to keep the actor alive."""
+        penalty = self.model.pre_tanh_penalty
+        first = (
+            f"raise TD3CnnClip's pre_tanh_penalty (now {penalty:g})" if penalty > 0 else
+            "set TD3CnnClip's pre_tanh_penalty=0.01 (its default), which kept the actor alive on every seed of "
+            "benchmarks/results/dead_actor.md where a bounded encoder alone did not"
+        )  # fmt: skip
+        return f"{first}, and/or lower the actor's learning rate (actor_lr_scale)"
 
     def _take_snapshot(self) -> None:
         """Copy the weights and optimizer states in memory: the last healthy model."""
