@@ -92,7 +92,9 @@ class ExplosionEarlyStopping(BaseCallback):
     190 ms and writes 64 MB to disk each time.
 
     ``alerts/<check>`` counts how often each enabled check fired (0 on a healthy run) and is recorded at the
-    start of training, at the end of every rollout and when a check fires, so it appears in the logger's dumps.
+    start of training, at the end of every rollout, when a check fires and at the end of training, so the logger's
+    dumps show it; a check can fire after the last dump of ``learn()`` (on its last ``train()``): dump once more
+    after ``learn()`` (``model.dump_logs()``, as the CLI does) so the last counts reach the logs.
 
     :param nonfinite_loss: check that the losses are finite
     :param nonfinite_grad: check that not every optimizer step of a network is skipped for a non-finite gradient
@@ -224,6 +226,7 @@ class ExplosionEarlyStopping(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._check_new_updates()  # the last train() of learn() runs after the last rollout
+        self._record_alerts()  # the final counts, for the dump after learn() (the CLI's, or model.dump_logs())
 
     def _on_step(self) -> bool:
         return not self.triggered
