@@ -51,8 +51,9 @@ class TD3CnnClip(TD3):
 
     The CNN group of a network is the parameters of its features extractor, the MLP group everything else its
     optimizer updates. Groups without parameters (``MlpPolicy``'s CNN, the critic's CNN with
-    ``share_features_extractor=True``) are neither clipped nor logged. With all four limits ``None`` the updates
-    are exactly those of :class:`~stable_baselines3.TD3`. Every other parameter is TD3's (see its docstring).
+    ``share_features_extractor=True``) are neither clipped nor logged. With all four limits ``None`` and
+    ``pre_tanh_penalty=0`` the updates are exactly those of :class:`~stable_baselines3.TD3`. Every other parameter
+    is TD3's (see its docstring).
 
     :param buffer_size: replay buffer capacity. The one default that differs from TD3's (1_000_000): a million
         4x84x84 ``uint8`` transitions take 56 GB (observations and next observations), which cannot even be
@@ -67,7 +68,9 @@ class TD3CnnClip(TD3):
     :param actor_lr_scale: the actor's learning rate is this times the learning-rate schedule's (the critic's);
         below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is TD3.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
-        keeps the actor's output layer out of tanh saturation. 0.0 is TD3.
+        keeps the actor's output layer out of tanh saturation. The default 0.01 kept the actor alive on every seed
+        measured, where TD3 on images saturated its tanh and stopped learning (``benchmarks/results/dead_actor.md``).
+        0.0 is TD3's actor loss.
     :param random_shift_pad: random-shift augmentation (DrQ's ``image_pad``): each image observation and next
         observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
         border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is TD3.
@@ -99,7 +102,7 @@ class TD3CnnClip(TD3):
         critic_mlp_max_grad_norm: float | None = 10.0,
         on_nonfinite_grad: str = "skip",
         actor_lr_scale: float = 1.0,
-        pre_tanh_penalty: float = 0.0,
+        pre_tanh_penalty: float = 0.01,
         random_shift_pad: int = 0,
         critic_trained_encoder: bool = False,
         stats_history: int = 1000,

@@ -139,23 +139,25 @@ def test_nonfinite_gradients_every_step_stop(tmp_path):
 
 def test_dead_actor_stops_and_names_the_cause(tmp_path):
     # lr 1e-3 with NatureCNN: the actor's features grow, its tanh saturates and its MLP gradient becomes exactly 0.
-    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    model = toy_model(tmp_path, lr=1e-3, bounded=False, pre_tanh_penalty=0.0)
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20)
     with pytest.warns(RuntimeWarning, match="dead actor"):
         model.learn(400, callback=callback)
     check_stopped(tmp_path, callback, model, "dead_actor", 400)
     assert callback.triggered == ["dead_actor"]
     assert "exactly zero on 20" in callback.reason or "saturated on 20" in callback.reason
-    assert "tanh saturated" in callback.reason and "BoundedNatureCNN" in callback.reason
+    assert "tanh saturated" in callback.reason and "set TD3CnnClip's pre_tanh_penalty=0.01" in callback.reason
+    assert "BoundedNatureCNN" not in callback.reason  # a bounded encoder was measured not to keep the actor alive
     actor_updates = [s for s in model.update_stats if "actor_loss" in s][-20:]
     assert all(s["actor_mlp_before"] == 0 or s["actor_saturation"] > 0.9 for s in actor_updates)
 
 
 def test_dead_actor_warn_mode_keeps_training(tmp_path):
-    model = toy_model(tmp_path, lr=1e-3, bounded=False)
+    model = toy_model(tmp_path, lr=1e-3, bounded=False, pre_tanh_penalty=0.0)
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, feature_growth=None, window=20, dead_actor="warn")
     with pytest.warns(RuntimeWarning, match="dead actor") as record:
         model.learn(300, callback=callback, log_interval=1)
+    model.dump_logs()  # as the CLI does: the updates (and alerts) since the last dump of learn()
     assert model.num_timesteps == 300 and callback.triggered == []
     assert len([w for w in record if "dead actor" in str(w.message)]) == 1  # warned once
     assert callback.alerts["dead_actor"] >= 2  # then counted every further window
@@ -278,3 +280,38 @@ def test_a_trigger_at_training_end_gives_a_stopped_status(tmp_path, monkeypatch)
     assert result["num_timesteps"] == 12
     loaded = TD3CnnClip.load(run_dir / "last_healthy.zip")
     assert (loaded._n_updates, loaded.num_timesteps) == (0, 0)
+
+
+#: one healthy update's statistics, as TD3CnnClip keeps them (an actor update)
+HEALTHY = {"critic_loss": 0.1, "q_replay": 1.0, "q_abs_max": 2.0, "critic_feature_norm": 5.0, "critic_cnn_before": 1.0,
+           "critic_cnn_after": 1.0, "critic_mlp_before": 1.0, "critic_mlp_after": 1.0, "actor_loss": -1.0,
+           "q_policy_gap": 0.1, "actor_saturation": 0.0, "actor_feature_norm": 5.0, "actor_cnn_before": 0.1,
+           "actor_cnn_after": 0.1, "actor_mlp_before": 0.5, "actor_mlp_after": 0.5}  # fmt: skip
+
+
+def started(tmp_path, **kwargs):
+    """An untrained toy model and a callback whose training has started: feed it statistics with :func:`feed`."""
+    model = toy_model(tmp_path)
+    callback = ExplosionEarlyStopping(**kwargs)
+    callback.init_callback(model)
+    callback.on_training_start({}, {})
+    return model, callback
+
+
+def feed(model, callback, *changes: dict) -> None:
+    """Append one update per dict of changes to HEALTHY, as one train() call would, and let the callback check them."""
+    for change in changes:
+        model._n_updates += 1
+        model.update_stats.append({"n_updates": model._n_updates, **HEALTHY, **change})
+    callback.on_rollout_start()
+
+
+def test_the_last_dump_holds_the_final_alert_counts(tmp_path):
+    model, callback = started(tmp_path, r_max=TOY_R_MAX, window=2, dead_actor="warn")
+    with pytest.warns(RuntimeWarning, match="dead actor"):
+        feed(model, callback, {"actor_saturation": 1.0}, {"actor_saturation": 1.0})
+    model.logger.dump(1)
+    callback.on_training_end()
+    model.logger.dump(2)  # the dump after learn()
+    assert callback.alerts["dead_actor"] == 1
+    assert dumps(tmp_path)[-1]["alerts/dead_actor"] == 1

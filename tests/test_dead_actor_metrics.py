@@ -19,11 +19,11 @@ def model_with_pre_tanh(bias: list[float], **kwargs: Any) -> TD3CnnClip:
     """A CnnPolicy model with a filled buffer whose actor's last Linear outputs ``bias`` for every observation.
 
     :param bias: the pre-tanh value of each action dimension
-    :param kwargs: more TD3CnnClip keywords
+    :param kwargs: more TD3CnnClip keywords (``pre_tanh_penalty`` is 0, TD3's actor loss, unless given)
     :return: the model (``policy_delay=1``: every gradient step updates the actor)
     """
     env = ToyImageEnv(size=36, channels=1)
-    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **kwargs)
+    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **{"pre_tanh_penalty": 0.0, **kwargs})
     model.set_logger(configure(None, []))
     space = env.observation_space
     for _ in range(32):
@@ -86,8 +86,9 @@ def test_partly_saturated_actor_still_has_a_gradient() -> None:
 def test_pre_tanh_penalty_gives_a_dead_actor_its_gradient_back() -> None:
     # Exactly saturated: the Q term's gradient is 0, only coef * mean(pre_tanh ** 2) has one. With the last Linear's
     # weights at 0 it reaches that layer only: d/d(bias_j) = 2 coef b_j / A, d/d(W_ji) = 2 coef b_j / (B A) sum_n h_ni.
-    coef, bias = 0.5, th.tensor([20.0, -20.0])
-    model = model_with_pre_tanh(bias.tolist(), pre_tanh_penalty=coef)
+    coef = 0.5
+    model = model_with_pre_tanh([20.0, -20.0], pre_tanh_penalty=coef)
+    bias = th.tensor([20.0, -20.0], device=model.device)
     obs = replayed_batch_observations(model)
     with th.no_grad():
         hidden = model.actor.mu[:-2](model.actor.features_extractor(obs.float() / 255.0))

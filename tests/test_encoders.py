@@ -100,7 +100,7 @@ def test_save_load_keeps_the_bounded_encoder(tmp_path) -> None:
     assert type(loaded.policy) is BoundedCnnPolicy
     assert type(loaded.actor.features_extractor) is BoundedNatureCNN
     obs = np.stack([env.observation_space.sample() for _ in range(5)])
-    obs_tensor = th.as_tensor(obs).float() / 255
+    obs_tensor = th.as_tensor(obs, device=model.device).float() / 255
     with th.no_grad():
         assert th.equal(loaded.actor.features_extractor(obs_tensor), model.actor.features_extractor(obs_tensor))
     np.testing.assert_array_equal(loaded.predict(obs)[0], model.predict(obs)[0])

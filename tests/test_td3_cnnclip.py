@@ -20,6 +20,8 @@ from sb3_td3_cnnclip.grad_clip import group_norm
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
 FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
 GROUPS = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
+#: the documented setting whose updates are exactly TD3's
+EXACT_TD3 = {**dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None), "pre_tanh_penalty": 0.0}
 
 
 def make_model(algo=TD3CnnClip, env=None, policy="CnnPolicy", policy_kwargs=None, **kwargs):
@@ -112,10 +114,9 @@ def test_logged_keys_fit_stdout_and_are_unique():
 @pytest.mark.parametrize("kwargs", [{}, {"policy_delay": 1, "gradient_steps": 2}, {"optimize_memory_usage": True,
                                                                                      "replay_buffer_kwargs": {"handle_timeout_termination": False}}])  # fmt: skip
 def test_without_limits_matches_td3_update_for_update(kwargs):
-    none = dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None)
     # SB3 seeds the global RNGs when a model is built: build and train one model after the other
     reference = make_model(TD3, **kwargs).learn(100)
-    model = make_model(TD3CnnClip, **none, **kwargs).learn(100)
+    model = make_model(TD3CnnClip, **EXACT_TD3, **kwargs).learn(100)
     assert model._n_updates == reference._n_updates > 0
     ref_state, state = reference.policy.state_dict(), model.policy.state_dict()
     assert ref_state.keys() == state.keys()
@@ -124,10 +125,23 @@ def test_without_limits_matches_td3_update_for_update(kwargs):
     assert reference.logger.name_to_value["train/critic_loss"] == model.logger.name_to_value["train/critic_loss"]
 
 
-def test_clipping_changes_the_updates():
+@pytest.mark.parametrize("change", [{"critic_mlp_max_grad_norm": 1e-3}, {"pre_tanh_penalty": 0.01}])
+def test_clipping_or_the_penalty_changes_the_updates(change):
     reference = make_model(TD3).learn(100)
-    model = make_model(TD3CnnClip, critic_mlp_max_grad_norm=1e-3).learn(100)
+    model = make_model(TD3CnnClip, **{**EXACT_TD3, **change}).learn(100)
     assert not all(th.equal(a, b) for a, b in zip(reference.policy.parameters(), model.policy.parameters()))
+
+
+def test_default_penalty_is_the_measured_prevention(tmp_path):
+    from sb3_td3_cnnclip.config_file import TrainConfig
+
+    model = make_model()
+    assert model.pre_tanh_penalty == TrainConfig().pre_tanh_penalty == 0.01
+    # a zip saved with the exact-TD3 setting keeps it; a plain TD3 zip gets the default
+    make_model(pre_tanh_penalty=0.0).save(tmp_path / "td3_setting")
+    assert TD3CnnClip.load(tmp_path / "td3_setting").pre_tanh_penalty == 0.0
+    make_model(TD3).save(tmp_path / "td3")
+    assert TD3CnnClip.load(tmp_path / "td3").pre_tanh_penalty == 0.01
 
 
 def poison_once(model, at_update: int) -> None:
@@ -288,7 +302,7 @@ def test_actor_lr_scale_scales_only_the_actor():
 def test_pre_tanh_penalty_adds_its_gradient_to_the_actor_loss():
     """At the actor's step, its gradient is that of -Q1(s, pi(s)) + coef * mean(pre_tanh^2), computed here by hand."""
     coef = 0.5
-    model = make_model(pre_tanh_penalty=coef, policy_delay=1, **dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None))
+    model = make_model(policy_delay=1, **{**EXACT_TD3, "pre_tanh_penalty": coef})
     model.learn(60)
     batch = model.replay_buffer.sample(16)
     model.replay_buffer.sample = lambda *args, **kwargs: batch

@@ -32,11 +32,10 @@ GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
 #: the model's counters that belong to its weights, kept with each snapshot (name in explosion.json: attribute)
 SNAPSHOT_COUNTERS = {"num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining"}
 
-BOUNDED_ENCODER = (
+FIXES = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
-    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders)"
+    "BoundedNatureCNN) from sb3_td3_cnnclip.encoders) and/or a lower learning rate"
 )
-FIXES = f"{BOUNDED_ENCODER} and/or a lower learning rate"
 NONFINITE_FIXES = "lower the learning rate or the reward scale, and check the env for NaN rewards or observations"
 
 
@@ -93,7 +92,9 @@ class ExplosionEarlyStopping(BaseCallback):
     190 ms and writes 64 MB to disk each time.
 
     ``alerts/<check>`` counts how often each enabled check fired (0 on a healthy run) and is recorded at the
-    start of training, at the end of every rollout and when a check fires, so it appears in the logger's dumps.
+    start of training, at the end of every rollout, when a check fires and at the end of training, so the logger's
+    dumps show it; a check can fire after the last dump of ``learn()`` (on its last ``train()``): dump once more
+    after ``learn()`` (``model.dump_logs()``, as the CLI does) so the last counts reach the logs.
 
     :param nonfinite_loss: check that the losses are finite
     :param nonfinite_grad: check that not every optimizer step of a network is skipped for a non-finite gradient
@@ -225,6 +226,7 @@ class ExplosionEarlyStopping(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._check_new_updates()  # the last train() of learn() runs after the last rollout
+        self._record_alerts()  # the final counts, for the dump after learn() (the CLI's, or model.dump_logs())
 
     def _on_step(self) -> bool:
         return not self.triggered
@@ -419,8 +421,18 @@ class ExplosionEarlyStopping(BaseCallback):
             f"dead actor: over its last {self._streaks['dead_actor']} actor updates the actor-MLP gradient was "
             f"exactly zero on {n_zero} and more than {self.saturation_threshold:.0%} of the action elements were "
             f"saturated on {n_saturated} (latest saturation {stats['actor_saturation']:.2f}), i.e. {seen}; "
-            f"{BOUNDED_ENCODER} and/or a lower actor learning rate",
+            f"{self._dead_actor_fix()}",
         )]  # fmt: skip
+
+    def _dead_actor_fix(self) -> str:
+        """What to change against a dead actor: the pre-tanh penalty, measured to keep the actor alive."""
+        penalty = self.model.pre_tanh_penalty
+        first = (
+            f"raise TD3CnnClip's pre_tanh_penalty (now {penalty:g})" if penalty > 0 else
+            "set TD3CnnClip's pre_tanh_penalty=0.01 (its default), which kept the actor alive on every seed of "
+            "benchmarks/results/dead_actor.md where a bounded encoder alone did not"
+        )  # fmt: skip
+        return f"{first}, and/or lower the actor's learning rate (actor_lr_scale)"
 
     def _take_snapshot(self) -> None:
         """Copy the weights and optimizer states in memory: the last healthy model."""
