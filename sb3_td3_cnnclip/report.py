@@ -373,8 +373,9 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError as error:
-        raise MissingExtraError('Plots need matplotlib: pip install "sb3-td3-cnnclip[report]", or pass --no-plots.') from error
+        raise MissingExtraError("Plots need matplotlib: pip install matplotlib (or the package's report extra), or pass --no-plots.") from error
     out = Path(out_dir) if out_dir is not None else report.run_dir
     out.mkdir(parents=True, exist_ok=True)
     scalars = report.scalars
@@ -382,15 +383,22 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
     per_update = any(tag.startswith("debug/") for tag in scalars)
 
     def panel(ax: Any, title: str, tags: list[str], hline: float | None = None, linthresh: float | None = None, hline_label: str = "limit") -> None:
+        values = []
         for tag in tags:
             if tag in scalars:
                 ax.plot(scalars[tag].steps, scalars[tag].values, label=tag, linewidth=1)
+                values.extend(abs(v) for v in scalars[tag].values if np.isfinite(v))
         if not any(tag in scalars for tag in tags):
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         if hline is not None:
             ax.axhline(hline, color="red", linestyle="--", label=f"{hline_label} {hline:.4g}")
-        if linthresh is not None:  # symmetric log: orders of magnitude, and zeros (a dead gradient) still drawn
+        # symmetric log where the values span orders of magnitude (zeros, e.g. a dead gradient, are still drawn),
+        # with plain tick labels (-1000, 0.01); linear without offset or exponent otherwise
+        if linthresh is not None and values and max(values) > 100 * max(min(values), linthresh):
             ax.set_yscale("symlog", linthresh=linthresh)
+            ax.yaxis.set_major_formatter(ticker.StrMethodFormatter("{x:.4g}"))
+        else:
+            ax.yaxis.set_major_formatter(ticker.ScalarFormatter(useOffset=False))
         ax.set_title(title)
         ax.set_xlabel("update" if tags and tags[0].startswith("debug/") else "timestep")
         if ax.lines:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from sb3_td3_cnnclip.cli import main
@@ -212,3 +214,22 @@ def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, for
     assert row.status == FAIL
     assert row.measured.startswith("max 1e+09")
     assert "train/actor_loss_abs_max" in row.note
+
+
+@pytest.mark.parametrize("actor_loss", [[-0.545768, -0.545770], [-0.5, -3.0e6]])
+def test_plot_ticks_are_plain_numbers(actor_loss: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks: dict[str, list[str]] = {}
+    savefig = Figure.savefig
+
+    def record_ticks(figure: Figure, path: Path, *args: Any, **kwargs: Any) -> None:
+        figure.canvas.draw()
+        labels = [label for ax in figure.axes for label in [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True), ax.yaxis.get_offset_text()]]
+        ticks[Path(path).name] = [label.get_text() for label in labels if label.get_text()]
+        savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record_ticks)
+    write_plots(check_run(write_run(tmp_path / "run", {**HEALTHY, "train/actor_loss": actor_loss, "train/critic_loss": [1e-3, 5e3]})))
+    assert set(ticks) == {"grad_norms.png", "losses.png", "q_values.png", "episode_reward.png"}
+    for name, texts in ticks.items():
+        assert texts, name
+        assert [text for text in texts if "times" in text or "^" in text or "$" in text] == [], name  # no 5.45768×10⁻¹
