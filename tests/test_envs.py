@@ -25,6 +25,7 @@ from sb3_td3_cnnclip.envs import (
 )
 from sb3_td3_cnnclip.envs import driving_env
 from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
+from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap
 
 SIZE = 8
 
@@ -113,9 +114,9 @@ def test_dict_observation_vector_layout():
 
 def test_reward_components_match_the_formulas_and_sum_to_the_reward():
     # target 8 m/s at 4 m/s -> 0.5; lateral 1.25/2.5 and heading (pi/4)/(pi/2) -> -(0.5+0.5)/2; action change
-    # (0.5, 1.0) -> -1.5/4; near miss at 2.5 of 5 m -> -0.5; completion +0.004 -> 0.4.
+    # (0.5, 1.0) -> -1.5/4; near miss at 1 of 2 m -> -0.5; completion +0.004 -> 0.4.
     frame = make_frame(speed=4.0, lateral_deviation=1.25, heading_error=-math.pi / 4, route_completion=0.004,
-                       min_npc_distance=2.5)
+                       min_npc_distance=1.0)
     env = scripted_env([make_frame(), frame])
     env.reset()
     _, reward, terminated, truncated, info = env.step(np.array([0.5, -1.0], np.float32))
@@ -125,6 +126,34 @@ def test_reward_components_match_the_formulas_and_sum_to_the_reward():
     assert np.isclose(reward, sum(info[f"reward/{name}"] for name in expected))
     assert np.isclose(reward, 0.1125)
     assert (terminated, truncated, info["termination_reason"]) == (False, False, None)
+
+
+@pytest.mark.parametrize("other, gap", [
+    ((5.0, 0.0, 0.0, 2.5, 1.0), 0.0),  # bumper to bumper in the same lane
+    ((6.5, 0.0, math.pi, 2.5, 1.0), 1.5),  # 1.5 m ahead, facing the other way
+    ((4.0, 0.5, 0.0, 2.5, 1.0), 0.0),  # overlapping
+    ((0.0, 4.0, 0.0, 2.5, 1.0), 2.0),  # side by side, lanes 4 m apart: 2 m between the doors
+    ((0.0, -5.5, math.pi / 2, 2.5, 1.0), 2.0),  # crossing, its front 2 m from the ego's side
+    ((8.0, 6.0, 0.0, 2.5, 1.0), 5.0),  # diagonal: corner to corner, 3 m and 4 m apart
+])
+def test_box_gap_is_the_distance_between_outlines(other, gap):
+    ego = (0.0, 0.0, 0.0, 2.5, 1.0)
+    assert box_gap(ego, other) == pytest.approx(gap) and box_gap(other, ego) == pytest.approx(gap)
+    shift, turn = np.array([3.0, -7.0]), 0.7  # the same scene moved and rotated
+    rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+
+    def moved(box):
+        return (*(rotation @ box[:2] + shift), box[2] + turn, *box[3:])
+
+    assert box_gap(moved(ego), moved(other)) == pytest.approx(gap)
+
+
+def test_nearest_gap_finds_the_nearest_outline_not_the_nearest_centre():
+    ego = (0.0, 0.0, 0.0, 2.5, 1.0)
+    long_truck_ahead = (9.0, 0.0, 0.0, 6.0, 1.25)  # centre 9 m away, rear 0.5 m from the ego's front
+    car_beside = (0.0, 5.0, 0.0, 2.5, 1.0)  # centre 5 m away, 3 m between the doors
+    assert nearest_gap(ego, [car_beside, long_truck_ahead]) == pytest.approx(0.5)
+    assert nearest_gap(ego, []) == math.inf
 
 
 def test_reward_weights_scale_the_components():

@@ -134,6 +134,19 @@ def test_braking_stops_without_reversing():
     assert min(speeds) > -1e-9 and speeds[-1] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_car_at_bumper_contact_ahead_is_a_full_near_miss():
+    env = surrogate_env(n_npcs=0, near_miss_distance=2.0)
+    env.reset(seed=0)
+    backend = env.backend
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ahead = lane.local_coordinates(ego.position)[0] + ego.LENGTH + 0.01  # 1 cm between the bumpers
+    road.vehicles.append(Vehicle(road, lane.position(ahead, 0.0), lane.heading_at(ahead), speed=0.0))
+    _, _, terminated, _, info = env.step(np.zeros(2, np.float32))
+    assert info["min_npc_distance"] == pytest.approx(0.01) and not terminated
+    assert info["reward/safety"] == pytest.approx(-(1 - 0.01 / 2.0))
+    env.close()
+
+
 @pytest.mark.parametrize("npc_class, reverses", [(IDMVehicle, True), (TownVehicle, False)])
 def test_npcs_brake_to_a_stop_without_reversing(npc_class, reverses):
     """An NPC that brakes hard behind a stopped car: highway-env's own IDM vehicle backs up, the surrogate's stops."""

@@ -8,7 +8,8 @@ expose the same spaces, reward and info keys.
 
 - ``speed`` (m/s), ``lateral_deviation`` (m, left positive), ``heading_error`` (rad, left positive),
   ``route_completion`` (``[0, 1]``), ``distance_to_goal`` (m), ``collision``, ``off_road``, ``lane_invasion``
-  (bools), ``min_npc_distance`` (m between vehicle centres, ``inf`` without NPCs): the backend's :class:`Frame`;
+  (bools), ``min_npc_distance`` (m between the bounding boxes of the ego and the nearest
+  other vehicle, 0 at contact, ``inf`` without NPCs): the backend's :class:`Frame`;
 - ``termination_reason``: ``"collision"``, ``"off_lane"`` or ``"goal"`` when ``terminated``; ``"time_limit"``
   when the registered ids' ``TimeLimit`` truncates (set by :class:`TimeLimitReason`); ``None`` otherwise;
 - ``is_success`` (the goal was reached; SB3's ``Monitor`` logs it), ``simulator`` (the backend's name),

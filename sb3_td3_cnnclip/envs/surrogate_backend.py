@@ -27,6 +27,7 @@ import numpy as np
 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
@@ -35,6 +36,7 @@ from highway_env.envs.common.action import ContinuousAction  # noqa: E402
 from highway_env.envs.highway_env import HighwayEnv  # noqa: E402
 from highway_env.road.road import Road, RoadNetwork  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
+from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 
 #: length in metres of the ego's route along its lane
 ROUTE_LENGTH = 300.0
@@ -125,6 +127,11 @@ class _RouteHighway(HighwayEnv):
         return {}
 
 
+def _box(vehicle: Vehicle) -> Box:
+    """A highway-env vehicle's footprint as a :data:`~sb3_td3_cnnclip.envs.geometry.Box`."""
+    return (*vehicle.position, vehicle.heading, vehicle.LENGTH / 2.0, vehicle.WIDTH / 2.0)
+
+
 class SurrogateBackend(Backend):
     """highway-env driving one ego along a straight route, measured into :class:`Frame`.
 
@@ -207,8 +214,7 @@ class SurrogateBackend(Backend):
         heading_error = utils.wrap_to_pi(ego.heading - self.route_lane.heading_at(longitudinal))
         lane_invasion = ego.lane_index != self.lane_index
         self.lane_index = ego.lane_index
-        others = [vehicle.position for vehicle in self.env.road.vehicles if vehicle is not ego]
-        min_npc_distance = float(np.min(np.linalg.norm(np.array(others) - ego.position, axis=1))) if others else math.inf
+        others = [_box(vehicle) for vehicle in self.env.road.vehicles if vehicle is not ego]
         return Frame(
             image=observation[0][::-1].copy(),  # rows: forward is up; columns: the driver's right is right
             speed=float(ego.speed),
@@ -219,7 +225,7 @@ class SurrogateBackend(Backend):
             collision=bool(ego.crashed),
             off_road=not ego.on_road,
             lane_invasion=bool(lane_invasion),
-            min_npc_distance=min_npc_distance,
+            min_npc_distance=nearest_gap(_box(ego), others),
             waypoints=self._waypoints(longitudinal, ego.position, ego.heading),
             extra={"vehicles_count": float(self.vehicles_count), "vehicles_density": self.vehicles_density},
         )
