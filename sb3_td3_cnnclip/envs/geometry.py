@@ -54,7 +54,8 @@ def box_gap(a: Box, b: Box) -> float:
     :param b: ``(x, y, yaw, half_length, half_width)``
     """
     corners_a, corners_b = box_corners(a), box_corners(b)
-    if _overlap(corners_a, corners_b):
+    apart = math.hypot(a[0] - b[0], a[1] - b[1]) > math.hypot(a[3], a[4]) + math.hypot(b[3], b[4])
+    if not apart and _overlap(corners_a, corners_b):  # boxes farther apart than their half diagonals cannot overlap
         return 0.0
     return min(_corner_to_edge(corners_a, corners_b), _corner_to_edge(corners_b, corners_a))
 
