@@ -358,17 +358,31 @@ def test_auto_uses_carla_when_a_server_answers():
     assert resolve_simulator(dataclasses.replace(config, simulator="surrogate")) == "surrogate"
 
 
-def test_auto_falls_back_to_the_surrogate_loudly(closed_port, caplog):
+def test_auto_falls_back_to_the_surrogate_loudly(closed_port):
     if importlib.util.find_spec("highway_env") is None:
         pytest.skip("needs the surrogate extra")
     message = f"No CARLA server answered at localhost:{closed_port}"
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match=message) as record:
         env = DrivingEnv(port=closed_port, connect_timeout=0.5, image_size=36)
-    assert message in caplog.text
+    text = str(record[0].message)
+    assert "SURROGATE, NOT ON CARLA" in text and "`--host HOST --port PORT`" in text and "host=... / port=..." in text
     _, info = env.reset(seed=0)
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
     assert env.simulator_name == info["simulator"] == env.config.simulator == "surrogate"
     env.close()
+
+
+def test_the_fallback_warning_prints_once(closed_port):
+    """A user's script sees the warning once on stderr, not once more through logging."""
+    if importlib.util.find_spec("highway_env") is None:
+        pytest.skip("needs the surrogate extra")
+    code = (
+        "import gymnasium, sb3_td3_cnnclip\n"
+        f"gymnasium.make('CarlaScenario0-v0', port={closed_port}, connect_timeout=0.2, image_size=36).close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("No CARLA server answered") == 1, result.stderr
 
 
 def test_carla_without_a_server_raises(closed_port):

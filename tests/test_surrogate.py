@@ -10,6 +10,7 @@ pytest.importorskip("highway_env")
 import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
+from highway_env.vehicle.graphics import VehicleGraphics  # noqa: E402
 from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
@@ -17,6 +18,8 @@ from sb3_td3_cnnclip.envs import SCENARIO_IDS, DrivingEnv, make_config  # noqa: 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING  # noqa: E402
 from sb3_td3_cnnclip.envs.expert import drive_episode  # noqa: E402
 from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
+    EGO_COLOR,
+    GRAYSCALE_WEIGHTS,
     NPC_SPEED_RANGE,
     ROUTE_LENGTH,
     SPEED_LIMIT,
@@ -82,6 +85,23 @@ def test_waypoints_are_spaced_from_the_ego_not_from_fixed_points():
         frame = backend.step(0.0, 1.0)
     assert 0.5 < frame.route_completion * ROUTE_LENGTH < 1.0  # driven past the start, short of the first waypoint
     np.testing.assert_allclose(frame.waypoints, [[WAYPOINT_SPACING * (i + 1), 0.0] for i in range(5)], atol=1e-6)
+    backend.close()
+
+
+def test_the_ego_is_drawn_unlike_the_npcs():
+    backend = SurrogateBackend(make_config(image_size=84, n_npcs=0))
+    backend.reset(seed=0)
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ahead = lane.local_coordinates(ego.position)[0] + 10.0
+    road.vehicles.append(TownVehicle(road, lane.position(ahead, 0.0), lane.heading_at(ahead), speed=0.0))
+    image = backend.step(0.0, 0.0).image.astype(int)
+
+    def pixels(rgb) -> int:
+        return int(np.sum(np.abs(image - np.dot(rgb, GRAYSCALE_WEIGHTS)) <= 1))
+
+    ego_gray, npc_gray = (np.dot(rgb, GRAYSCALE_WEIGHTS) for rgb in (EGO_COLOR, VehicleGraphics.BLUE))
+    assert abs(ego_gray - npc_gray) > 100
+    assert pixels(EGO_COLOR) >= 10 and pixels(VehicleGraphics.BLUE) >= 10  # both cars fill ~10 x 4 pixels
     backend.close()
 
 

@@ -55,6 +55,9 @@ MAX_EGO_SPEED = 30.0
 MAX_VEHICLES = 20
 #: metres of road drawn across the top-down image (forward is up; the ego sits 30 % from the bottom)
 VIEW_METRES = 40.0
+#: RGB colour of the ego: black, unlike anything else highway-env draws (NPCs (100, 200, 255) are gray 176 once
+#: converted, the road 100, the vehicles' outlines 60), so the policy can tell its own car, as a camera sees its hood
+EGO_COLOR = (0, 0, 0)
 #: RGB to grayscale weights (ITU-R 601)
 GRAYSCALE_WEIGHTS = [0.2989, 0.5870, 0.1140]
 
@@ -105,6 +108,7 @@ class _RouteHighway(HighwayEnv):
     def _create_vehicles(self) -> None:
         lane = self.road.network.get_lane(ROUTE_LANE)
         ego = self.action_type.vehicle_class(self.road, lane.position(EGO_START, 0.0), lane.heading_at(EGO_START), 0.0)
+        ego.color = EGO_COLOR
         self.controlled_vehicles = [ego]
         self.road.vehicles.append(ego)
         for _ in range(self.config["vehicles_count"]):
