@@ -10,7 +10,7 @@ interactions cost O(n^2) in Python, so the surrogate simulates a window of traff
 (:func:`traffic_mapping`): ``min(n_npcs, MAX_VEHICLES)`` IDM vehicles (which change lanes with MOBIL) whose
 spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs (:class:`TownVehicle`) aim for
 90-100 % of Town01's 30 km/h limit, keep town gaps, and never reverse; the denser the traffic, the slower its
-lanes flow (a scripted driver's mean speed: about 7.3 m/s on scenario 0, 5.8 m/s on scenario 2).
+lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.5, 6.6 and 5.8 m/s on scenarios 0, 1, 2).
 
 Rendering is offscreen. ``SDL_VIDEODRIVER=dummy`` must not be set: highway-env then skips drawing and every
 image is black, so this module sets ``SDL_VIDEODRIVER=offscreen`` when the variable is unset, and refuses
