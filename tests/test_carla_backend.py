@@ -17,6 +17,7 @@ from types import ModuleType
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import require_module
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -164,7 +165,7 @@ def test_unreachable_server_names_host_port_and_how_to_start(server):
 def test_real_client_against_a_closed_port_is_unavailable(closed_port, monkeypatch):
     for name in _carla_modules():
         monkeypatch.delitem(sys.modules, name)
-    carla = pytest.importorskip("carla")
+    carla = require_module("carla")
     assert FAKE_CARLA not in Path(carla.__file__).parents
     start = time.monotonic()
     with pytest.raises(SimulatorUnavailableError, match=f"localhost:{closed_port}"):

@@ -10,6 +10,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import require_module
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_td3_cnnclip.envs import (
@@ -274,8 +275,7 @@ def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
         "_, info = env.reset(seed=0)\n"
         "print(env.spec.id, env.spec.max_episode_steps, info['scenario'], info['n_npcs'], info['simulator'])\n"
     )
-    if importlib.util.find_spec("highway_env") is None:
-        pytest.skip("needs the surrogate extra")
+    require_module("highway_env")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["CarlaScenario2-v0", str(MAX_EPISODE_STEPS), "2", "100", "surrogate"]
@@ -303,9 +303,16 @@ def test_kwargs_override_defaults_and_are_validated():
     assert (env.config.scenario, env.config.n_npcs, env.config.target_speed) == (2, 7, 5.0)
     with pytest.raises(TypeError, match=r"Unknown CarlaScenario option\(s\) \['n_npc'\]; valid options are .*'n_npcs'"):
         DrivingEnv(n_npc=3)
-    for bad in ({"scenario": 3}, {"simulator": "gazebo"}, {"image_size": 0}, {"observation": "rgb"},
-                {"reward_weights": {"speed": 1.0}}, {"target_speed": float("nan")}):
-        with pytest.raises(ValueError):
+    for bad, message in (
+        ({"scenario": 3}, r"scenario=3 does not exist; choose one of \[0, 1, 2\]"),
+        ({"simulator": "gazebo"}, r"simulator='gazebo' is unknown; choose one of \('auto', 'carla', 'surrogate'\)"),
+        ({"image_size": 0}, r"image_size=0 must be a positive integer"),
+        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict'\)"),
+        ({"reward_weights": {"speed": 1.0}}, r"\['speed'\]; valid components are \['comfort', 'efficiency', "
+                                             r"'lane_keeping', 'progress', 'safety'\]"),
+        ({"target_speed": float("nan")}, r"target_speed=nan must be a positive finite number"),
+    ):
+        with pytest.raises(ValueError, match=message):
             DrivingEnv(backend_factory=lambda config: ScriptedBackend(config, [make_frame()]), **bad)
     with pytest.raises(ValueError, match="render_mode"):
         scripted_env([make_frame()], render_mode="human")
@@ -359,8 +366,7 @@ def test_auto_uses_carla_when_a_server_answers():
 
 
 def test_auto_falls_back_to_the_surrogate_loudly(closed_port):
-    if importlib.util.find_spec("highway_env") is None:
-        pytest.skip("needs the surrogate extra")
+    require_module("highway_env")
     message = f"No CARLA server answered at localhost:{closed_port}"
     with pytest.warns(UserWarning, match=message) as record:
         env = DrivingEnv(port=closed_port, connect_timeout=0.5, image_size=36)
@@ -374,8 +380,7 @@ def test_auto_falls_back_to_the_surrogate_loudly(closed_port):
 
 def test_the_fallback_warning_prints_once(closed_port):
     """A user's script sees the warning once on stderr, not once more through logging."""
-    if importlib.util.find_spec("highway_env") is None:
-        pytest.skip("needs the surrogate extra")
+    require_module("highway_env")
     code = (
         "import gymnasium, sb3_td3_cnnclip\n"
         f"gymnasium.make('CarlaScenario0-v0', port={closed_port}, connect_timeout=0.2, image_size=36).close()\n"
@@ -386,8 +391,7 @@ def test_the_fallback_warning_prints_once(closed_port):
 
 
 def test_carla_without_a_server_raises(closed_port):
-    if importlib.util.find_spec("carla") is None:
-        pytest.skip("needs the carla extra")
+    require_module("carla")
     with pytest.raises(SimulatorUnavailableError, match=f"No CARLA server answered at localhost:{closed_port}"):
         DrivingEnv(simulator="carla", port=closed_port, connect_timeout=0.2)
 
@@ -398,3 +402,14 @@ def test_missing_extra_names_the_install_command(monkeypatch, simulator, module)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
     with pytest.raises(MissingExtraError, match=rf'pip install "sb3-td3-cnnclip\[{simulator}\]"'):
         driving_env.make_backend(ScenarioConfig(simulator=simulator))
+
+
+def test_require_module_skips_locally_and_fails_in_ci(monkeypatch):
+    missing = "sb3_td3_cnnclip_no_such_module"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=missing):
+        require_module(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(ModuleNotFoundError, match=missing):
+        require_module(missing)
+    assert require_module("math") is math

@@ -4,8 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import require_module
 
-pytest.importorskip("highway_env")
+require_module("highway_env")
 
 import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
