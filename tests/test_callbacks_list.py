@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import require
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
@@ -11,7 +12,7 @@ from sb3_td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback
 from sb3_td3_cnnclip.envs import SCENARIO_NPCS
 
-pytest.importorskip("highway_env")
+require("highway_env")
 
 
 @pytest.mark.slow

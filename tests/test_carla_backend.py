@@ -17,6 +17,7 @@ from types import ModuleType
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import require
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -164,7 +165,7 @@ def test_unreachable_server_names_host_port_and_how_to_start(server):
 def test_real_client_against_a_closed_port_is_unavailable(closed_port, monkeypatch):
     for name in _carla_modules():
         monkeypatch.delitem(sys.modules, name)
-    carla = pytest.importorskip("carla")
+    carla = require("carla")
     assert FAKE_CARLA not in Path(carla.__file__).parents
     start = time.monotonic()
     with pytest.raises(SimulatorUnavailableError, match=f"localhost:{closed_port}"):
@@ -264,14 +265,23 @@ def test_measurements_follow_the_vehicle(server):
     backend.close()
 
 
-def test_min_npc_distance_is_the_nearest_npc(server):
-    backend = make_backend(n_npcs=4)
-    frame = backend.reset()
-    ego_location = ego(server).get_location()
+def test_min_npc_distance_is_the_gap_between_bounding_boxes(server, carla):
+    """A car at bumper contact ahead in the ego's lane is 0 m away and draws the full near-miss penalty."""
+    env = make_env(n_npcs=2, near_miss_distance=2.0)
+    env.reset()
+    transform = ego(server).get_transform()
     npcs = [a for a in server.actors.values() if a.type_id.startswith("vehicle.") and a._autopilot_port is not None]
-    assert len(npcs) == 4
-    assert frame.min_npc_distance == pytest.approx(min(npc.get_location().distance(ego_location) for npc in npcs))
-    backend.close()
+    length = 2 * carla.VEHICLE_EXTENT[0]
+    for npc, gap in zip(npcs, (0.0, 1.5)):  # same heading, straight ahead along the route (+x)
+        npc._transform = carla.Transform(carla.Location(x=transform.location.x + length + gap, y=transform.location.y),
+                                         carla.Rotation(yaw=transform.rotation.yaw))
+    _, _, terminated, _, info = env.step(np.zeros(2, np.float32))  # at rest, it stays where it is
+    assert info["min_npc_distance"] == pytest.approx(0.0, abs=1e-9) and not terminated
+    assert info["reward/safety"] == pytest.approx(-1.0)
+    npcs[0]._transform.location.y += 2 * carla.VEHICLE_EXTENT[1] + 0.5  # beside the ego's lane: 0.5 m sideways
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["min_npc_distance"] == pytest.approx(0.5) and info["reward/safety"] == pytest.approx(-0.75)
+    env.close()
 
 
 def test_route_geometry_in_a_left_handed_frame():

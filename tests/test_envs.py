@@ -10,6 +10,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import require
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_td3_cnnclip.envs import (
@@ -25,6 +26,7 @@ from sb3_td3_cnnclip.envs import (
 )
 from sb3_td3_cnnclip.envs import driving_env
 from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
+from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap
 
 SIZE = 8
 
@@ -113,9 +115,9 @@ def test_dict_observation_vector_layout():
 
 def test_reward_components_match_the_formulas_and_sum_to_the_reward():
     # target 8 m/s at 4 m/s -> 0.5; lateral 1.25/2.5 and heading (pi/4)/(pi/2) -> -(0.5+0.5)/2; action change
-    # (0.5, 1.0) -> -1.5/4; near miss at 2.5 of 5 m -> -0.5; completion +0.004 -> 0.4.
+    # (0.5, 1.0) -> -1.5/4; near miss at 1 of 2 m -> -0.5; completion +0.004 -> 0.4.
     frame = make_frame(speed=4.0, lateral_deviation=1.25, heading_error=-math.pi / 4, route_completion=0.004,
-                       min_npc_distance=2.5)
+                       min_npc_distance=1.0)
     env = scripted_env([make_frame(), frame])
     env.reset()
     _, reward, terminated, truncated, info = env.step(np.array([0.5, -1.0], np.float32))
@@ -125,6 +127,34 @@ def test_reward_components_match_the_formulas_and_sum_to_the_reward():
     assert np.isclose(reward, sum(info[f"reward/{name}"] for name in expected))
     assert np.isclose(reward, 0.1125)
     assert (terminated, truncated, info["termination_reason"]) == (False, False, None)
+
+
+@pytest.mark.parametrize("other, gap", [
+    ((5.0, 0.0, 0.0, 2.5, 1.0), 0.0),  # bumper to bumper in the same lane
+    ((6.5, 0.0, math.pi, 2.5, 1.0), 1.5),  # 1.5 m ahead, facing the other way
+    ((4.0, 0.5, 0.0, 2.5, 1.0), 0.0),  # overlapping
+    ((0.0, 4.0, 0.0, 2.5, 1.0), 2.0),  # side by side, lanes 4 m apart: 2 m between the doors
+    ((0.0, -5.5, math.pi / 2, 2.5, 1.0), 2.0),  # crossing, its front 2 m from the ego's side
+    ((8.0, 6.0, 0.0, 2.5, 1.0), 5.0),  # diagonal: corner to corner, 3 m and 4 m apart
+])
+def test_box_gap_is_the_distance_between_outlines(other, gap):
+    ego = (0.0, 0.0, 0.0, 2.5, 1.0)
+    assert box_gap(ego, other) == pytest.approx(gap) and box_gap(other, ego) == pytest.approx(gap)
+    shift, turn = np.array([3.0, -7.0]), 0.7  # the same scene moved and rotated
+    rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+
+    def moved(box):
+        return (*(rotation @ box[:2] + shift), box[2] + turn, *box[3:])
+
+    assert box_gap(moved(ego), moved(other)) == pytest.approx(gap)
+
+
+def test_nearest_gap_finds_the_nearest_outline_not_the_nearest_centre():
+    ego = (0.0, 0.0, 0.0, 2.5, 1.0)
+    long_truck_ahead = (9.0, 0.0, 0.0, 6.0, 1.25)  # centre 9 m away, rear 0.5 m from the ego's front
+    car_beside = (0.0, 5.0, 0.0, 2.5, 1.0)  # centre 5 m away, 3 m between the doors
+    assert nearest_gap(ego, [car_beside, long_truck_ahead]) == pytest.approx(0.5)
+    assert nearest_gap(ego, []) == math.inf
 
 
 def test_reward_weights_scale_the_components():
@@ -245,8 +275,7 @@ def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
         "_, info = env.reset(seed=0)\n"
         "print(env.spec.id, env.spec.max_episode_steps, info['scenario'], info['n_npcs'], info['simulator'])\n"
     )
-    if importlib.util.find_spec("highway_env") is None:
-        pytest.skip("needs the surrogate extra")
+    require("highway_env")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["CarlaScenario2-v0", str(MAX_EPISODE_STEPS), "2", "100", "surrogate"]
@@ -274,9 +303,16 @@ def test_kwargs_override_defaults_and_are_validated():
     assert (env.config.scenario, env.config.n_npcs, env.config.target_speed) == (2, 7, 5.0)
     with pytest.raises(TypeError, match=r"Unknown CarlaScenario option\(s\) \['n_npc'\]; valid options are .*'n_npcs'"):
         DrivingEnv(n_npc=3)
-    for bad in ({"scenario": 3}, {"simulator": "gazebo"}, {"image_size": 0}, {"observation": "rgb"},
-                {"reward_weights": {"speed": 1.0}}, {"target_speed": float("nan")}):
-        with pytest.raises(ValueError):
+    for bad, message in (
+        ({"scenario": 3}, r"scenario=3 does not exist; choose one of \[0, 1, 2\]"),
+        ({"simulator": "gazebo"}, r"simulator='gazebo' is unknown; choose one of \('auto', 'carla', 'surrogate'\)"),
+        ({"image_size": 0}, r"image_size=0 must be a positive integer"),
+        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict'\)"),
+        ({"reward_weights": {"speed": 1.0}}, r"\['speed'\]; valid components are \['comfort', 'efficiency', "
+                                             r"'lane_keeping', 'progress', 'safety'\]"),
+        ({"target_speed": float("nan")}, r"target_speed=nan must be a positive finite number"),
+    ):
+        with pytest.raises(ValueError, match=message):
             DrivingEnv(backend_factory=lambda config: ScriptedBackend(config, [make_frame()]), **bad)
     with pytest.raises(ValueError, match="render_mode"):
         scripted_env([make_frame()], render_mode="human")
@@ -329,22 +365,33 @@ def test_auto_uses_carla_when_a_server_answers():
     assert resolve_simulator(dataclasses.replace(config, simulator="surrogate")) == "surrogate"
 
 
-def test_auto_falls_back_to_the_surrogate_loudly(closed_port, caplog):
-    if importlib.util.find_spec("highway_env") is None:
-        pytest.skip("needs the surrogate extra")
+def test_auto_falls_back_to_the_surrogate_loudly(closed_port):
+    require("highway_env")
     message = f"No CARLA server answered at localhost:{closed_port}"
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match=message) as record:
         env = DrivingEnv(port=closed_port, connect_timeout=0.5, image_size=36)
-    assert message in caplog.text
+    text = str(record[0].message)
+    assert "SURROGATE, NOT ON CARLA" in text and "`--host HOST --port PORT`" in text and "host=... / port=..." in text
     _, info = env.reset(seed=0)
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
     assert env.simulator_name == info["simulator"] == env.config.simulator == "surrogate"
     env.close()
 
 
+def test_the_fallback_warning_prints_once(closed_port):
+    """A user's script sees the warning once on stderr, not once more through logging."""
+    require("highway_env")
+    code = (
+        "import gymnasium, sb3_td3_cnnclip\n"
+        f"gymnasium.make('CarlaScenario0-v0', port={closed_port}, connect_timeout=0.2, image_size=36).close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("No CARLA server answered") == 1, result.stderr
+
+
 def test_carla_without_a_server_raises(closed_port):
-    if importlib.util.find_spec("carla") is None:
-        pytest.skip("needs the carla extra")
+    require("carla")
     with pytest.raises(SimulatorUnavailableError, match=f"No CARLA server answered at localhost:{closed_port}"):
         DrivingEnv(simulator="carla", port=closed_port, connect_timeout=0.2)
 
@@ -355,3 +402,4 @@ def test_missing_extra_names_the_install_command(monkeypatch, simulator, module)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
     with pytest.raises(MissingExtraError, match=rf'pip install "sb3-td3-cnnclip\[{simulator}\]"'):
         driving_env.make_backend(ScenarioConfig(simulator=simulator))
+

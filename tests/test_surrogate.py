@@ -4,12 +4,14 @@ import math
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("highway_env")
+require("highway_env")
 
 import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
+from highway_env.vehicle.graphics import VehicleGraphics  # noqa: E402
 from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
@@ -17,6 +19,8 @@ from sb3_td3_cnnclip.envs import SCENARIO_IDS, DrivingEnv, make_config  # noqa: 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING  # noqa: E402
 from sb3_td3_cnnclip.envs.expert import drive_episode  # noqa: E402
 from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
+    EGO_COLOR,
+    GRAYSCALE_WEIGHTS,
     NPC_SPEED_RANGE,
     ROUTE_LENGTH,
     SPEED_LIMIT,
@@ -85,6 +89,23 @@ def test_waypoints_are_spaced_from_the_ego_not_from_fixed_points():
     backend.close()
 
 
+def test_the_ego_is_drawn_unlike_the_npcs():
+    backend = SurrogateBackend(make_config(image_size=84, n_npcs=0))
+    backend.reset(seed=0)
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ahead = lane.local_coordinates(ego.position)[0] + 10.0
+    road.vehicles.append(TownVehicle(road, lane.position(ahead, 0.0), lane.heading_at(ahead), speed=0.0))
+    image = backend.step(0.0, 0.0).image.astype(int)
+
+    def pixels(rgb) -> int:
+        return int(np.sum(np.abs(image - np.dot(rgb, GRAYSCALE_WEIGHTS)) <= 1))
+
+    ego_gray, npc_gray = (np.dot(rgb, GRAYSCALE_WEIGHTS) for rgb in (EGO_COLOR, VehicleGraphics.BLUE))
+    assert abs(ego_gray - npc_gray) > 100
+    assert pixels(EGO_COLOR) >= 10 and pixels(VehicleGraphics.BLUE) >= 10  # both cars fill ~10 x 4 pixels
+    backend.close()
+
+
 def test_steering_right_leaves_the_road_then_the_lane():
     env = surrogate_env(n_npcs=0)
     env.reset(seed=0)
@@ -132,6 +153,19 @@ def test_braking_stops_without_reversing():
     speeds = [info["speed"] for _, _, info in drive(env, [0.0, 1.0], 20) + drive(env, [0.0, -1.0], 40)]
     assert speeds[19] == pytest.approx(20 * 5.0 * 0.05)  # 5 m/s^2 for 20 ticks of 0.05 s
     assert min(speeds) > -1e-9 and speeds[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_car_at_bumper_contact_ahead_is_a_full_near_miss():
+    env = surrogate_env(n_npcs=0, near_miss_distance=2.0)
+    env.reset(seed=0)
+    backend = env.backend
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ahead = lane.local_coordinates(ego.position)[0] + ego.LENGTH + 0.01  # 1 cm between the bumpers
+    road.vehicles.append(Vehicle(road, lane.position(ahead, 0.0), lane.heading_at(ahead), speed=0.0))
+    _, _, terminated, _, info = env.step(np.zeros(2, np.float32))
+    assert info["min_npc_distance"] == pytest.approx(0.01) and not terminated
+    assert info["reward/safety"] == pytest.approx(-(1 - 0.01 / 2.0))
+    env.close()
 
 
 @pytest.mark.parametrize("npc_class, reverses", [(IDMVehicle, True), (TownVehicle, False)])

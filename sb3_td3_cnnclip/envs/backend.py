@@ -32,7 +32,8 @@ class Frame:
     :param collision: whether the ego collided with anything since the previous tick
     :param off_road: whether the ego left the drivable area since the previous tick
     :param lane_invasion: whether the ego crossed a lane marking since the previous tick
-    :param min_npc_distance: distance in metres to the nearest other vehicle (``inf`` when there is none)
+    :param min_npc_distance: gap in metres between the ego's bounding box and the nearest other vehicle's (0 at
+        contact; ``inf`` when there is none), see :func:`~sb3_td3_cnnclip.envs.geometry.nearest_gap`
     :param waypoints: the route points :data:`WAYPOINT_SPACING`, 2 :data:`WAYPOINT_SPACING`, ... metres along the
         route beyond the ego's projection onto it (the goal where that passes the route's end), in the ego frame
         (x forward, y left), shape ``(n_waypoints, 2)``

@@ -26,6 +26,7 @@ import numpy as np
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
 
 #: attempts of ``connect_timeout`` seconds each before the server counts as unavailable
 CONNECT_ATTEMPTS = 3
@@ -205,6 +206,20 @@ def _default_route(carla_map: Any) -> np.ndarray:
         waypoint = following[0]
         points.append(waypoint.transform.location)
     return np.array([(p.x, p.y) for p in points])
+
+
+def _box(actor: Any, transform: Any = None) -> Box:
+    """A vehicle's footprint (its bounding box seen from above) as a :data:`~sb3_td3_cnnclip.envs.geometry.Box`.
+
+    :param actor: a CARLA vehicle
+    :param transform: its transform when already fetched; ``None`` asks the server
+    """
+    transform = actor.get_transform() if transform is None else transform
+    box, yaw = actor.bounding_box, math.radians(transform.rotation.yaw)
+    # the box's centre is offset from the actor's origin in the actor's frame
+    x = transform.location.x + box.location.x * math.cos(yaw) - box.location.y * math.sin(yaw)
+    y = transform.location.y + box.location.x * math.sin(yaw) + box.location.y * math.cos(yaw)
+    return (x, y, yaw, box.extent.x, box.extent.y)
 
 
 def _drained(events: queue.Queue) -> bool:
@@ -464,7 +479,7 @@ class CarlaBackend(Backend):
             collision=_drained(self._collisions),
             off_road=road is None or road.lane_type != self._carla.LaneType.Driving,
             lane_invasion=_drained(self._lane_invasions),
-            min_npc_distance=min((npc.get_location().distance(location) for npc in self._npcs), default=math.inf),
+            min_npc_distance=nearest_gap(_box(self._ego, transform), [_box(npc) for npc in self._npcs]),
             waypoints=self._route.ahead(position.arc_length, location.x, location.y, yaw, self.config.n_waypoints),
             extra=dict(self._extra),
         )

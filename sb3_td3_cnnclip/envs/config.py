@@ -59,8 +59,9 @@ class ScenarioConfig:
         beyond the ego (``backend.WAYPOINT_SPACING``)
     :param max_lateral_deviation: metres off the route centre that terminate the episode
     :param goal_tolerance: metres from the route end that count as reaching the goal
-    :param near_miss_distance: distance in metres between vehicle centres under which the safety reward
-        penalises a near miss (linearly, up to the full penalty at 0 m)
+    :param near_miss_distance: gap in metres between the bounding boxes of the ego and another vehicle under which
+        the safety reward penalises a near miss (linearly, up to the full penalty at contact); the default 2 m
+        leaves a car passing in the neighbouring lane unpenalised
     :param weather: CARLA weather preset, the name of a ``carla.WeatherParameters`` attribute such as
         ``"ClearNoon"``; ``None`` keeps the map's weather (the surrogate has no weather and warns if one is set)
     :param reward_weights: weights of the reward components
@@ -85,7 +86,7 @@ class ScenarioConfig:
     n_waypoints: int = 5
     max_lateral_deviation: float = 2.5
     goal_tolerance: float = 3.0
-    near_miss_distance: float = 5.0
+    near_miss_distance: float = 2.0
     weather: str | None = None
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
     seed: int | None = None

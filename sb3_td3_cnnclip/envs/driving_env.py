@@ -8,7 +8,8 @@ expose the same spaces, reward and info keys.
 
 - ``speed`` (m/s), ``lateral_deviation`` (m, left positive), ``heading_error`` (rad, left positive),
   ``route_completion`` (``[0, 1]``), ``distance_to_goal`` (m), ``collision``, ``off_road``, ``lane_invasion``
-  (bools), ``min_npc_distance`` (m between vehicle centres, ``inf`` without NPCs): the backend's :class:`Frame`;
+  (bools), ``min_npc_distance`` (m between the bounding boxes of the ego and the nearest
+  other vehicle, 0 at contact, ``inf`` without NPCs): the backend's :class:`Frame`;
 - ``termination_reason``: ``"collision"``, ``"off_lane"`` or ``"goal"`` when ``terminated``; ``"time_limit"``
   when the registered ids' ``TimeLimit`` truncates (set by :class:`TimeLimitReason`); ``None`` otherwise;
 - ``is_success`` (the goal was reached; SB3's ``Monitor`` logs it), ``simulator`` (the backend's name),
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import logging
 import socket
 import warnings
 from collections.abc import Callable
@@ -36,8 +36,6 @@ from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
 from sb3_td3_cnnclip.envs.reward import is_off_lane, max_abs_reward, reward_components, weighted_components
-
-logger = logging.getLogger(__name__)
 
 #: Frame fields copied into ``info`` under their own names
 FRAME_INFO_KEYS = (
@@ -72,14 +70,15 @@ def resolve_simulator(config: ScenarioConfig) -> str:
         return config.simulator
     if carla_server_answers(config.host, config.port, config.connect_timeout):
         return "carla"
-    message = (
+    warnings.warn(
         f"No CARLA server answered at {config.host}:{config.port} within {config.connect_timeout} s: "
-        "this environment runs on the highway-env SURROGATE, not on CARLA. To drive CARLA, start the server "
-        f"(e.g. `./CarlaUE4.sh -carla-rpc-port={config.port}`) and pass host=... / port=... to gymnasium.make, "
-        "or pass simulator='carla' to get an error instead of this fallback (simulator='surrogate' silences it)."
+        "this environment runs on the highway-env SURROGATE, NOT ON CARLA. To drive CARLA, start the server "
+        f"(e.g. `./CarlaUE4.sh -carla-rpc-port={config.port}`) and point at it with `--host HOST --port PORT` "
+        "on the sb3-td3-cnnclip command line or host=... / port=... in gymnasium.make; `--simulator carla` "
+        "(simulator='carla') turns this fallback into an error, `--simulator surrogate` (simulator='surrogate') "
+        "silences it.",
+        UserWarning, stacklevel=3,
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
-    logger.warning(message)
     return "surrogate"
 
 

@@ -6,7 +6,8 @@ Unweighted components and their ranges (``v*`` = ``target_speed``, ``d_max`` = `
 - ``lane_keeping`` in ``[-1, 0]``: ``-(min(|lateral| / d_max, 1) + min(|heading error| / (pi/2), 1)) / 2``;
 - ``comfort`` in ``[-1, 0]``: ``-(|change of steering| + |change of throttle/brake|) / 4``;
 - ``safety`` in ``[-(TERMINAL_PENALTY + 2), 0]``: ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max]
-  + [off road] + near_miss)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``;
+  + [off road] + near_miss)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
+  (``min_npc_distance``: the gap between bounding boxes);
 - ``progress`` in ``[-1, 1]``: ``PROGRESS_SCALE * (change of route completion)``, clipped (a full route is worth 100).
 
 The reward is ``sum(weight * component)``, so ``|reward| <= sum(|weight| * bound)`` (:func:`max_abs_reward`).

@@ -10,7 +10,7 @@ interactions cost O(n^2) in Python, so the surrogate simulates a window of traff
 (:func:`traffic_mapping`): ``min(n_npcs, MAX_VEHICLES)`` IDM vehicles (which change lanes with MOBIL) whose
 spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs (:class:`TownVehicle`) aim for
 90-100 % of Town01's 30 km/h limit, keep town gaps, and never reverse; the denser the traffic, the slower its
-lanes flow (a scripted driver's mean speed: about 7.3 m/s on scenario 0, 5.8 m/s on scenario 2).
+lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.5, 6.6 and 5.8 m/s on scenarios 0, 1, 2).
 
 Rendering is offscreen. ``SDL_VIDEODRIVER=dummy`` must not be set: highway-env then skips drawing and every
 image is black, so this module sets ``SDL_VIDEODRIVER=offscreen`` when the variable is unset, and refuses
@@ -27,6 +27,7 @@ import numpy as np
 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
@@ -35,6 +36,7 @@ from highway_env.envs.common.action import ContinuousAction  # noqa: E402
 from highway_env.envs.highway_env import HighwayEnv  # noqa: E402
 from highway_env.road.road import Road, RoadNetwork  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
+from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 
 #: length in metres of the ego's route along its lane
 ROUTE_LENGTH = 300.0
@@ -53,6 +55,9 @@ MAX_EGO_SPEED = 30.0
 MAX_VEHICLES = 20
 #: metres of road drawn across the top-down image (forward is up; the ego sits 30 % from the bottom)
 VIEW_METRES = 40.0
+#: RGB colour of the ego: black, unlike anything else highway-env draws (NPCs (100, 200, 255) are gray 176 once
+#: converted, the road 100, the vehicles' outlines 60), so the policy can tell its own car, as a camera sees its hood
+EGO_COLOR = (0, 0, 0)
 #: RGB to grayscale weights (ITU-R 601)
 GRAYSCALE_WEIGHTS = [0.2989, 0.5870, 0.1140]
 
@@ -103,6 +108,7 @@ class _RouteHighway(HighwayEnv):
     def _create_vehicles(self) -> None:
         lane = self.road.network.get_lane(ROUTE_LANE)
         ego = self.action_type.vehicle_class(self.road, lane.position(EGO_START, 0.0), lane.heading_at(EGO_START), 0.0)
+        ego.color = EGO_COLOR
         self.controlled_vehicles = [ego]
         self.road.vehicles.append(ego)
         for _ in range(self.config["vehicles_count"]):
@@ -123,6 +129,11 @@ class _RouteHighway(HighwayEnv):
 
     def _info(self, obs: np.ndarray, action: np.ndarray | None = None) -> dict:
         return {}
+
+
+def _box(vehicle: Vehicle) -> Box:
+    """A highway-env vehicle's footprint as a :data:`~sb3_td3_cnnclip.envs.geometry.Box`."""
+    return (*vehicle.position, vehicle.heading, vehicle.LENGTH / 2.0, vehicle.WIDTH / 2.0)
 
 
 class SurrogateBackend(Backend):
@@ -207,8 +218,7 @@ class SurrogateBackend(Backend):
         heading_error = utils.wrap_to_pi(ego.heading - self.route_lane.heading_at(longitudinal))
         lane_invasion = ego.lane_index != self.lane_index
         self.lane_index = ego.lane_index
-        others = [vehicle.position for vehicle in self.env.road.vehicles if vehicle is not ego]
-        min_npc_distance = float(np.min(np.linalg.norm(np.array(others) - ego.position, axis=1))) if others else math.inf
+        others = [_box(vehicle) for vehicle in self.env.road.vehicles if vehicle is not ego]
         return Frame(
             image=observation[0][::-1].copy(),  # rows: forward is up; columns: the driver's right is right
             speed=float(ego.speed),
@@ -219,7 +229,7 @@ class SurrogateBackend(Backend):
             collision=bool(ego.crashed),
             off_road=not ego.on_road,
             lane_invasion=bool(lane_invasion),
-            min_npc_distance=min_npc_distance,
+            min_npc_distance=nearest_gap(_box(ego), others),
             waypoints=self._waypoints(longitudinal, ego.position, ego.heading),
             extra={"vehicles_count": float(self.vehicles_count), "vehicles_density": self.vehicles_density},
         )

@@ -29,6 +29,8 @@ SIDEWALK_WIDTH = 2.5
 SPAWN_SPACING = 20.0
 #: vehicle dynamics: m/s² at full throttle, m/s² at full brake, deg/s at full steer
 ACCELERATION, DECELERATION, YAW_RATE = 4.0, 8.0, 30.0
+#: every vehicle's bounding box: centre offset from the actor's origin and half sizes (metres), a Tesla Model 3's
+VEHICLE_BOX_OFFSET, VEHICLE_EXTENT = (0.1, 0.0, 0.75), (2.4, 1.05, 0.75)
 #: vehicles closer than this (metres) to the spawn position make a spawn fail
 SPAWN_CLEARANCE = 2.0
 SPAWN_COLLISION = "Spawn failed because of collision at spawn position"
@@ -96,6 +98,13 @@ class Transform:
 
     def __repr__(self) -> str:
         return f"Transform({self.location!r}, {self.rotation!r})"
+
+
+class BoundingBox:
+    """A box around an actor: its centre relative to the actor's origin and its half sizes (metres)."""
+
+    def __init__(self, location: Location, extent: Vector3D) -> None:
+        self.location, self.extent = location, extent
 
 
 class LaneType(enum.IntEnum):
@@ -290,6 +299,7 @@ class Vehicle(Actor):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._control = VehicleControl()
+        self.bounding_box = BoundingBox(Location(*VEHICLE_BOX_OFFSET), Vector3D(*VEHICLE_EXTENT))
         self._speed = 0.0
         self._autopilot_port: int | None = None
 

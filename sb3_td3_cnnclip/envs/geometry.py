@@ -1,0 +1,79 @@
+"""Vehicle footprints: the gap between the ego's bounding box and the nearest other vehicle's, on every backend.
+
+A box is ``(x, y, yaw, half_length, half_width)`` in metres and radians, in any planar frame (left- or
+right-handed alike: the gap does not depend on it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Box = tuple[float, float, float, float, float]
+
+
+def box_corners(box: Box) -> np.ndarray:
+    """The 4 corners of a box, in order around it.
+
+    :param box: ``(x, y, yaw, half_length, half_width)``
+    :return: array of shape ``(4, 2)``
+    """
+    x, y, yaw, half_length, half_width = box
+    forward = np.array([math.cos(yaw), math.sin(yaw)]) * half_length
+    side = np.array([-math.sin(yaw), math.cos(yaw)]) * half_width
+    return np.array([x, y]) + np.array([forward + side, forward - side, -forward - side, -forward + side])
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex polygons overlap (no separating axis among their edge normals)."""
+    for corners in (a, b):
+        edges = np.roll(corners, -1, axis=0) - corners
+        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+        projected_a, projected_b = a @ normals.T, b @ normals.T
+        if np.any((projected_a.max(axis=0) < projected_b.min(axis=0)) |
+                  (projected_b.max(axis=0) < projected_a.min(axis=0))):
+            return False
+    return True
+
+
+def _corner_to_edge(points: np.ndarray, corners: np.ndarray) -> float:
+    """Shortest distance from any of ``points`` to any edge of the polygon ``corners``."""
+    starts = corners[None, :, :]
+    edges = (np.roll(corners, -1, axis=0) - corners)[None, :, :]
+    offsets = points[:, None, :] - starts
+    along = np.clip(np.sum(offsets * edges, axis=2) / np.sum(edges * edges, axis=2), 0.0, 1.0)
+    return float(np.min(np.linalg.norm(offsets - along[:, :, None] * edges, axis=2)))
+
+
+def box_gap(a: Box, b: Box) -> float:
+    """The distance in metres between two boxes' outlines: 0 when they touch or overlap.
+
+    :param a: ``(x, y, yaw, half_length, half_width)``
+    :param b: ``(x, y, yaw, half_length, half_width)``
+    """
+    corners_a, corners_b = box_corners(a), box_corners(b)
+    apart = math.hypot(a[0] - b[0], a[1] - b[1]) > math.hypot(a[3], a[4]) + math.hypot(b[3], b[4])
+    if not apart and _overlap(corners_a, corners_b):  # boxes farther apart than their half diagonals cannot overlap
+        return 0.0
+    return min(_corner_to_edge(corners_a, corners_b), _corner_to_edge(corners_b, corners_a))
+
+
+def nearest_gap(ego: Box, others: Sequence[Box]) -> float:
+    """The smallest :func:`box_gap` between ``ego`` and any of ``others`` (``inf`` when there are none).
+
+    Boxes are checked nearest centre first, and only while their centre distance minus both boxes' half
+    diagonals can still beat the best gap so far.
+
+    :param ego: the ego's box
+    :param others: the other vehicles' boxes
+    """
+    best = math.inf
+    reach = math.hypot(ego[3], ego[4])
+    bounds = [(math.hypot(o[0] - ego[0], o[1] - ego[1]) - reach - math.hypot(o[3], o[4]), o) for o in others]
+    for bound, other in sorted(bounds, key=lambda pair: pair[0]):
+        if bound >= best:
+            break
+        best = min(best, box_gap(ego, other))
+    return best
