@@ -8,10 +8,10 @@ The stream runs ``1.5 x`` the capacity, so the ring has wrapped.
 
 - Bytes: the ``nbytes`` of every array a full buffer holds (SB3: observations, next observations unless
   ``optimize_memory_usage``, actions, rewards, dones, timeouts; ``FrameStackReplayBuffer.nbytes``: frames, frame
-  numbers, the last next observation of each env, actions, rewards, dones, timeouts), divided by the capacity, then
-  extrapolated to ``--sizes`` (SB3's default ``buffer_size`` is 1,000,000). SB3's arrays are exactly linear in the
-  size; the frame store is ``buffer_size * (1 + 4 / episode_length_hint) + 8`` frames per env, so the per-transition
-  figure of the probe holds at any larger size within 8 frames.
+  numbers, the last next observations, actions, rewards, dones, timeouts), for buffers of the probe size and of
+  twice that, filled the same way: bytes per transition = the difference / the probe size, fixed bytes = the rest
+  (0 for SB3; a margin of frames and the last stacks for the frame store), extrapolated to ``--sizes`` (SB3's
+  default ``buffer_size`` is 1,000,000).
 - ``add()``: seconds per call, timed over blocks of ``--block`` calls once the ring has wrapped (the first pass
   also commits the pages of ``np.zeros`` arrays, for SB3 and for the frame store alike), the buffers taking the same
   block in turn, their order rotating; median of the paired ratios against SB3's ``ReplayBuffer``.
@@ -133,19 +133,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.sample_calls):
                 buffers[name].sample(args.batch_size)
             sample_times[name].append((time.perf_counter() - start) / args.sample_calls)
+    # The bytes of each buffer at the probe size and at twice that (filled the same way): the slope is the cost of a
+    # transition, the rest a fixed cost (SB3's arrays have none; the frame store has a margin and the last stacks).
+    larger = make_buffers(2 * args.probe_size, observation_space, args.n_envs)
+    for transition in stream(args.n_envs, tuple(args.shape), args.episode_length, per_env * 3):
+        larger[VARIANTS[2]].add(*transition)
     reference = VARIANTS[0]
+    reference_per_transition = buffer_nbytes(buffers[reference]) / args.probe_size
     rows = {}
     for name, buffer in buffers.items():
-        per_transition = buffer_nbytes(buffer) / args.probe_size
+        per_transition = (buffer_nbytes(larger[name]) - buffer_nbytes(buffer)) / args.probe_size
+        fixed = buffer_nbytes(buffer) - per_transition * args.probe_size
         rows[name] = {
             "bytes_per_transition": per_transition,
-            "memory_ratio_vs_replay_buffer": per_transition / (buffer_nbytes(buffers[reference]) / args.probe_size),
-            "gb_at_size": {str(size): per_transition * size / 1e9 for size in args.sizes},
+            "fixed_bytes": fixed,
+            "memory_ratio_vs_replay_buffer": per_transition / reference_per_transition,
+            "gb_at_size": {str(size): (fixed + per_transition * size) / 1e9 for size in args.sizes},
             "add_us_median": statistics.median(add_times[name]) * 1e6,
             "add_ratio_vs_replay_buffer": median_ratio(add_times[name], add_times[reference]),
             "sample_ms_median": statistics.median(sample_times[name]) * 1e3,
             "sample_ratio_vs_replay_buffer": median_ratio(sample_times[name], sample_times[reference]),
         }
+    del larger
     rows[VARIANTS[2]]["frames_per_env"] = len(buffers[VARIANTS[2]].frame_stores[None].frames)
     return rows
 
@@ -158,10 +167,10 @@ def to_markdown(results: dict[str, Any]) -> str:
     """
     flags = results["run"]["flags"]
     sizes = flags["sizes"]
-    headers = ["buffer", "bytes/transition", "vs ReplayBuffer", *(f"GB at {s:,}" for s in sizes),
+    headers = ["buffer", "bytes/transition", "vs ReplayBuffer", "fixed MB", *(f"GB at {s:,}" for s in sizes),
                "add() µs", "add() ratio", "sample(256) ms", "sample ratio"]  # fmt: skip
     rows = [
-        [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"],
+        [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"], v["fixed_bytes"] / 1e6,
          *(v["gb_at_size"][str(s)] for s in sizes), v["add_us_median"], v["add_ratio_vs_replay_buffer"],
          v["sample_ms_median"], v["sample_ratio_vs_replay_buffer"]]  # fmt: skip
         for name, v in results["variants"].items()

@@ -227,15 +227,11 @@ def test_frame_ring_grows_when_episodes_are_short_and_stays_exact():
     assert len(buffer.frame_stores[None].frames) > capacity
 
 
-def test_memory_per_transition_at_4x84x84():
-    """The issue's goal: at most 7,500 bytes per transition with episodes of 100 steps (SB3: 56,468)."""
-    size, length = 2000, 100
-    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    buffer = FrameStackReplayBuffer(size, space, ACTION_SPACE, "cpu")
-    reference = ReplayBuffer(size, space, ACTION_SPACE, "cpu")
+def filled_84x84(size: int, length: int = 100) -> FrameStackReplayBuffer:
+    """A FrameStackReplayBuffer of ``size`` (4, 84, 84) transitions, filled 1.5 times with episodes of ``length``."""
+    buffer = FrameStackReplayBuffer(size, spaces.Box(0, 255, (4, 84, 84), np.uint8), ACTION_SPACE, "cpu")
     frame = np.zeros((1, 1, 84, 84), np.uint8)
-    obs = np.zeros((1, 4, 84, 84), np.uint8)
-    for step in range(size + 3 * length // 2):
+    for step in range(size * 3 // 2):
         frame[:] = step % 251
         if step % length == 0:
             obs = np.concatenate([np.zeros((1, 3, 84, 84), np.uint8), frame], axis=1)
@@ -244,11 +240,21 @@ def test_memory_per_transition_at_4x84x84():
         buffer.add(obs, next_obs, np.zeros((1, 2)), np.zeros(1), done, [{"TimeLimit.truncated": bool(done[0])}])
         obs = next_obs
     assert len(buffer.frame_stores[None].frames) == size + size * 4 // length + 8 + ROOM_MARGIN  # no growth
-    per_transition = buffer.nbytes / size
-    sb3 = sum(getattr(reference, name).nbytes for name in ("observations", "next_observations", "actions", "rewards",
-                                                           "dones", "timeouts")) / size  # fmt: skip
-    assert sb3 == 56_468
+    return buffer
+
+
+def test_memory_per_transition_at_4x84x84():
+    """The issue's goal: at most 7,500 bytes per transition with episodes of 100 steps (SB3: 56,468), and a million
+    transitions in at most 7.5 GB. The cost is linear in the size; the fixed part (a margin of frames, the last
+    stacks) is measured with a second size."""
+    small, large = filled_84x84(1000), filled_84x84(2000)
+    per_transition = (large.nbytes - small.nbytes) / 1000
+    fixed = small.nbytes - 1000 * per_transition
     assert per_transition <= 7_500
+    assert fixed + 1_000_000 * per_transition <= 7.5e9
+    reference = ReplayBuffer(1000, small.observation_space, ACTION_SPACE, "cpu")
+    names = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+    assert sum(getattr(reference, name).nbytes for name in names) == 56_468 * 1000
 
 
 def test_save_and_load_round_trip(tmp_path):
