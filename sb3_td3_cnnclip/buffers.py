@@ -377,6 +377,25 @@ class FrameStackReplayBuffer(ReplayBuffer):
         return ReplayBuffer._get_samples(self, batch_inds, env)
 
 
+def default_replay_buffer_class(
+    observation_space: spaces.Space, n_steps: int = 1, optimize_memory_usage: bool = False
+) -> type[ReplayBuffer] | None:
+    """The replay buffer class ``TD3CnnClip`` picks when given none: :class:`FrameStackReplayBuffer` for
+    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key), else ``None`` (SB3's
+    own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or ``NStepReplayBuffer`` for ``n_steps > 1``, whose
+    arguments SB3 fills in; ``optimize_memory_usage=True`` keeps SB3's buffer as well).
+
+    :param observation_space: the algorithm's observation space
+    :param n_steps: the algorithm's ``n_steps``
+    :param optimize_memory_usage: the algorithm's ``optimize_memory_usage``
+    :return: the class, or ``None``
+    """
+    keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
+    images = [space for space in keyed.values() if is_image_space(space, check_channels=False)]
+    stackable = bool(images) and all(is_image_space_channels_first(space) for space in images)
+    return FrameStackReplayBuffer if stackable and n_steps == 1 and not optimize_memory_usage else None
+
+
 def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:
     """The frames per observation of an image space, checked against its shape.
 

@@ -14,7 +14,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
-from sb3_td3_cnnclip.buffers import ROOM_MARGIN
+from sb3_td3_cnnclip.buffers import ROOM_MARGIN, default_replay_buffer_class
 from sb3_td3_cnnclip.callbacks import ExplosionEarlyStopping
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
@@ -289,6 +289,26 @@ def test_next_observation_before_observation_is_rejected():
     buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
     with pytest.raises(RuntimeError, match="before observations"):
         buffer.next_observations[0] = np.zeros((1, 4, 8, 8), np.uint8)
+
+
+IMAGE = spaces.Box(0, 255, (4, 36, 36), np.uint8)
+VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("space", "kwargs", "expected"),
+    [
+        (IMAGE, {}, FrameStackReplayBuffer),
+        (spaces.Dict({"image": IMAGE, "vector": VECTOR}), {}, FrameStackReplayBuffer),
+        (VECTOR, {}, None),
+        (spaces.Dict({"vector": VECTOR}), {}, None),
+        (spaces.Box(0, 255, (36, 36, 4), np.uint8), {}, None),  # channel-last: SB3 transposes it for CnnPolicy
+        (IMAGE, dict(n_steps=3), None),
+        (IMAGE, dict(optimize_memory_usage=True), None),
+    ],
+)
+def test_default_replay_buffer_class(space, kwargs, expected):
+    assert default_replay_buffer_class(space, **kwargs) is expected
 
 
 def stacked_toy_env(n_envs: int = 2, vec_env_cls=DummyVecEnv, **kwargs) -> VecFrameStack:
