@@ -1,9 +1,10 @@
 """Replay buffer memory and speed for 4x84x84 uint8 observations: SB3's ``ReplayBuffer`` (with and without
 ``optimize_memory_usage``) against ``FrameStackReplayBuffer``, side by side in one run.
 
-The three buffers, ``--probe-size`` transitions each, receive the same stream: ``--n-envs`` environments stacking
-4 frames like ``VecFrameStack`` (zero padding at a reset), episodes of ``--episode-length`` steps ending in a
-truncation (the terminal observation as next observation, SB3's way), frames drawn from a pool of random images.
+The three buffers, ``--probe-size`` transitions each, receive the same stream: ``--n-envs`` environments (each
+value in turn) stacking 4 frames like ``VecFrameStack`` (zero padding at a reset), episodes of ``--episode-length``
+steps ending in a truncation (the terminal observation as next observation, SB3's way), out of phase between the
+environments, frames drawn from a pool of random images.
 The stream runs ``1.5 x`` the capacity, so the ring has wrapped.
 
 - Bytes: the ``nbytes`` of every array a full buffer holds (SB3: observations, next observations unless
@@ -104,18 +105,19 @@ def stream(n_envs: int, shape: tuple[int, ...], episode_length: int, steps: int,
         obs = next_obs
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, n_envs: int) -> dict[str, Any]:
     """Fill the three buffers side by side, then time ``add()`` and ``sample()``.
 
     :param args: the flags
+    :param n_envs: number of environments
     :return: per variant: bytes per transition, GB at each size, seconds per add and per sample
     """
     observation_space = spaces.Box(0, 255, tuple(args.shape), np.uint8)
-    buffers = make_buffers(args.probe_size, observation_space, args.n_envs)
+    buffers = make_buffers(args.probe_size, observation_space, n_envs)
     names = list(buffers)
     add_times: dict[str, list[float]] = {name: [] for name in names}
-    per_env = args.probe_size // args.n_envs
-    transitions = stream(args.n_envs, tuple(args.shape), args.episode_length, per_env * 3 // 2)
+    per_env = args.probe_size // n_envs
+    transitions = stream(n_envs, tuple(args.shape), args.episode_length, per_env * 3 // 2)
     for block_index in range(per_env * 3 // 2 // args.block):
         block = [next(transitions) for _ in range(args.block)]
         shift = block_index % len(names)
@@ -135,8 +137,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             sample_times[name].append((time.perf_counter() - start) / args.sample_calls)
     # The bytes of each buffer at the probe size and at twice that (filled the same way): the slope is the cost of a
     # transition, the rest a fixed cost (SB3's arrays have none; the frame store has a margin and the last stacks).
-    larger = make_buffers(2 * args.probe_size, observation_space, args.n_envs)
-    for transition in stream(args.n_envs, tuple(args.shape), args.episode_length, per_env * 3):
+    larger = make_buffers(2 * args.probe_size, observation_space, n_envs)
+    for transition in stream(n_envs, tuple(args.shape), args.episode_length, per_env * 3):
         larger[VARIANTS[2]].add(*transition)
     reference = VARIANTS[0]
     reference_per_transition = buffer_nbytes(buffers[reference]) / args.probe_size
@@ -169,24 +171,25 @@ def to_markdown(results: dict[str, Any]) -> str:
     sizes = flags["sizes"]
     headers = ["buffer", "bytes/transition", "vs ReplayBuffer", "fixed MB", *(f"GB at {s:,}" for s in sizes),
                "add() µs", "add() ratio", "sample(256) ms", "sample ratio"]  # fmt: skip
-    rows = [
-        [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"], v["fixed_bytes"] / 1e6,
-         *(v["gb_at_size"][str(s)] for s in sizes), v["add_us_median"], v["add_ratio_vs_replay_buffer"],
-         v["sample_ms_median"], v["sample_ratio_vs_replay_buffer"]]  # fmt: skip
-        for name, v in results["variants"].items()
-    ]
-    return "\n".join([
+    lines = [
         f"# Replay buffer memory and speed, observations {tuple(flags['shape'])} uint8, 2 float32 actions",
         "",
         describe_line(results["run"]),
-        f"{flags['n_envs']} env(s), episodes of {flags['episode_length']} steps ending in a truncation, buffers of "
-        f"{flags['probe_size']:,} transitions filled 1.5 times. SB3's default buffer_size is "
-        f"{results['sb3_default_buffer_size']:,}. GB = 1e9 bytes, for a full buffer. add(): after "
-        f"the ring wrapped, median of blocks of {flags['block']} calls; sample(): median of {flags['rounds']} rounds of {flags['sample_calls']} calls; ratios "
-        "against ReplayBuffer measured in the same run, calls alternated.",
-        "",
-        markdown_table(headers, rows),
-    ])  # fmt: skip
+        f"Episodes of {flags['episode_length']} steps ending in a truncation, buffers of {flags['probe_size']:,} "
+        f"transitions filled 1.5 times. SB3's default buffer_size is {results['sb3_default_buffer_size']:,}. "
+        "GB = 1e9 bytes, for a full buffer. add(): after the ring wrapped, median of blocks of "
+        f"{flags['block']} calls; sample(): median of {flags['rounds']} rounds of {flags['sample_calls']} calls; "
+        "ratios against ReplayBuffer measured in the same run, calls alternated.",
+    ]
+    for n_envs, variants in results["n_envs"].items():
+        rows = [
+            [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"], v["fixed_bytes"] / 1e6,
+             *(v["gb_at_size"][str(s)] for s in sizes), v["add_us_median"], v["add_ratio_vs_replay_buffer"],
+             v["sample_ms_median"], v["sample_ratio_vs_replay_buffer"]]  # fmt: skip
+            for name, v in variants.items()
+        ]
+        lines += ["", f"## {n_envs} env(s)", "", markdown_table(headers, rows)]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -197,7 +200,7 @@ def main() -> None:
     )
     parser.add_argument("--shape", type=int, nargs=3, default=[4, 84, 84], help="observation shape (uint8)")
     parser.add_argument("--episode-length", type=int, default=100, help="steps per episode of the stream")
-    parser.add_argument("--n-envs", type=int, default=1, help="environments adding to the buffers")
+    parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 4], help="environments adding to the buffers")
     parser.add_argument("--block", type=int, default=20, help="add() calls timed together, per buffer in turn")
     parser.add_argument("--batch-size", type=int, default=256, help="sample() batch size")
     parser.add_argument("--rounds", type=int, default=30, help="rounds of sample() calls")
@@ -209,7 +212,7 @@ def main() -> None:
         "run": run_description(args),
         "observation_shape": args.shape,
         "sb3_default_buffer_size": SB3_DEFAULT_BUFFER_SIZE,
-        "variants": measure(args),
+        "n_envs": {str(n_envs): measure(args, n_envs) for n_envs in args.n_envs},
     }
     json_path, md_path = write_results(args.output_dir, "replay_memory", results, to_markdown(results))
     print(to_markdown(results))
