@@ -31,7 +31,9 @@ import time
 from typing import Any
 
 import numpy as np
-from common import add_common_args, describe_line, markdown_table, median_ratio, run_description, set_threads, write_results
+from common import (
+    add_common_args, describe_line, markdown_table, median_ratio, run_description, set_threads, write_results,
+)  # fmt: skip
 from gymnasium import spaces
 from stable_baselines3 import TD3
 from stable_baselines3.common.buffers import ReplayBuffer
