@@ -115,7 +115,8 @@ def assert_same_contents(reference, buffer) -> None:
         for key in expected:
             np.testing.assert_array_equal(actual[key], expected[key], err_msg=f"{name} {key}")
     for name in ("actions", "rewards", "dones", "timeouts"):
-        np.testing.assert_array_equal(getattr(buffer, name)[: reference.size()], getattr(reference, name)[: reference.size()])
+        size = reference.size()
+        np.testing.assert_array_equal(getattr(buffer, name)[:size], getattr(reference, name)[:size], err_msg=name)
 
 
 def assert_same_samples(reference, buffer, seed: int, batch_size: int = 64) -> None:
@@ -206,7 +207,10 @@ def test_episode_boundary_inside_a_stack_never_mixes_episodes():
     space = spaces.Box(0, 255, (3, 4, 4), np.uint8)
     reference = ReplayBuffer(4, space, ACTION_SPACE, "cpu")
     buffer = FrameStackReplayBuffer(4, space, ACTION_SPACE, "cpu", episode_length_hint=1)
-    frames = lambda *values: np.array(values, dtype=np.uint8).reshape(1, 3, 1, 1).repeat(4, 2).repeat(4, 3)  # noqa: E731
+
+    def frames(*values: int) -> np.ndarray:
+        return np.array(values, dtype=np.uint8).reshape(1, 3, 1, 1).repeat(4, 2).repeat(4, 3)
+
     episode = [(frames(0, 0, 1), frames(0, 1, 2)), (frames(0, 1, 2), frames(1, 2, 3))]  # ends (terminal 1, 2, 3)
     restart = [(frames(0, 0, 9), frames(0, 9, 2)), (frames(0, 9, 2), frames(9, 2, 3))]  # 2, 3 again, new episode
     for obs, next_obs in episode + restart + episode + restart:
@@ -309,6 +313,22 @@ VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
 )
 def test_default_replay_buffer_class(space, kwargs, expected):
     assert default_replay_buffer_class(space, **kwargs) is expected
+
+
+def test_td3cnnclip_default_buffer_and_models_saved_before_load(tmp_path):
+    kwargs = dict(policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16), net_arch=[16]), buffer_size=50)
+    assert isinstance(TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).replay_buffer, FrameStackReplayBuffer)
+    dict_model = TD3CnnClip("MultiInputPolicy", ToyImageEnv(size=36, dict_obs=True), buffer_size=50)
+    assert isinstance(dict_model.replay_buffer, FrameStackReplayBuffer)
+    assert type(TD3CnnClip("MlpPolicy", ToyImageEnv(size=8), buffer_size=50, n_steps=3).replay_buffer) is NStepReplayBuffer
+    # a model saved with SB3's buffer (the default before) loads with it; a new one with FrameStackReplayBuffer
+    TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), replay_buffer_class=ReplayBuffer, **kwargs).save(tmp_path / "old")
+    TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).save(tmp_path / "new")
+    assert type(TD3CnnClip.load(tmp_path / "old", env=ToyImageEnv(size=36)).replay_buffer) is ReplayBuffer
+    assert type(TD3CnnClip.load(tmp_path / "new", env=ToyImageEnv(size=36)).replay_buffer) is FrameStackReplayBuffer
+    plain = TD3("CnnPolicy", ToyImageEnv(size=36), **kwargs)
+    plain.save(tmp_path / "td3")
+    assert type(TD3CnnClip.load(tmp_path / "td3", env=ToyImageEnv(size=36)).replay_buffer) is ReplayBuffer
 
 
 def stacked_toy_env(n_envs: int = 2, vec_env_cls=DummyVecEnv, **kwargs) -> VecFrameStack:
