@@ -30,15 +30,21 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 
+#: frames reserved beyond the need, so that the ring's room is recounted about once every this many steps
+ROOM_MARGIN = 64
+
+
 class FrameStore:
     """The stacked image observations of one array (the Box observation, or one key of a Dict), each frame once.
 
     Frames live in a ring ``frames[capacity, n_envs, *frame_shape]`` and are numbered per environment from 0 on;
     frame ``i`` of environment ``e`` sits at ``frames[i % capacity, e]``. ``obs_refs[pos, e]`` and
-    ``next_refs[pos, e]`` are the numbers of the newest frames of the transition's two stacks (-1: slot empty).
+    ``next_refs[pos, e]`` are one past the numbers of the newest frames of the transition's two stacks (-1: slot
+    empty).
     Transitions are written in SB3's order (``observations[pos] = obs`` then ``next_observations[pos] = next_obs``,
-    ``pos`` advancing around the ring), so frame numbers grow with ``pos`` and the oldest live transition holds
-    the oldest frame still needed. When a write would overwrite a frame still needed, the ring grows.
+    all environments at once, ``pos`` advancing around the ring), so frame numbers grow with ``pos`` and the oldest
+    live transition holds the oldest frame still needed. When a write would overwrite a frame still needed, the
+    ring grows.
 
     :param buffer_size: transitions per environment
     :param n_envs: number of environments
@@ -46,7 +52,7 @@ class FrameStore:
     :param dtype: the observation dtype
     :param n_stack: frames per observation (``stack_shape[0]`` is ``n_stack`` times the channels of a frame)
     :param episode_length_hint: frames are reserved for episodes of at least this many steps; each episode start
-        costs ``n_stack`` frames, so shorter episodes make the ring grow (once, by an eighth or more)
+        costs ``n_stack`` frames, so shorter episodes make the ring grow (by an eighth or more at a time)
     """
 
     def __init__(
@@ -59,122 +65,152 @@ class FrameStore:
         episode_length_hint: int,
     ) -> None:
         self.n_stack = n_stack
-        self.stack_shape = stack_shape
+        self.stack_shape = (n_envs, *stack_shape)
         self.channels = stack_shape[0] // n_stack
-        capacity = buffer_size + math.ceil(buffer_size * n_stack / episode_length_hint) + 2 * n_stack
+        # frames of the transitions, of the episode starts, of two more stacks, and a margin that spares
+        # recounting the room at every step
+        capacity = buffer_size + math.ceil(buffer_size * n_stack / episode_length_hint) + 2 * n_stack + ROOM_MARGIN
         self.frames = np.zeros((capacity, n_envs, self.channels, *stack_shape[1:]), dtype=dtype)
         self.obs_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
         self.next_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
         #: frames written so far, per environment (the number of the next frame)
         self.heads = np.zeros(n_envs, dtype=np.int64)
-        #: the last next observation of each environment, to verify that the following observation continues it
-        self.last_next = np.zeros((n_envs, *stack_shape), dtype=dtype)
-        self.has_last = np.zeros(n_envs, dtype=bool)
-        self._offsets = np.arange(1 - n_stack, 1)
-        self._obs: np.ndarray | None = None
+        #: the last next observations (``None``: none yet), which the next observations may continue: the array
+        #: that SB3's ``add()`` passed, a fresh copy it does not modify
+        self.last_next: np.ndarray | None = None
+        self._room = 0  # frames each environment can surely write before the ring must be checked again
+        self._obs: bytes | None = None  # the bytes of the observations just set, until their next observations come
+        self._offsets = np.arange(-n_stack, 0)
+        self._envs = np.arange(n_envs)
+        self._stack_bytes = self.frames[0, 0].nbytes * n_stack
+        self._starts = range(0, n_envs * self._stack_bytes, self._stack_bytes)  # where each environment's bytes begin
         self.observations = StackedView(self, "obs")
         self.next_observations = StackedView(self, "next")
 
     @property
     def nbytes(self) -> int:
         """Bytes of all the arrays the store holds."""
-        arrays = (self.frames, self.obs_refs, self.next_refs, self.heads, self.last_next, self.has_last)
-        return sum(array.nbytes for array in arrays)
+        arrays = (self.frames, self.obs_refs, self.next_refs, self.heads)
+        return sum(array.nbytes for array in arrays) + (0 if self.last_next is None else self.last_next.nbytes)
 
     def reset(self) -> None:
         """Forget every transition (the frames are overwritten as new ones come)."""
         self.obs_refs.fill(-1)
         self.next_refs.fill(-1)
-        self.has_last.fill(False)
-        self._obs = None
+        self.last_next = self._obs = None
 
     def set_obs(self, pos: int, obs: np.ndarray) -> None:
-        """Store the observations of the transitions at ``pos`` (one per environment).
+        """Store the observations of the transitions at ``pos``.
 
         :param pos: the slot in the buffer
         :param obs: observations, shape ``(n_envs, *stack_shape)``
         """
         obs = self._as_stacks(obs)
-        self.obs_refs[pos] = -1  # the slot's previous transition is being replaced
-        continues = self.has_last & _rows_equal(obs, self.last_next)
-        self._write(pos, obs, np.where(continues, 0, self.n_stack))
-        self.obs_refs[pos] = self.heads - 1
-        self._obs = obs
+        data = obs.tobytes()  # bytes compare with memcmp, several times faster than np.array_equal
+        if self.last_next is None or not data.startswith(memoryview(self.last_next).cast("B")):
+            continues = np.zeros(len(obs), bool) if self.last_next is None else _rows_equal(obs, self.last_next)
+            self._write(pos, obs, np.where(continues, 0, self.n_stack))
+        self.obs_refs[pos] = self.heads
+        self._obs = data
 
     def set_next(self, pos: int, next_obs: np.ndarray) -> None:
         """Store the next observations of the transitions at ``pos``, right after :meth:`set_obs`.
 
+        A next observation that continues the observation (``next_obs[:-1] == obs[1:]`` in frames) adds its newest
+        frame, any other one all of its frames.
+
         :param pos: the slot in the buffer
-        :param next_obs: next observations, shape ``(n_envs, *stack_shape)``
+        :param next_obs: next observations, shape ``(n_envs, *stack_shape)``, not modified afterwards
         """
         if self._obs is None:
             raise RuntimeError("next_observations[pos] was set before observations[pos]; set the observation first.")
         next_obs = self._as_stacks(next_obs)
-        c = self.channels
-        continues = _rows_equal(next_obs[:, : self.stack_shape[0] - c], self._obs[:, c:])
-        # a continuing stack adds its newest frame, any other one all of its frames
-        self._write(pos, next_obs, np.where(continues, 1, self.n_stack))
-        self.next_refs[pos] = self.heads - 1
-        self.last_next[:] = next_obs
-        self.has_last[:] = True
-        self._obs = None
+        data = memoryview(next_obs).cast("B")
+        stack, frame = self._stack_bytes, self._stack_bytes // self.n_stack
+        # per environment, whether the next observation's older frames are the observation's newer ones
+        continues = [self._obs.startswith(data[start : start + stack - frame], start + frame) for start in self._starts]
+        if all(continues):
+            self._append_newest(pos, next_obs)
+        else:
+            self._write(pos, next_obs, np.where(continues, 1, self.n_stack))
+        self.next_refs[pos] = self.heads
+        self.last_next, self._obs = next_obs, None
 
     def stacks(self, refs: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
-        """Rebuild the stacks whose newest frames are ``refs`` of ``env_indices``.
+        """Rebuild the stacks whose newest frames are those before ``refs`` of ``env_indices``.
 
-        :param refs: frame numbers, shape ``(batch,)``
+        :param refs: frame numbers, one past the newest frame of each stack, shape ``(batch,)``
         :param env_indices: environments, shape ``(batch,)``
         :return: the stacks, shape ``(batch, *stack_shape)``
         """
         indices = (refs[:, None] + self._offsets) % len(self.frames)
-        return self.frames[indices, env_indices[:, None]].reshape(len(refs), *self.stack_shape)
+        return self.frames[indices, env_indices[:, None]].reshape(len(refs), *self.stack_shape[1:])
 
     def _as_stacks(self, obs: np.ndarray) -> np.ndarray:
-        """The observations as an array of the store's dtype and shape ``(n_envs, *stack_shape)``."""
-        return np.asarray(obs).astype(self.frames.dtype, copy=False).reshape(len(self.heads), *self.stack_shape)
+        """The observations as a C-contiguous array of the store's dtype and shape ``(n_envs, *stack_shape)``."""
+        obs = np.ascontiguousarray(obs)
+        if obs.dtype == self.frames.dtype and obs.shape == self.stack_shape:  # SB3's add() passes such arrays
+            return obs
+        return obs.astype(self.frames.dtype).reshape(self.stack_shape)
+
+    def _append_newest(self, pos: int, stacks: np.ndarray) -> None:
+        """Append the newest frame of each environment's stack (the common case of :meth:`_write`).
+
+        :param pos: the slot being written
+        :param stacks: stacks, shape ``(n_envs, *stack_shape)``
+        """
+        if self._room < 1:
+            self._make_room(pos, 1)
+        if len(self.heads) == 1:  # an integer index costs a quarter of an index array
+            self.frames[self.heads[0] % len(self.frames), 0] = stacks[0, -self.channels :]
+        else:
+            self.frames[self.heads % len(self.frames), self._envs] = stacks[:, -self.channels :]
+        self.heads += 1
+        self._room -= 1
 
     def _write(self, pos: int, stacks: np.ndarray, counts: np.ndarray) -> None:
         """Append the newest ``counts[e]`` frames of ``stacks[e]`` to the ring of each environment ``e``.
 
-        :param pos: the slot being written (the other slots hold live transitions)
+        :param pos: the slot being written
         :param stacks: stacks, shape ``(n_envs, *stack_shape)``
         :param counts: frames to write per environment (0 to ``n_stack``), shape ``(n_envs,)``
         """
-        if not counts.any():
-            return
-        self._make_room(pos, counts)
-        capacity = len(self.frames)
+        most = int(counts.max())
+        if self._room < most:
+            self._make_room(pos, most)
         frames = stacks.reshape(len(stacks), self.n_stack, *self.frames.shape[2:])
         for n in np.unique(counts[counts > 0]):
             group = np.flatnonzero(counts == n)
             numbers = self.heads[group, None] + np.arange(n)
-            self.frames[numbers % capacity, group[:, None]] = frames[group, self.n_stack - n :]
+            self.frames[numbers % len(self.frames), group[:, None]] = frames[group, self.n_stack - n :]
             self.heads[group] += n
+        self._room -= most
 
-    def _make_room(self, pos: int, counts: np.ndarray) -> None:
-        """Grow the ring if writing ``counts[e]`` frames per environment would overwrite a frame still needed.
+    def _make_room(self, pos: int, count: int) -> None:
+        """Make sure that each environment can write ``count`` frames without overwriting a frame still needed,
+        growing the ring if not; then recount ``_room``.
 
-        Needed are the frames of the live transitions (all but the slot ``pos`` being replaced, except its
-        observation once set) and of the last next observation (the next observation may continue it).
+        Needed are the frames of the live transitions and of the last next observations (the next observations may
+        continue them). The oldest live transition is the one after ``pos`` once the buffer is full, else the first.
 
         :param pos: the slot being written
-        :param counts: frames about to be written, per environment
+        :param count: frames about to be written per environment (at most)
         """
-        oldest = self.heads - self.n_stack * self.has_last
+        oldest = self.heads - (0 if self.last_next is None else self.n_stack)
         following = (pos + 1) % len(self.obs_refs)
-        for slot in (following, 0, pos):
+        for slot in (following, 0):
             if self.obs_refs[slot, 0] >= 0:
-                oldest = np.minimum(oldest, self.obs_refs[slot] + 1 - self.n_stack)
+                oldest = np.minimum(oldest, self.obs_refs[slot] - self.n_stack)
                 break
-        needed = int((self.heads + counts - np.maximum(oldest, 0)).max())
         capacity = len(self.frames)
-        if needed <= capacity:
-            return
-        grown = np.zeros((max(needed, capacity + capacity // 8), *self.frames.shape[1:]), dtype=self.frames.dtype)
-        numbers = self.heads - capacity + np.arange(capacity)[:, None]  # the frames in the ring, per environment
-        kept, envs = np.nonzero(numbers >= 0)
-        grown[numbers[kept, envs] % len(grown), envs] = self.frames[numbers[kept, envs] % capacity, envs]
-        self.frames = grown
+        needed = int((self.heads + count - oldest).max())
+        if needed > capacity:
+            grown = np.zeros((max(needed, capacity + capacity // 8), *self.frames.shape[1:]), self.frames.dtype)
+            numbers = self.heads - capacity + np.arange(capacity)[:, None]  # the frames in the ring, per environment
+            kept, envs = np.nonzero(numbers >= 0)
+            grown[numbers[kept, envs] % len(grown), envs] = self.frames[numbers[kept, envs] % capacity, envs]
+            self.frames = grown
+        self._room = int((oldest + len(self.frames) - self.heads).min())
 
 
 class StackedView:
@@ -339,6 +375,25 @@ class FrameStackReplayBuffer(ReplayBuffer):
         if self.n_steps > 1:
             return NStepReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
         return ReplayBuffer._get_samples(self, batch_inds, env)
+
+
+def default_replay_buffer_class(
+    observation_space: spaces.Space, n_steps: int = 1, optimize_memory_usage: bool = False
+) -> type[ReplayBuffer] | None:
+    """The replay buffer class ``TD3CnnClip`` picks when given none: :class:`FrameStackReplayBuffer` for
+    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key), else ``None`` (SB3's
+    own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or ``NStepReplayBuffer`` for ``n_steps > 1``, whose
+    arguments SB3 fills in; ``optimize_memory_usage=True`` keeps SB3's buffer as well).
+
+    :param observation_space: the algorithm's observation space
+    :param n_steps: the algorithm's ``n_steps``
+    :param optimize_memory_usage: the algorithm's ``optimize_memory_usage``
+    :return: the class, or ``None``
+    """
+    keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
+    images = [space for space in keyed.values() if is_image_space(space, check_channels=False)]
+    stackable = bool(images) and all(is_image_space_channels_first(space) for space in images)
+    return FrameStackReplayBuffer if stackable and n_steps == 1 and not optimize_memory_usage else None
 
 
 def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:

@@ -48,9 +48,9 @@ class TrainConfig:
     (``max_timesteps``); see each field's ``help`` metadata (``sb3-td3-cnnclip train --help``).
 
     TD3 hyperparameters follow SB3's TD3 and the original project (lr 3e-4, gamma 0.99, tau 0.005, batch 256,
-    policy delay 2), except the replay buffer and the warm-up, sized so that a 5000-step run learns on a laptop:
-    ``buffer_size=10_000`` holds the whole run in about 0.56 GB (4x84x84 uint8 observation and next observation)
-    instead of SB3's 56 GB, and ``learning_starts=200`` leaves updates even in the 500-step validation run.
+    policy delay 2), except the replay buffer and the warm-up: ``buffer_size=200_000`` takes about 1.5 GB when full
+    (4x84x84 uint8, each frame stored once by ``FrameStackReplayBuffer``) where SB3's 1_000_000 take 56 GB, and
+    ``learning_starts=200`` leaves updates even in the 500-step validation run.
     Two choices come from ``benchmarks/``: ``pre_tanh_penalty=0.01`` kept the actor alive (no zero-gradient actor
     update) on every seed of the toy and surrogate runs where plain TD3 saturated its tanh on every seed, with higher
     returns; ``torch_threads=1`` made a batch-256 update 6.5x faster than torch's two threads on a busy 2-core CPU.
@@ -75,7 +75,7 @@ class TrainConfig:
     gamma: float = option(0.99, "discount factor", FRACTION)
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
-    buffer_size: int = option(10_000, "replay buffer capacity (10_000 is ~0.56 GB at 4x84x84)", POSITIVE)
+    buffer_size: int = option(200_000, "replay buffer capacity (200_000 is ~1.5 GB when full at 4x84x84)", POSITIVE)
     learning_starts: int = option(200, "random-action steps before the first gradient step", NON_NEGATIVE)
     policy_delay: int = option(2, "critic updates per actor update", POSITIVE)
     train_freq: int = option(1, "environment steps between training phases", POSITIVE)

@@ -16,8 +16,9 @@ from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
 from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
+from sb3_td3_cnnclip.buffers import default_replay_buffer_class
+from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
 from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, use_critic_encoder
 
 #: an action this close to a bound of [-1, 1] counts as saturated
@@ -55,9 +56,10 @@ class TD3CnnClip(TD3):
     ``pre_tanh_penalty=0`` the updates are exactly those of :class:`~stable_baselines3.TD3`. Every other parameter
     is TD3's (see its docstring).
 
-    :param buffer_size: replay buffer capacity. The one default that differs from TD3's (1_000_000): a million
-        4x84x84 ``uint8`` transitions take 56 GB (observations and next observations), which cannot even be
-        allocated on most machines; 50_000 take 2.8 GB.
+    :param buffer_size: replay buffer capacity. TD3's default (1_000_000) of 4x84x84 ``uint8`` transitions takes
+        56 GB in SB3's buffer; 200_000 take 1.5 GB in the :class:`~sb3_td3_cnnclip.buffers.FrameStackReplayBuffer`
+        that ``TD3CnnClip`` uses for image observations when ``replay_buffer_class`` is ``None`` (see
+        :func:`~sb3_td3_cnnclip.buffers.default_replay_buffer_class`; its samples are SB3's).
 
     :param actor_cnn_max_grad_norm: limit of the actor CNN's gradient norm (``None``: measure, do not clip)
     :param actor_mlp_max_grad_norm: limit of the actor MLP's gradient norm (``None``: measure, do not clip)
@@ -94,7 +96,7 @@ class TD3CnnClip(TD3):
         policy: str | type[TD3Policy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 1e-3,
-        buffer_size: int = 50_000,
+        buffer_size: int = 200_000,
         *args: Any,
         actor_cnn_max_grad_norm: float | None = 1.0,
         actor_mlp_max_grad_norm: float | None = 1.0,
@@ -138,6 +140,10 @@ class TD3CnnClip(TD3):
             if not valid or value < 0 or (value == 0 and smallest == "positive"):
                 raise ValueError(f"{key}={value!r} must be a {smallest} finite number ({td3_value} is TD3).")
         self._check_learning_options()
+        if self.replay_buffer_class is None:
+            self.replay_buffer_class = default_replay_buffer_class(
+                self.observation_space, self.n_steps, self.optimize_memory_usage
+            )
         super()._setup_model()
         if self.critic_trained_encoder:
             use_critic_encoder(self.policy)

@@ -14,6 +14,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
+from sb3_td3_cnnclip.buffers import ROOM_MARGIN, default_replay_buffer_class
 from sb3_td3_cnnclip.callbacks import ExplosionEarlyStopping
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
@@ -114,7 +115,8 @@ def assert_same_contents(reference, buffer) -> None:
         for key in expected:
             np.testing.assert_array_equal(actual[key], expected[key], err_msg=f"{name} {key}")
     for name in ("actions", "rewards", "dones", "timeouts"):
-        np.testing.assert_array_equal(getattr(buffer, name)[: reference.size()], getattr(reference, name)[: reference.size()])
+        size = reference.size()
+        np.testing.assert_array_equal(getattr(buffer, name)[:size], getattr(reference, name)[:size], err_msg=name)
 
 
 def assert_same_samples(reference, buffer, seed: int, batch_size: int = 64) -> None:
@@ -205,7 +207,10 @@ def test_episode_boundary_inside_a_stack_never_mixes_episodes():
     space = spaces.Box(0, 255, (3, 4, 4), np.uint8)
     reference = ReplayBuffer(4, space, ACTION_SPACE, "cpu")
     buffer = FrameStackReplayBuffer(4, space, ACTION_SPACE, "cpu", episode_length_hint=1)
-    frames = lambda *values: np.array(values, dtype=np.uint8).reshape(1, 3, 1, 1).repeat(4, 2).repeat(4, 3)  # noqa: E731
+
+    def frames(*values: int) -> np.ndarray:
+        return np.array(values, dtype=np.uint8).reshape(1, 3, 1, 1).repeat(4, 2).repeat(4, 3)
+
     episode = [(frames(0, 0, 1), frames(0, 1, 2)), (frames(0, 1, 2), frames(1, 2, 3))]  # ends (terminal 1, 2, 3)
     restart = [(frames(0, 0, 9), frames(0, 9, 2)), (frames(0, 9, 2), frames(9, 2, 3))]  # 2, 3 again, new episode
     for obs, next_obs in episode + restart + episode + restart:
@@ -226,15 +231,11 @@ def test_frame_ring_grows_when_episodes_are_short_and_stays_exact():
     assert len(buffer.frame_stores[None].frames) > capacity
 
 
-def test_memory_per_transition_at_4x84x84():
-    """The issue's goal: at most 7,500 bytes per transition with episodes of 100 steps (SB3: 56,468)."""
-    size, length = 2000, 100
-    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    buffer = FrameStackReplayBuffer(size, space, ACTION_SPACE, "cpu")
-    reference = ReplayBuffer(size, space, ACTION_SPACE, "cpu")
+def filled_84x84(size: int, length: int = 100) -> FrameStackReplayBuffer:
+    """A FrameStackReplayBuffer of ``size`` (4, 84, 84) transitions, filled 1.5 times with episodes of ``length``."""
+    buffer = FrameStackReplayBuffer(size, spaces.Box(0, 255, (4, 84, 84), np.uint8), ACTION_SPACE, "cpu")
     frame = np.zeros((1, 1, 84, 84), np.uint8)
-    obs = np.zeros((1, 4, 84, 84), np.uint8)
-    for step in range(size + 3 * length // 2):
+    for step in range(size * 3 // 2):
         frame[:] = step % 251
         if step % length == 0:
             obs = np.concatenate([np.zeros((1, 3, 84, 84), np.uint8), frame], axis=1)
@@ -242,12 +243,22 @@ def test_memory_per_transition_at_4x84x84():
         done = np.array([step % length == length - 1], np.float32)
         buffer.add(obs, next_obs, np.zeros((1, 2)), np.zeros(1), done, [{"TimeLimit.truncated": bool(done[0])}])
         obs = next_obs
-    assert len(buffer.frame_stores[None].frames) == size + size * 4 // length + 8  # the reservation sufficed
-    per_transition = buffer.nbytes / size
-    sb3 = sum(getattr(reference, name).nbytes for name in ("observations", "next_observations", "actions", "rewards",
-                                                           "dones", "timeouts")) / size  # fmt: skip
-    assert sb3 == 56_468
+    assert len(buffer.frame_stores[None].frames) == size + size * 4 // length + 8 + ROOM_MARGIN  # no growth
+    return buffer
+
+
+def test_memory_per_transition_at_4x84x84():
+    """The issue's goal: at most 7,500 bytes per transition with episodes of 100 steps (SB3: 56,468), and a million
+    transitions in at most 7.5 GB. The cost is linear in the size; the fixed part (a margin of frames, the last
+    stacks) is measured with a second size."""
+    small, large = filled_84x84(1000), filled_84x84(2000)
+    per_transition = (large.nbytes - small.nbytes) / 1000
+    fixed = small.nbytes - 1000 * per_transition
     assert per_transition <= 7_500
+    assert fixed + 1_000_000 * per_transition <= 7.5e9
+    reference = ReplayBuffer(1000, small.observation_space, ACTION_SPACE, "cpu")
+    names = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+    assert sum(getattr(reference, name).nbytes for name in names) == 56_468 * 1000
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -282,6 +293,42 @@ def test_next_observation_before_observation_is_rejected():
     buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
     with pytest.raises(RuntimeError, match="before observations"):
         buffer.next_observations[0] = np.zeros((1, 4, 8, 8), np.uint8)
+
+
+IMAGE = spaces.Box(0, 255, (4, 36, 36), np.uint8)
+VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("space", "kwargs", "expected"),
+    [
+        (IMAGE, {}, FrameStackReplayBuffer),
+        (spaces.Dict({"image": IMAGE, "vector": VECTOR}), {}, FrameStackReplayBuffer),
+        (VECTOR, {}, None),
+        (spaces.Dict({"vector": VECTOR}), {}, None),
+        (spaces.Box(0, 255, (36, 36, 4), np.uint8), {}, None),  # channel-last: SB3 transposes it for CnnPolicy
+        (IMAGE, dict(n_steps=3), None),
+        (IMAGE, dict(optimize_memory_usage=True), None),
+    ],
+)
+def test_default_replay_buffer_class(space, kwargs, expected):
+    assert default_replay_buffer_class(space, **kwargs) is expected
+
+
+def test_td3cnnclip_default_buffer_and_models_saved_before_load(tmp_path):
+    kwargs = dict(policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=16), net_arch=[16]), buffer_size=50)
+    assert isinstance(TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).replay_buffer, FrameStackReplayBuffer)
+    dict_model = TD3CnnClip("MultiInputPolicy", ToyImageEnv(size=36, dict_obs=True), buffer_size=50)
+    assert isinstance(dict_model.replay_buffer, FrameStackReplayBuffer)
+    assert type(TD3CnnClip("MlpPolicy", ToyImageEnv(size=8), buffer_size=50, n_steps=3).replay_buffer) is NStepReplayBuffer
+    # a model saved with SB3's buffer (the default before) loads with it; a new one with FrameStackReplayBuffer
+    TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), replay_buffer_class=ReplayBuffer, **kwargs).save(tmp_path / "old")
+    TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).save(tmp_path / "new")
+    assert type(TD3CnnClip.load(tmp_path / "old", env=ToyImageEnv(size=36)).replay_buffer) is ReplayBuffer
+    assert type(TD3CnnClip.load(tmp_path / "new", env=ToyImageEnv(size=36)).replay_buffer) is FrameStackReplayBuffer
+    plain = TD3("CnnPolicy", ToyImageEnv(size=36), **kwargs)
+    plain.save(tmp_path / "td3")
+    assert type(TD3CnnClip.load(tmp_path / "td3", env=ToyImageEnv(size=36)).replay_buffer) is ReplayBuffer
 
 
 def stacked_toy_env(n_envs: int = 2, vec_env_cls=DummyVecEnv, **kwargs) -> VecFrameStack:

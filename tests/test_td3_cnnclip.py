@@ -329,7 +329,7 @@ def test_pre_tanh_penalty_adds_its_gradient_to_the_actor_loss():
 def test_default_buffer_fits_and_positional_arguments_keep_td3_order():
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), 5e-4, 700, 30, policy_kwargs=SMALL_CNN)
     assert (model.learning_rate, model.buffer_size, model.learning_starts) == (5e-4, 700, 30)
-    assert TD3CnnClip("CnnPolicy", ToyImageEnv(), policy_kwargs=SMALL_CNN).buffer_size == 50_000
+    assert TD3CnnClip("CnnPolicy", ToyImageEnv(), policy_kwargs=SMALL_CNN).buffer_size == 200_000
 
 
 def test_q_policy_gap_compares_one_critic():
