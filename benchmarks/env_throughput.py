@@ -12,8 +12,8 @@ server, entered from the backend) is separated from the backend's and the env's 
 
 Several envs in one run (with ``--n-envs 1 2 4``): env steps/s of ``make_carla_vec_env`` on the surrogate for each
 number of envs (one env: ``DummyVecEnv`` in this process; several: one worker process each), random actions, the
-VecEnvs stepped in interleaved blocks of ``--block`` vector steps so load from other processes hits them alike;
-written to ``env_throughput_n_envs.{json,md}`` instead.
+VecEnvs stepped in interleaved blocks of ``--block`` vector steps so load from other processes hits them alike, and
+the CPU time the VecEnv's processes used per env step (Linux); written to ``env_throughput_n_envs.{json,md}`` instead.
 
 Run: ``python benchmarks/env_throughput.py --steps 600 --fake-carla``, or
 ``python benchmarks/env_throughput.py --n-envs 1 2 4 --scenarios 0 --steps 200 --block 20``
@@ -150,6 +150,19 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
     return results
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by this process and the given processes (Linux ``/proc``).
+
+    :param pids: other processes, e.g. a VecEnv's workers
+    :return: the seconds
+    """
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 def vec_env_throughput(n_envs_list: list[int], scenario: int, steps: int, block: int, seed: int) -> dict[str, Any]:
     """Env steps/s of one surrogate scenario run by ``make_carla_vec_env`` with each number of envs, side by side.
 
@@ -163,16 +176,19 @@ def vec_env_throughput(n_envs_list: list[int], scenario: int, steps: int, block:
     rng = np.random.default_rng(seed)
     vec_envs = {n: make_carla_vec_env(scenario, n, simulator="surrogate", seed=seed) for n in n_envs_list}
     blocks: dict[int, list[float]] = {n: [] for n in n_envs_list}
+    cpu: dict[int, float] = {n: 0.0 for n in n_envs_list}
     try:
         for vec_env in vec_envs.values():
             vec_env.reset()
         for _ in range(steps // block):
             for n, vec_env in vec_envs.items():
                 actions = rng.uniform(-1.0, 1.0, (block, n, 2)).astype(np.float32)
-                start = time.perf_counter()
+                pids = [process.pid for process in getattr(vec_env, "processes", [])]
+                cpu_start, start = cpu_seconds(pids), time.perf_counter()
                 for action in actions:
                     vec_env.step(action)
                 blocks[n].append(time.perf_counter() - start)
+                cpu[n] += cpu_seconds(pids) - cpu_start
     finally:
         for vec_env in vec_envs.values():
             vec_env.close()
@@ -185,6 +201,7 @@ def vec_env_throughput(n_envs_list: list[int], scenario: int, steps: int, block:
             "env_steps_per_s": n * block * len(blocks[n]) / sum(blocks[n]),
             "median_block_env_steps_per_s": statistics.median(rates[n]),
             "median_block_speedup": statistics.median(a / b for a, b in zip(rates[n], rates[reference])),
+            "cpu_ms_per_env_step": 1e3 * cpu[n] / (n * block * len(blocks[n])),
         }
         for n in n_envs_list
     }
@@ -199,14 +216,15 @@ def vec_env_markdown(results: dict[str, Any]) -> str:
     reference = next(iter(results["n_envs"]))
     load = results["load_average_1min"]
     rows = [[n, v["vec_env"], v["vector_steps"], v["env_steps_per_s"], v["median_block_env_steps_per_s"],
-             v["median_block_speedup"]] for n, v in results["n_envs"].items()]  # fmt: skip
+             v["median_block_speedup"], v["cpu_ms_per_env_step"]] for n, v in results["n_envs"].items()]  # fmt: skip
     headers = ["n_envs", "VecEnv", "vector steps", "env steps/s", "median block env steps/s",
-               f"median block speed-up vs n_envs={reference}"]  # fmt: skip
+               f"median block speed-up vs n_envs={reference}", "CPU ms per env step (all processes)"]  # fmt: skip
     return "\n".join([
         f"# Several envs in one run (surrogate CarlaScenario{results['scenario']}-v0, random actions)",
         "",
         describe_line(results["run"]),
-        "The VecEnvs ran side by side in interleaved blocks of vector steps; a speed-up compares blocks run back to back.",
+        "The VecEnvs ran side by side in interleaved blocks of vector steps; a speed-up compares blocks run back to back. "
+        "CPU time counts this process and the VecEnv's workers (user + system).",
         f"1-minute load average of the machine: {load['before']:.1f} before the run, {load['after']:.1f} after (with "
         f"{os.cpu_count()} cores, a load above {os.cpu_count()} means other processes competed for them).",
         "",

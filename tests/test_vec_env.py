@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from sb3_td3_cnnclip import cli
 from sb3_td3_cnnclip.cli import main
 from sb3_td3_cnnclip.vec_env import (
     EnvAddress,
@@ -124,6 +125,25 @@ def test_server_lost_mid_episode_ends_the_run_naming_it_after_the_others_cleaned
     # the lost server's own cleanup was tried; its actors stay there (it does not answer)
     lost = json.loads((tmp_path / f"{FAILING_PORT}.json").read_text())
     assert lost["actors"] > 0
+
+
+def test_train_stops_with_one_line_naming_the_lost_server(carla, tmp_path: Path, monkeypatch, capsys) -> None:
+    def fake_envs(*args, **kwargs):
+        kwargs["env_kwargs"] = {**kwargs["env_kwargs"], **FAKE_ENV, "image_size": 36}  # NatureCNN's smallest input
+        wrapper = partial(ServerReport, report_dir=tmp_path, fault="lost")
+        return make_carla_vec_env(*args, **kwargs, start_method="fork", wrapper_class=wrapper)
+
+    monkeypatch.setattr(cli, "make_carla_vec_env", fake_envs)
+    flags = ["--simulator", "carla", "--n-envs", "3", "--learning-starts", "1000", "--buffer-size", "100",
+             "--seed", "0", "--verbose", "0", "--no-progress-bar", "--log-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(["train", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sb3-td3-cnnclip train: error: Env 1 of 3 (CARLA server localhost:2003")
+    result = json.loads((tmp_path / "runs" / "TD3CnnClip_1" / "result.json").read_text())
+    assert result["status"] == "error" and Path(result["model"]).is_file()
+    for port in (2000, 2006):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
 
 
 def test_dead_worker_ends_the_run_naming_it(carla, tmp_path: Path) -> None:
