@@ -174,6 +174,24 @@ def test_close_closes_every_env(carla, tmp_path: Path) -> None:
     assert [process.exitcode for process in vec_env.processes] == [0, 0, 0]
 
 
+@pytest.mark.slow
+def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -> None:
+    # spawn, as the default forkserver: no worker holds another's pipe, so each sees its pipe close
+    vec_env = make_carla_vec_env(
+        0, 2, simulator="carla", env_kwargs=FAKE_ENV, start_method="spawn",
+        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="none"),
+    )  # fmt: skip
+    vec_env.reset()
+    for remote in vec_env.remotes:
+        remote.connection.close()  # what the trainer's death does to the pipes
+    for process in vec_env.processes:
+        process.join(60)
+    assert [process.exitcode for process in vec_env.processes] == [0, 0]
+    for port in (2000, 2003):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
+
+
 def test_env_addresses_from_a_base_port_or_a_list() -> None:
     assert env_addresses(3, port=2000, tm_port=8000) == [
         EnvAddress("localhost", 2000, 8000), EnvAddress("localhost", 2003, 8003), EnvAddress("localhost", 2006, 8006)]
