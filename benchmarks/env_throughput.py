@@ -10,7 +10,13 @@ CARLA backend on the fake ``carla`` package of ``tests/fake_carla`` (with ``--fa
 loop, first timed, then run under cProfile, where the time spent inside the fake package (the stand-in for the
 server, entered from the backend) is separated from the backend's and the env's own code.
 
-Run: ``python benchmarks/env_throughput.py --steps 600 --fake-carla``
+Several envs in one run (with ``--n-envs 1 2 4``): env steps/s of ``make_carla_vec_env`` on the surrogate for each
+number of envs (one env: ``DummyVecEnv`` in this process; several: one worker process each), random actions, the
+VecEnvs stepped in interleaved blocks of ``--block`` vector steps so load from other processes hits them alike, and
+the CPU time the VecEnv's processes used per env step (Linux); written to ``env_throughput_n_envs.{json,md}`` instead.
+
+Run: ``python benchmarks/env_throughput.py --steps 600 --fake-carla``, or
+``python benchmarks/env_throughput.py --n-envs 1 2 4 --scenarios 0 --steps 200 --block 20``
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import importlib
+import os
 import pstats
 import statistics
 import sys
@@ -31,6 +38,7 @@ import numpy as np
 from common import add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
 
 from sb3_td3_cnnclip.envs.registration import SCENARIO_IDS
+from sb3_td3_cnnclip.vec_env import make_carla_vec_env
 
 #: the fake carla package used by the tests
 FAKE_CARLA = Path(__file__).resolve().parent.parent / "tests" / "fake_carla"
@@ -142,6 +150,88 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
     return results
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by this process and the given processes (Linux ``/proc``).
+
+    :param pids: other processes, e.g. a VecEnv's workers
+    :return: the seconds
+    """
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+def vec_env_throughput(n_envs_list: list[int], scenario: int, steps: int, block: int, seed: int) -> dict[str, Any]:
+    """Env steps/s of one surrogate scenario run by ``make_carla_vec_env`` with each number of envs, side by side.
+
+    :param n_envs_list: numbers of envs to compare; the first is the reference of the speed-ups
+    :param scenario: scenario id
+    :param steps: vector steps per VecEnv
+    :param block: vector steps per VecEnv before switching to the next
+    :param seed: seed of the envs and of the actions
+    :return: per number of envs the figures
+    """
+    rng = np.random.default_rng(seed)
+    vec_envs = {n: make_carla_vec_env(scenario, n, simulator="surrogate", seed=seed) for n in n_envs_list}
+    blocks: dict[int, list[float]] = {n: [] for n in n_envs_list}
+    cpu: dict[int, float] = {n: 0.0 for n in n_envs_list}
+    try:
+        for vec_env in vec_envs.values():
+            vec_env.reset()
+        for _ in range(steps // block):
+            for n, vec_env in vec_envs.items():
+                actions = rng.uniform(-1.0, 1.0, (block, n, 2)).astype(np.float32)
+                pids = [process.pid for process in getattr(vec_env, "processes", [])]
+                cpu_start, start = cpu_seconds(pids), time.perf_counter()
+                for action in actions:
+                    vec_env.step(action)
+                blocks[n].append(time.perf_counter() - start)
+                cpu[n] += cpu_seconds(pids) - cpu_start
+    finally:
+        for vec_env in vec_envs.values():
+            vec_env.close()
+    rates = {n: [n * block / seconds for seconds in blocks[n]] for n in n_envs_list}
+    reference = n_envs_list[0]
+    return {
+        str(n): {
+            "vec_env": type(vec_envs[n]).__name__,
+            "vector_steps": block * len(blocks[n]),
+            "env_steps_per_s": n * block * len(blocks[n]) / sum(blocks[n]),
+            "median_block_env_steps_per_s": statistics.median(rates[n]),
+            "median_block_speedup": statistics.median(a / b for a, b in zip(rates[n], rates[reference])),
+            "cpu_ms_per_env_step": 1e3 * cpu[n] / (n * block * len(blocks[n])),
+        }
+        for n in n_envs_list
+    }
+
+
+def vec_env_markdown(results: dict[str, Any]) -> str:
+    """Summarise :func:`vec_env_throughput` results as Markdown.
+
+    :param results: the results of :func:`main` with ``--n-envs``
+    :return: the Markdown text
+    """
+    reference = next(iter(results["n_envs"]))
+    load = results["load_average_1min"]
+    rows = [[n, v["vec_env"], v["vector_steps"], v["env_steps_per_s"], v["median_block_env_steps_per_s"],
+             v["median_block_speedup"], v["cpu_ms_per_env_step"]] for n, v in results["n_envs"].items()]  # fmt: skip
+    headers = ["n_envs", "VecEnv", "vector steps", "env steps/s", "median block env steps/s",
+               f"median block speed-up vs n_envs={reference}", "CPU ms per env step (all processes)"]  # fmt: skip
+    return "\n".join([
+        f"# Several envs in one run (surrogate CarlaScenario{results['scenario']}-v0, random actions)",
+        "",
+        describe_line(results["run"]),
+        "The VecEnvs ran side by side in interleaved blocks of vector steps; a speed-up compares blocks run back to back. "
+        "CPU time counts this process and the VecEnv's workers (user + system).",
+        f"1-minute load average of the machine: {load['before']:.1f} before the run, {load['after']:.1f} after (with "
+        f"{os.cpu_count()} cores, a load above {os.cpu_count()} means other processes competed for them).",
+        "",
+        markdown_table(headers, rows),
+    ])  # fmt: skip
+
+
 def import_fake_carla() -> Any:
     """Import the fake ``carla`` of the tests in place of any installed client, on a fresh fake server.
 
@@ -243,11 +333,21 @@ def main() -> None:
     parser.add_argument("--fake-carla", action="store_true", help="also time the CARLA backend on the fake carla")
     parser.add_argument("--fake-npcs", type=int, default=20, help="NPCs of the fake-carla run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the envs and of the random actions")
+    parser.add_argument("--n-envs", type=int, nargs="+", help="instead: compare these numbers of envs on the first of --scenarios")
     add_common_args(parser, threads=1)
     args = parser.parse_args()
     set_threads(args.threads)
     np.random.seed(args.seed)
-    results: dict[str, Any] = {
+    if args.n_envs:
+        load_before = os.getloadavg()[0]
+        results = {"run": run_description(args), "scenario": args.scenarios[0],
+                   "n_envs": vec_env_throughput(args.n_envs, args.scenarios[0], args.steps, args.block, args.seed),
+                   "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}  # fmt: skip
+        json_path, md_path = write_results(args.output_dir, "env_throughput_n_envs", results, vec_env_markdown(results))
+        print(vec_env_markdown(results))
+        print(f"wrote {json_path} and {md_path}")
+        return
+    results = {
         "run": run_description(args),
         "surrogate": surrogate_throughput(args.scenarios, args.steps, args.block, args.seed),
     }

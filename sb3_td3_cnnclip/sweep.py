@@ -8,15 +8,16 @@ file system supports file locks) or a database URL (``sqlite:///sweep.db`` on on
 ``postgresql://user:password@host/db`` for workers on many machines).
 
 A trial trains the base options (defaults, ``--config``, flags) with the parameters of :func:`sample_params` on
-``n_envs`` envs, evaluates the deterministic policy ``n_evaluations`` times on one more env, and reports each mean
+``n_envs`` envs, with the callbacks ``train`` would use (early stop, metrics, curriculum, ...), evaluates the deterministic policy ``n_evaluations`` times on one more env, and reports each mean
 return to Optuna, whose median pruner stops trials that fall below the median of the others at the same point. The
-objective is the last evaluation's mean return. Each trial stores its complete configuration (the trial's user
+objective is the last evaluation's mean return; a trial that the early stop ends counts as pruned. Each trial stores its complete configuration (the trial's user
 attribute ``config``, and the worker that ran it as ``worker``, host:pid); :func:`write_best_config` writes the best one as a YAML file for ``train --config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
@@ -138,7 +140,7 @@ def objective(
     :param eval_max_steps: step limit of an evaluation episode (``None``: the scenario's)
     :return: the mean return of the last evaluation
     """
-    from sb3_td3_cnnclip.cli import make_model, make_train_env
+    from sb3_td3_cnnclip.cli import EXPLOSION_FILE, make_callbacks, make_model, make_train_env
 
     seed = secrets.randbelow(2**31) if base.seed is None else base.seed + trial.number
     config = dataclasses.replace(base, **sample_params(trial), seed=seed, run_name=f"{trial.study.study_name}_trial_{trial.number}")
@@ -154,16 +156,21 @@ def objective(
                         **({} if eval_max_steps is None else {"max_episode_steps": eval_max_steps})},
         )  # fmt: skip
         model = make_model(config, env)
-        model.set_logger(configure(str(Path(config.log_dir) / config.run_name), ["csv", "tensorboard"]))
+        run_dir = Path(config.log_dir) / config.run_name
+        model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))
         eval_freq = max(1, config.max_timesteps // (n_evaluations * config.n_envs))
         callback = TrialEvalCallback(trial, eval_env, eval_episodes, eval_freq)
-        model.learn(config.max_timesteps, callback=callback)
+        callbacks = [*make_callbacks(config, run_dir).callbacks, callback]
+        model.learn(config.max_timesteps, callback=callbacks, log_interval=config.log_interval)
     finally:
         env.close()
         if eval_env is not None:
             eval_env.close()
     if callback.is_pruned:
         raise optuna.TrialPruned()
+    explosion = run_dir / EXPLOSION_FILE
+    if explosion.is_file():  # an unpromising trial, like a pruned one
+        raise optuna.TrialPruned(f"early stop: {json.loads(explosion.read_text())['reason']}")
     return callback.last_mean_reward
 
 
@@ -218,6 +225,8 @@ def run_sweep(
         if value < 1:
             raise ValueError(f"{name}={value} must be >= 1.")
     eval_at = eval_address(base, eval_server)
+    if base.torch_threads is not None:
+        torch.set_num_threads(base.torch_threads)
     storage = storage or str(Path(base.log_dir) / f"{study_name}.journal")
     study = optuna.create_study(
         study_name=study_name, storage=open_storage(storage), direction="maximize", load_if_exists=True,

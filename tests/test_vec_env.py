@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from sb3_td3_cnnclip import cli
 from sb3_td3_cnnclip.cli import main
 from sb3_td3_cnnclip.vec_env import (
     EnvAddress,
@@ -126,6 +127,25 @@ def test_server_lost_mid_episode_ends_the_run_naming_it_after_the_others_cleaned
     assert lost["actors"] > 0
 
 
+def test_train_stops_with_one_line_naming_the_lost_server(carla, tmp_path: Path, monkeypatch, capsys) -> None:
+    def fake_envs(*args, **kwargs):
+        kwargs["env_kwargs"] = {**kwargs["env_kwargs"], **FAKE_ENV, "image_size": 36}  # NatureCNN's smallest input
+        wrapper = partial(ServerReport, report_dir=tmp_path, fault="lost")
+        return make_carla_vec_env(*args, **kwargs, start_method="fork", wrapper_class=wrapper)
+
+    monkeypatch.setattr(cli, "make_carla_vec_env", fake_envs)
+    flags = ["--simulator", "carla", "--n-envs", "3", "--learning-starts", "1000", "--buffer-size", "100",
+             "--seed", "0", "--verbose", "0", "--no-progress-bar", "--log-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(["train", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sb3-td3-cnnclip train: error: Env 1 of 3 (CARLA server localhost:2003")
+    result = json.loads((tmp_path / "runs" / "TD3CnnClip_1" / "result.json").read_text())
+    assert result["status"] == "error" and Path(result["model"]).is_file()
+    for port in (2000, 2006):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
+
+
 def test_dead_worker_ends_the_run_naming_it(carla, tmp_path: Path) -> None:
     error, vec_env = fault_run(tmp_path, "exit")
     assert error.index == 1
@@ -152,6 +172,24 @@ def test_close_closes_every_env(carla, tmp_path: Path) -> None:
         report = json.loads((tmp_path / f"{port}.json").read_text())
         assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
     assert [process.exitcode for process in vec_env.processes] == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -> None:
+    # spawn, as the default forkserver: no worker holds another's pipe, so each sees its pipe close
+    vec_env = make_carla_vec_env(
+        0, 2, simulator="carla", env_kwargs=FAKE_ENV, start_method="spawn",
+        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="none"),
+    )  # fmt: skip
+    vec_env.reset()
+    for remote in vec_env.remotes:
+        remote.connection.close()  # what the trainer's death does to the pipes
+    for process in vec_env.processes:
+        process.join(60)
+    assert [process.exitcode for process in vec_env.processes] == [0, 0]
+    for port in (2000, 2003):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
 
 
 def test_env_addresses_from_a_base_port_or_a_list() -> None:
