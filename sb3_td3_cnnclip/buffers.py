@@ -3,8 +3,8 @@
 SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` stores every observation and next observation in
 full: a (4, 84, 84) ``uint8`` transition costs 56,468 bytes, although consecutive stacked observations share all
 but one frame. :class:`FrameStackReplayBuffer` keeps, per environment, a ring of single frames and, per transition,
-the number of the newest frame of its observation and of its next observation; a stack is the ``n_stack``
-consecutive frames ending there.
+where its observation and its next observation end in that ring; a stack is the ``n_stack`` consecutive frames
+ending there.
 
 The sharing is verified, never assumed: ``add()`` compares the new observation with the previous next observation
 of the same environment, and the new next observation's older frames with the observation's newer ones
@@ -269,7 +269,7 @@ class FrameStackReplayBuffer(ReplayBuffer):
     :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions)
     :param gamma: discount factor of the n-step returns
     :param episode_length_hint: frames are reserved for episodes of at least this many steps (each episode start
-        stores a whole stack); shorter episodes make the frame ring grow, once, by an eighth or more
+        stores a whole stack); shorter episodes make the frame ring grow (by an eighth or more at a time)
     """
 
     def __init__(

@@ -147,8 +147,8 @@ def run_stream(stream: Stream, reference, buffer, steps: int, check_every: int =
             assert_same_samples(reference, buffer, seed=step)
 
 
-def buffers(stream: Stream, size: int, n_steps: int = 1, **kwargs):
-    common = dict(device="cpu", n_envs=stream.n_envs)
+def buffers(stream: Stream, size: int, n_steps: int = 1, handle_timeout_termination: bool = True, **kwargs):
+    common = dict(device="cpu", n_envs=stream.n_envs, handle_timeout_termination=handle_timeout_termination)
     if stream.dict_obs:
         reference = DictReplayBuffer(size, stream.space, ACTION_SPACE, **common)
     elif n_steps > 1:
@@ -166,7 +166,9 @@ def test_random_streams_match_sb3_exactly(seed):
     n_envs = int(rng.integers(1, 4))
     stream = Stream(seed, n_envs)
     size = int(rng.integers(1, 30)) * n_envs
-    reference, buffer = buffers(stream, size, episode_length_hint=int(rng.integers(1, 200)))
+    timeouts = bool(rng.integers(2))
+    hint = int(rng.integers(1, 200))
+    reference, buffer = buffers(stream, size, handle_timeout_termination=timeouts, episode_length_hint=hint)
     run_stream(stream, reference, buffer, steps=20 * size // n_envs + 30)
 
 
@@ -332,8 +334,9 @@ def test_td3cnnclip_default_buffer_and_models_saved_before_load(tmp_path):
 
 
 def stacked_toy_env(n_envs: int = 2, vec_env_cls=DummyVecEnv, **kwargs) -> VecFrameStack:
+    fork = dict(start_method="fork") if vec_env_cls is SubprocVecEnv else None
     env = make_vec_env(ToyImageEnv, n_envs, seed=0, env_kwargs=dict(size=36, episode_length=15, **kwargs),
-                       vec_env_cls=vec_env_cls)  # fmt: skip
+                       vec_env_cls=vec_env_cls, vec_env_kwargs=fork)  # fmt: skip
     return VecFrameStack(env, 4)
 
 
