@@ -161,11 +161,12 @@ class FrameStore:
         """
         if self._room < 1:
             self._make_room(pos, 1)
-        if len(self.heads) == 1:  # an integer index costs a quarter of an index array
+        if len(self.heads) == 1:  # integer indexing and scalar arithmetic cost a fraction of array operations
             self.frames[self.heads[0] % len(self.frames), 0] = stacks[0, -self.channels :]
+            self.heads[0] += 1
         else:
             self.frames[self.heads % len(self.frames), self._envs] = stacks[:, -self.channels :]
-        self.heads += 1
+            self.heads += 1
         self._room -= 1
 
     def _write(self, pos: int, stacks: np.ndarray, counts: np.ndarray) -> None:
