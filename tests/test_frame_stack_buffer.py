@@ -291,6 +291,23 @@ def test_bad_configuration_is_rejected(space, kwargs, match):
         FrameStackReplayBuffer(10, space, ACTION_SPACE, "cpu", **kwargs)
 
 
+def test_reset_then_refill_matches_sb3():
+    stream = Stream(7, n_envs=2)
+    reference, buffer = buffers(stream, 20)
+    run_stream(stream, reference, buffer, steps=30, check_every=10)
+    reference.reset()
+    buffer.reset()
+    run_stream(stream, reference, buffer, steps=30)
+
+
+def test_reading_an_empty_slot_or_other_indexing_is_rejected():
+    buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
+    with pytest.raises(IndexError, match="Empty slots"):
+        buffer.observations[np.array([3]), np.array([0])]
+    with pytest.raises(TypeError, match="view\\[batch_inds, env_indices\\]"):
+        buffer.observations[3]
+
+
 def test_next_observation_before_observation_is_rejected():
     buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
     with pytest.raises(RuntimeError, match="before observations"):
