@@ -196,7 +196,7 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--probe-size", type=int, default=4000, help="capacity of the buffers actually built")
+    parser.add_argument("--probe-size", type=int, default=8000, help="capacity of the buffers actually built")
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[1_000_000, 200_000, 100_000, 50_000], help="capacities to report"
     )

@@ -3,8 +3,8 @@
 SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` stores every observation and next observation in
 full: a (4, 84, 84) ``uint8`` transition costs 56,468 bytes, although consecutive stacked observations share all
 but one frame. :class:`FrameStackReplayBuffer` keeps, per environment, a ring of single frames and, per transition,
-the number of the newest frame of its observation and of its next observation; a stack is the ``n_stack``
-consecutive frames ending there.
+where its observation and its next observation end in that ring; a stack is the ``n_stack`` consecutive frames
+ending there.
 
 The sharing is verified, never assumed: ``add()`` compares the new observation with the previous next observation
 of the same environment, and the new next observation's older frames with the observation's newer ones
@@ -161,11 +161,12 @@ class FrameStore:
         """
         if self._room < 1:
             self._make_room(pos, 1)
-        if len(self.heads) == 1:  # an integer index costs a quarter of an index array
+        if len(self.heads) == 1:  # integer indexing and scalar arithmetic cost a fraction of array operations
             self.frames[self.heads[0] % len(self.frames), 0] = stacks[0, -self.channels :]
+            self.heads[0] += 1
         else:
             self.frames[self.heads % len(self.frames), self._envs] = stacks[:, -self.channels :]
-        self.heads += 1
+            self.heads += 1
         self._room -= 1
 
     def _write(self, pos: int, stacks: np.ndarray, counts: np.ndarray) -> None:
@@ -269,7 +270,7 @@ class FrameStackReplayBuffer(ReplayBuffer):
     :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions)
     :param gamma: discount factor of the n-step returns
     :param episode_length_hint: frames are reserved for episodes of at least this many steps (each episode start
-        stores a whole stack); shorter episodes make the frame ring grow, once, by an eighth or more
+        stores a whole stack); shorter episodes make the frame ring grow (by an eighth or more at a time)
     """
 
     def __init__(

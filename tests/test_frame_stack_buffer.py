@@ -147,8 +147,8 @@ def run_stream(stream: Stream, reference, buffer, steps: int, check_every: int =
             assert_same_samples(reference, buffer, seed=step)
 
 
-def buffers(stream: Stream, size: int, n_steps: int = 1, **kwargs):
-    common = dict(device="cpu", n_envs=stream.n_envs)
+def buffers(stream: Stream, size: int, n_steps: int = 1, handle_timeout_termination: bool = True, **kwargs):
+    common = dict(device="cpu", n_envs=stream.n_envs, handle_timeout_termination=handle_timeout_termination)
     if stream.dict_obs:
         reference = DictReplayBuffer(size, stream.space, ACTION_SPACE, **common)
     elif n_steps > 1:
@@ -166,7 +166,9 @@ def test_random_streams_match_sb3_exactly(seed):
     n_envs = int(rng.integers(1, 4))
     stream = Stream(seed, n_envs)
     size = int(rng.integers(1, 30)) * n_envs
-    reference, buffer = buffers(stream, size, episode_length_hint=int(rng.integers(1, 200)))
+    timeouts = bool(rng.integers(2))
+    hint = int(rng.integers(1, 200))
+    reference, buffer = buffers(stream, size, handle_timeout_termination=timeouts, episode_length_hint=hint)
     run_stream(stream, reference, buffer, steps=20 * size // n_envs + 30)
 
 
@@ -289,6 +291,23 @@ def test_bad_configuration_is_rejected(space, kwargs, match):
         FrameStackReplayBuffer(10, space, ACTION_SPACE, "cpu", **kwargs)
 
 
+def test_reset_then_refill_matches_sb3():
+    stream = Stream(7, n_envs=2)
+    reference, buffer = buffers(stream, 20)
+    run_stream(stream, reference, buffer, steps=30, check_every=10)
+    reference.reset()
+    buffer.reset()
+    run_stream(stream, reference, buffer, steps=30)
+
+
+def test_reading_an_empty_slot_or_other_indexing_is_rejected():
+    buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
+    with pytest.raises(IndexError, match="Empty slots"):
+        buffer.observations[np.array([3]), np.array([0])]
+    with pytest.raises(TypeError, match="view\\[batch_inds, env_indices\\]"):
+        buffer.observations[3]
+
+
 def test_next_observation_before_observation_is_rejected():
     buffer = FrameStackReplayBuffer(10, spaces.Box(0, 255, (4, 8, 8), np.uint8), ACTION_SPACE, "cpu")
     with pytest.raises(RuntimeError, match="before observations"):
@@ -332,8 +351,9 @@ def test_td3cnnclip_default_buffer_and_models_saved_before_load(tmp_path):
 
 
 def stacked_toy_env(n_envs: int = 2, vec_env_cls=DummyVecEnv, **kwargs) -> VecFrameStack:
+    fork = dict(start_method="fork") if vec_env_cls is SubprocVecEnv else None
     env = make_vec_env(ToyImageEnv, n_envs, seed=0, env_kwargs=dict(size=36, episode_length=15, **kwargs),
-                       vec_env_cls=vec_env_cls)  # fmt: skip
+                       vec_env_cls=vec_env_cls, vec_env_kwargs=fork)  # fmt: skip
     return VecFrameStack(env, 4)
 
 
