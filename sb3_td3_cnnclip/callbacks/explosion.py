@@ -313,8 +313,8 @@ class ExplosionEarlyStopping(BaseCallback):
                 f"actions diverged; {FIXES}",
             ))  # fmt: skip
         q = max(stats.get("q_abs_max", 0.0), actor_loss)
-        limit = self.q_bound_factor * self.q_bound
-        if "q_bound" in self.checks and q > limit:
+        limit = self.q_bound_factor * self.q_bound if "q_bound" in self.checks else math.inf
+        if q > limit:
             found.append((
                 "q_bound",
                 f"|Q| = {q:.3g} exceeds {self.q_bound_factor} x r_max/(1-gamma) = {limit:.3g} "
