@@ -9,7 +9,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from sb3_td3_cnnclip.cli import main
-from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, write_plots
+from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, load_scalars, write_plots
 
 #: a healthy run: every criterion holds (Q bound 10 / (1 - 0.9) = 100)
 HEALTHY = {
@@ -123,6 +123,10 @@ def test_absent_metrics(tmp_path: Path) -> None:
     result = statuses(write_run(tmp_path / "a", scalars))
     assert result["alerts/* == 0"] == NOT_APPLICABLE
     assert result["actor CNN grad AFTER <= limit"] == NOT_APPLICABLE
+    # only per-update debug/ values (no logger dump): every row fails, none crashes
+    only_debug = write_run(tmp_path / "d", {}, None)
+    write_run(only_debug / DEBUG_SUBDIR, {"debug/actor_cnn_after": [0.5], "debug/actor_mlp_after": [0.1]}, None, (1,))
+    assert statuses(only_debug)["trained all timesteps"] == FAIL
     # no gradient update at all: the gradient criteria cannot be shown, they fail
     result = statuses(write_run(tmp_path / "b", {"rollout/ep_rew_mean": [1.0, 2.0]}))
     for name in ("actor CNN grad AFTER <= limit", "critic CNN grad AFTER <= limit", "actor MLP grad > 0", "|actor loss| bounded"):
@@ -212,3 +216,19 @@ def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, for
     assert row.status == FAIL
     assert row.measured.startswith("max 1e+09")
     assert "train/actor_loss_abs_max" in row.note
+
+
+def test_train_writes_a_last_dump_with_every_update(tmp_path: Path) -> None:
+    """The updates after SB3's last dump (here: all of them, no episode ends) reach the logs the report reads."""
+    flags = ["--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "6", "--batch-size", "4",
+             "--buffer-size", "20", "--seed", "1", "--debug", "--verbose", "0", "--no-progress-bar",
+             "--log-dir", str(tmp_path)]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    run_dir = tmp_path / "TD3CnnClip_1"
+    scalars = load_scalars(run_dir)
+    debug = scalars["debug/critic_mlp_after"]
+    assert list(debug.steps) == [1, 2, 3, 4, 5, 6]  # updates after steps 7 to 12
+    for tag in ("train/critic_mlp_grad_after_max", "train/actor_loss_abs_max", "alerts/dead_actor"):
+        assert tag in scalars and scalars[tag].steps[-1] == 12, tag
+    assert max(scalars["train/critic_mlp_grad_after_max"].values) == pytest.approx(max(debug.values), rel=1e-6)
+    assert max(scalars["train/actor_loss_abs_max"].values) == pytest.approx(max(abs(scalars["debug/actor_loss"].values)), rel=1e-6)
