@@ -198,8 +198,9 @@ def test_plots_default_to_the_run_dir(tmp_path: Path) -> None:
     assert [p.parent for p in write_plots(report)] == [tmp_path / "run"] * 4
 
 
-def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, force_q) -> None:
-    """Without --debug, one actor update among many with Q = 1e9 on the policy's actions must fail the loss row."""
+@pytest.mark.parametrize("q", [1e9, float("nan")])
+def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, force_q, q: float) -> None:
+    """Without --debug, one actor update among many with Q = 1e9 (or NaN) on the policy's actions fails the loss row."""
     from stable_baselines3.common.logger import configure
 
     from sb3_td3_cnnclip import TD3CnnClip
@@ -208,13 +209,13 @@ def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, for
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=200, learning_starts=40, batch_size=8, seed=0,
                        policy_kwargs={"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32]})  # fmt: skip
     model.set_logger(configure(str(tmp_path / "run"), ["tensorboard"]))
-    force_q(model, at_update=20, value=1e9)  # an actor update in the middle of the second 50-step episode
+    force_q(model, at_update=20, value=q)  # an actor update in the middle of the second 50-step episode
     model.learn(150, log_interval=1)  # one train() of one update per step, one dump per episode
     model.dump_logs()
-    assert [s["actor_loss"] for s in model.update_stats if s["n_updates"] == 20] == [pytest.approx(-1e9)]
+    assert [s["actor_loss"] for s in model.update_stats if s["n_updates"] == 20] == [pytest.approx(-q, nan_ok=True)]
     row = {c.name: c for c in check_run(tmp_path / "run").criteria}["|actor loss| bounded"]
     assert row.status == FAIL
-    assert row.measured.startswith("max 1e+09")
+    assert row.measured.startswith(f"max {q:.4g}")
     assert "train/actor_loss_abs_max" in row.note
 
 
