@@ -8,7 +8,8 @@ divided by plain TD3's time from the same repeat and the median of those ratios 
 Variants: ``td3`` (``stable_baselines3.TD3``), ``clip`` (``TD3CnnClip`` with its default limits, which may not fire
 on these random batches: the clipped fraction is reported), ``clip_every_step`` (every limit 1e-8, so every group is
 clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
-limit ``None``: norms and statistics measured, nothing clipped).
+limit ``None``: norms and statistics measured, nothing clipped). Every ``TD3CnnClip`` variant runs with
+``pre_tanh_penalty=0`` (its default is 0.01), so that the ratios measure clipping and measuring alone.
 
 With ``--profile-steps N`` the ``clip`` and ``td3`` variants are also run under cProfile for N steps at the first
 batch size; the time spent in this package's functions, and the top functions by own time, go into the results.
@@ -67,7 +68,7 @@ def make_models(seed: int, buffer_size: int) -> dict[str, TD3]:
     models: dict[str, TD3] = {}
     for name, limits in VARIANTS.items():
         env = DummyVecEnv([lambda: ToyImageEnv(size=84, channels=4)])
-        cls, kwargs = (TD3, {}) if limits is None else (TD3CnnClip, limits)
+        cls, kwargs = (TD3, {}) if limits is None else (TD3CnnClip, {"pre_tanh_penalty": 0.0, **limits})
         model = cls("CnnPolicy", env, buffer_size=buffer_size, seed=seed, device="cpu", **kwargs)
         model.set_logger(Logger(folder=None, output_formats=[]))
         models[name] = model

@@ -315,9 +315,12 @@ def _check_actor_loss(scalars: dict[str, Series], bound: float, bound_source: st
 def _check_completed(scalars: dict[str, Series], budget: int | None, result: dict[str, Any]) -> Criterion:
     """Criterion: the last logged timestep reaches the configured budget."""
     name = "trained all timesteps"
-    last = max(int(s.steps[-1]) for tag, s in scalars.items() if not tag.startswith("debug/") and len(s.steps))
     reason = result.get("stop_reason")
     note = f"last logged step; run status: {result.get('status', 'unknown')}" + (f" ({reason})" if reason else "")
+    steps = [int(s.steps[-1]) for tag, s in scalars.items() if not tag.startswith("debug/") and len(s.steps)]
+    if not steps:
+        return Criterion(name, "not logged", "unknown" if budget is None else f">= {budget}", FAIL, f"no logger dump (only debug/ values); {note}")
+    last = max(steps)
     if budget is None:
         return Criterion(name, str(last), "unknown", NOT_APPLICABLE, f"no {CONFIG_FILE}: pass --max-timesteps; {note}")
     return Criterion(name, str(last), f">= {budget}", PASS if last >= budget else FAIL, note)

@@ -315,3 +315,44 @@ def test_the_last_dump_holds_the_final_alert_counts(tmp_path):
     model.logger.dump(2)  # the dump after learn()
     assert callback.alerts["dead_actor"] == 1
     assert dumps(tmp_path)[-1]["alerts/dead_actor"] == 1
+
+
+@pytest.mark.parametrize(
+    ("check", "kwargs", "bad", "streak"),
+    [
+        # |actor loss| over max_abs_actor_loss (q_bound off: it would fire on the same value)
+        ("actor_loss", dict(q_bound_factor=None), {"actor_loss": -2e6, "q_abs_max": 2e6}, 1),
+        # Q(s, pi(s)) - Q(s, a) above 0.5 x the Q bound 420 on `window` actor updates, below q_bound's 630
+        ("q_gap", dict(window=5), {"q_policy_gap": 300.0, "actor_loss": -300.0, "q_abs_max": 300.0}, 5),
+    ],
+)
+def test_each_check_fires_on_its_own_statistic(tmp_path, check, kwargs, bad, streak):
+    model, callback = started(tmp_path, r_max=TOY_R_MAX, snapshot_freq=10_000, **kwargs)
+    half = {key: value / 2 for key, value in bad.items()}  # below the threshold: silent
+    feed(model, callback, *[half] * 10, *[bad] * (streak - 1))
+    assert callback.triggered == [] and sum(callback.alerts.values()) == 0
+    with pytest.warns(RuntimeWarning, match=f"update {10 + streak}: "):
+        feed(model, callback, bad)
+    assert callback.triggered == [check]
+
+
+def test_feature_growth_fires_over_its_window(tmp_path):
+    model, callback = started(tmp_path / "slow", r_max=TOY_R_MAX, window=5)
+    # 99x over 5 updates, then 150 / 2 = 75x: silent
+    feed(model, callback, *[{"actor_feature_norm": n} for n in [1.0, 2.0, 4.0, 8.0, 16.0, 99.0, 150.0]])
+    assert callback.triggered == []
+    model, callback = started(tmp_path / "fast", r_max=TOY_R_MAX, window=5)
+    with pytest.warns(RuntimeWarning, match=r"actor CNN feature norm grew 150x in 5 updates \(1 -> 150\)"):
+        feed(model, callback, *[{"actor_feature_norm": n} for n in [1.0, 2.0, 4.0, 8.0, 16.0, 150.0]])
+    assert callback.triggered == ["feature_growth"]
+
+
+def test_snapshot_only_while_no_check_is_on_a_streak(tmp_path):
+    model, callback = started(tmp_path, r_max=TOY_R_MAX, window=5, snapshot_freq=1)
+    feed(model, callback, {})
+    assert callback._snapshot_at["n_updates"] == 1
+    for _ in range(3):  # a q_gap streak of 3 (< window): no alert yet, and no snapshot of a suspect model
+        feed(model, callback, {"q_policy_gap": 300.0})
+        assert callback._snapshot_at["n_updates"] == 1
+    feed(model, callback, {})  # the streak ends: healthy again
+    assert callback._snapshot_at["n_updates"] == 5 and callback.triggered == []

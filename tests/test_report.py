@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from sb3_td3_cnnclip.cli import main
-from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, write_plots
+from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, load_scalars, write_plots
 
 #: a healthy run: every criterion holds (Q bound 10 / (1 - 0.9) = 100)
 HEALTHY = {
@@ -125,6 +125,10 @@ def test_absent_metrics(tmp_path: Path) -> None:
     result = statuses(write_run(tmp_path / "a", scalars))
     assert result["alerts/* == 0"] == NOT_APPLICABLE
     assert result["actor CNN grad AFTER <= limit"] == NOT_APPLICABLE
+    # only per-update debug/ values (no logger dump): every row fails, none crashes
+    only_debug = write_run(tmp_path / "d", {}, None)
+    write_run(only_debug / DEBUG_SUBDIR, {"debug/actor_cnn_after": [0.5], "debug/actor_mlp_after": [0.1]}, None, (1,))
+    assert statuses(only_debug)["trained all timesteps"] == FAIL
     # no gradient update at all: the gradient criteria cannot be shown, they fail
     result = statuses(write_run(tmp_path / "b", {"rollout/ep_rew_mean": [1.0, 2.0]}))
     for name in ("actor CNN grad AFTER <= limit", "critic CNN grad AFTER <= limit", "actor MLP grad > 0", "|actor loss| bounded"):
@@ -196,8 +200,9 @@ def test_plots_default_to_the_run_dir(tmp_path: Path) -> None:
     assert [p.parent for p in write_plots(report)] == [tmp_path / "run"] * 4
 
 
-def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, force_q) -> None:
-    """Without --debug, one actor update among many with Q = 1e9 on the policy's actions must fail the loss row."""
+@pytest.mark.parametrize("q", [1e9, float("nan")])
+def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, force_q, q: float) -> None:
+    """Without --debug, one actor update among many with Q = 1e9 (or NaN) on the policy's actions fails the loss row."""
     from stable_baselines3.common.logger import configure
 
     from sb3_td3_cnnclip import TD3CnnClip
@@ -206,13 +211,13 @@ def test_one_diverged_actor_update_fails_the_per_dump_report(tmp_path: Path, for
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=200, learning_starts=40, batch_size=8, seed=0,
                        policy_kwargs={"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32]})  # fmt: skip
     model.set_logger(configure(str(tmp_path / "run"), ["tensorboard"]))
-    force_q(model, at_update=20, value=1e9)  # an actor update in the middle of the second 50-step episode
+    force_q(model, at_update=20, value=q)  # an actor update in the middle of the second 50-step episode
     model.learn(150, log_interval=1)  # one train() of one update per step, one dump per episode
     model.dump_logs()
-    assert [s["actor_loss"] for s in model.update_stats if s["n_updates"] == 20] == [pytest.approx(-1e9)]
+    assert [s["actor_loss"] for s in model.update_stats if s["n_updates"] == 20] == [pytest.approx(-q, nan_ok=True)]
     row = {c.name: c for c in check_run(tmp_path / "run").criteria}["|actor loss| bounded"]
     assert row.status == FAIL
-    assert row.measured.startswith("max 1e+09")
+    assert row.measured.startswith(f"max {q:.4g}")
     assert "train/actor_loss_abs_max" in row.note
 
 
@@ -233,3 +238,19 @@ def test_plot_ticks_are_plain_numbers(actor_loss: list[float], tmp_path: Path, m
     for name, texts in ticks.items():
         assert texts, name
         assert [text for text in texts if "times" in text or "^" in text or "$" in text] == [], name  # no 5.45768×10⁻¹
+
+
+def test_train_writes_a_last_dump_with_every_update(tmp_path: Path) -> None:
+    """The updates after SB3's last dump (here: all of them, no episode ends) reach the logs the report reads."""
+    flags = ["--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "6", "--batch-size", "4",
+             "--buffer-size", "20", "--seed", "1", "--debug", "--verbose", "0", "--no-progress-bar",
+             "--log-dir", str(tmp_path)]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    run_dir = tmp_path / "TD3CnnClip_1"
+    scalars = load_scalars(run_dir)
+    debug = scalars["debug/critic_mlp_after"]
+    assert list(debug.steps) == [1, 2, 3, 4, 5, 6]  # updates after steps 7 to 12
+    for tag in ("train/critic_mlp_grad_after_max", "train/actor_loss_abs_max", "alerts/dead_actor"):
+        assert tag in scalars and scalars[tag].steps[-1] == 12, tag
+    assert max(scalars["train/critic_mlp_grad_after_max"].values) == pytest.approx(max(debug.values), rel=1e-6)
+    assert max(scalars["train/actor_loss_abs_max"].values) == pytest.approx(max(abs(scalars["debug/actor_loss"].values)), rel=1e-6)

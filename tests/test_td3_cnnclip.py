@@ -11,11 +11,13 @@ import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import NatureCNN
 
 from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.grad_clip import group_norm
+from sb3_td3_cnnclip.report import load_scalars
 
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
 FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
@@ -30,10 +32,12 @@ def make_model(algo=TD3CnnClip, env=None, policy="CnnPolicy", policy_kwargs=None
     return algo(policy, env, policy_kwargs=policy_kwargs, **{**FAST, **kwargs})
 
 
-def reference_norms(model) -> dict[str, list[float]]:
+def reference_norms(model, by_update: dict[tuple[int, str], float] | None = None) -> dict[str, list[float]]:
     """Record each group's gradient norm, in float64, every time an optimizer is about to step.
 
     The groups are rebuilt here from the policy's modules, independently of the code under test.
+
+    :param by_update: if given, also filled with ``(update number, group) -> norm``
     """
     seen: dict[str, list[float]] = {name: [] for name in GROUPS}
 
@@ -46,6 +50,8 @@ def reference_norms(model) -> dict[str, list[float]]:
                                   ("mlp", [p for p in params if id(p) not in cnn_ids])):  # fmt: skip
                 if members:
                     seen[f"{network}_{part}"].append(math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in members)))
+                    if by_update is not None:
+                        by_update[model._n_updates, f"{network}_{part}"] = seen[f"{network}_{part}"][-1]
 
         module.optimizer.register_step_pre_hook(hook)
 
@@ -164,14 +170,26 @@ def test_nonfinite_gradient_is_skipped_and_counted():
 
 def test_nonfinite_gradient_raises_when_asked():
     model = make_model(on_nonfinite_grad="raise")
-    poison_once(model, at_update=2)
-    before = [p.detach().clone() for p in model.critic.parameters()]
+    poison_once(model, at_update=3)  # both optimizers have stepped by then
+    saved = {}
+
+    def save_state(grad):  # during update 3's critic backward: the state the raise must leave untouched
+        if model._n_updates == 3 and not saved:
+            saved["weights"] = copy.deepcopy(model.policy.state_dict())
+            saved["adam"] = copy.deepcopy([model.critic.optimizer.state_dict(), model.actor.optimizer.state_dict()])
+        return grad
+
+    next(model.critic.q_networks[0].parameters()).register_hook(save_state)
     with pytest.raises(NonFiniteGradientError, match="Non-finite"):
         model.learn(100)
-    model.critic.optimizer.zero_grad()
-    assert model._n_updates == 2
-    assert all(th.isfinite(p).all() for p in model.policy.parameters())
-    assert len(before) == len(list(model.critic.parameters()))
+    assert model._n_updates == 3
+    for key, value in model.policy.state_dict().items():
+        assert th.equal(value, saved["weights"][key]), key
+    for now, then in zip([model.critic.optimizer.state_dict(), model.actor.optimizer.state_dict()], saved["adam"]):
+        assert now["state"].keys() == then["state"].keys() and now["state"]
+        for index, state in now["state"].items():
+            for name, value in state.items():
+                assert th.equal(value, then["state"][index][name]), (index, name)
 
 
 def group_names(model) -> set[str]:
@@ -350,3 +368,91 @@ def test_q_policy_gap_compares_one_critic():
     logged = [s["q_policy_gap"] for s in list(model.update_stats)[-3:]]
     assert logged == pytest.approx(gaps, rel=1e-5, abs=1e-6)
     assert min(abs(g) for g in gaps) > 1e-4  # not vacuous
+
+
+def test_logged_values_are_aggregates_of_independent_recomputations(tmp_path, monkeypatch):
+    """Every per-dump value, read back from TensorBoard as the report reads it, against values recomputed here."""
+    limits = {"actor_cnn_max_grad_norm": 0.03, "actor_mlp_max_grad_norm": 0.18,  # about the median norms:
+              "critic_cnn_max_grad_norm": 0.19, "critic_mlp_max_grad_norm": 0.56}  # some updates clipped, some not
+    model = make_model(learning_rate=lambda progress: 1e-3 * progress, actor_lr_scale=0.5, **limits)
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    poison_once(model, at_update=5)
+    after: dict[tuple[int, str], float] = {}
+    reference_norms(model, after)
+    expected: dict[int, dict[str, float]] = {}  # update -> independent figures
+
+    cnn = {id(p): f"{net}_cnn" for net in ("actor", "critic") for p in getattr(model, net).features_extractor.parameters()}
+    clip = th.nn.utils.clip_grads_with_norm_
+
+    def recording_clip(parameters, max_norm, total_norm, *args, **kwargs):  # BEFORE, where a group is clipped
+        params = list(parameters)
+        network = "actor" if any(p is q for p in params for q in model.actor.parameters()) else "critic"
+        group = cnn.get(id(params[0]), f"{network}_mlp")
+        expected[model._n_updates][f"{group}_before"] = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+        return clip(params, max_norm, total_norm, *args, **kwargs)
+
+    monkeypatch.setattr(th.nn.utils, "clip_grads_with_norm_", recording_clip)
+    sample = model.replay_buffer.sample
+    batches = {}
+
+    def recording_sample(*args, **kwargs):  # the critic's figures, with the weights of the critic loss
+        batch = batches[model._n_updates] = sample(*args, **kwargs)
+        with th.no_grad():
+            q1, q2 = model.critic(batch.observations, batch.actions)
+            features = model.critic.extract_features(batch.observations, model.critic.features_extractor)
+        expected[model._n_updates] = {"q_replay": q1.mean().item(), "q_abs_max": max(q1.abs().max(), q2.abs().max()).item(),
+                                      "critic_feature_norm": features.norm(dim=1).mean().item()}  # fmt: skip
+        return batch
+
+    monkeypatch.setattr(model.replay_buffer, "sample", recording_sample)
+
+    def gap(optimizer, args, kwargs):  # the critic has stepped, the actor not yet
+        batch = batches[model._n_updates]
+        with th.no_grad():
+            q_pi = model.critic.q1_forward(batch.observations, model.actor(batch.observations)).mean()
+            q_rep = model.critic.q1_forward(batch.observations, batch.actions).mean()
+        expected[model._n_updates]["q_policy_gap"] = (q_pi - q_rep).item()
+        expected[model._n_updates]["actor_learning_rate"] = optimizer.param_groups[0]["lr"]
+
+    model.actor.optimizer.register_step_pre_hook(gap)
+    dumped = []  # the last update of each dump
+    dump = model.logger.dump
+    monkeypatch.setattr(model.logger, "dump", lambda step=0: (dumped.append(model._n_updates), dump(step)))
+    model.learn(150, log_interval=1)  # dumps at the episode ends 50, 100, 150, before that step's train()
+    model.dump_logs()  # as the CLI does
+    assert dumped == [9, 59, 109, 110] and model.nonfinite_skips["critic"] == 1
+
+    def per_dump(figure):  # figure(update) -> value or None, aggregated over each dump that has one
+        means, maxima, sums = [], [], []
+        for first, last in zip([0, *dumped], dumped):
+            values = [v for u in range(first + 1, last + 1) if (v := figure(u)) is not None]
+            if values:
+                means.append(np.mean(values)), maxima.append(max(values)), sums.append(sum(values))
+        return {"mean": means, "max": maxima, "sum": sums}
+
+    scalars = load_scalars(tmp_path)
+    checks = {"q_replay": per_dump(lambda u: expected[u]["q_replay"])["mean"],
+              "q_abs_max": per_dump(lambda u: expected[u]["q_abs_max"])["max"],
+              "critic_feature_norm": per_dump(lambda u: expected[u]["critic_feature_norm"])["mean"],
+              "q_policy_gap": per_dump(lambda u: expected[u].get("q_policy_gap"))["mean"],
+              "critic_nonfinite_skips": per_dump(lambda u: float(u == 5))["sum"],
+              "actor_nonfinite_skips": per_dump(lambda u: 0.0)["sum"]}  # fmt: skip
+    clipped_and_not = set()
+    for group in GROUPS:
+        def clip_of(update, group=group):
+            if (update, group) not in after:  # no step: a critic-only update for the actor, or the skipped step
+                return None
+            before = expected[update].get(f"{group}_before", after[update, group])  # not clipped: BEFORE = AFTER
+            clipped_and_not.add((group, f"{group}_before" in expected[update]))
+            return before, after[update, group]
+
+        checks[f"{group}_clip_frac"] = per_dump(lambda u: None if (c := clip_of(u)) is None else float(c[1] < c[0]))["mean"]
+        checks[f"{group}_clip_ratio"] = per_dump(lambda u: None if (c := clip_of(u)) is None else c[1] / c[0])["mean"]
+    for key, values in checks.items():
+        np.testing.assert_allclose(scalars[f"train/{key}"].values, values, rtol=1e-5, atol=1e-7, err_msg=key)
+    assert len(clipped_and_not) == 2 * len(GROUPS)  # every group was clipped on some updates and not on others
+    # the actor's rate, at each actor step and as logged at each dump, is the schedule's times actor_lr_scale
+    critic_lr = 1e-3 * np.array([1 - (40 + u) / 150 for u in range(1, 111)])  # update u trains after step 40 + u
+    actor_lr = [expected[u].get("actor_learning_rate") for u in range(1, 111)]
+    np.testing.assert_allclose([lr for lr in actor_lr if lr is not None], 0.5 * critic_lr[1::2], rtol=1e-6)
+    np.testing.assert_allclose(scalars["train/actor_learning_rate"].values, 0.5 * scalars["train/learning_rate"].values, rtol=1e-6)

@@ -30,7 +30,9 @@ Q_BOUND_CHECKS = ("q_bound", "q_gap")
 GRAD_GROUPS = ("critic_cnn", "critic_mlp", "actor_cnn", "actor_mlp")
 
 #: the model's counters that belong to its weights, kept with each snapshot (name in explosion.json: attribute)
-SNAPSHOT_COUNTERS = {"num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining"}
+SNAPSHOT_COUNTERS = {
+    "num_timesteps": "num_timesteps", "n_updates": "_n_updates", "progress_remaining": "_current_progress_remaining",
+}  # fmt: skip
 
 FIXES = (
     "use a bounded encoder (policy='BoundedCnnPolicy', or policy_kwargs=dict(features_extractor_class="
@@ -78,8 +80,8 @@ class ExplosionEarlyStopping(BaseCallback):
     the callback rolls the model back to the last healthy state and saves it to ``<log_dir>/last_healthy.zip``
     (loadable with ``TD3CnnClip.load``, with the counters of the snapshot: ``num_timesteps``, ``_n_updates`` and
     ``_current_progress_remaining``, so a resumed run continues the learning-rate schedule and the policy-delay
-    phase of those weights; the model ``learn()`` returns keeps the counters of the trigger), writes ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the
-    checkpoint's update), warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
+    phase of those weights; the model ``learn()`` returns keeps the counters of the trigger), writes
+    ``explosion.json`` in ``log_dir`` (checks, reason, timesteps, the checkpoint's counters), warns with the reason, records ``alerts/<check>`` and ``alerts/reason`` (TensorBoard
     text), dumps the logger, and returns ``False`` at the next env step, which SB3 takes before it can stop. The
     rollback makes that step and the model ``learn()`` returns usable: diverged weights are often NaN, and then
     SAC's action distribution or a driving env's action check would raise before training could stop.
@@ -313,8 +315,8 @@ class ExplosionEarlyStopping(BaseCallback):
                 f"actions diverged; {FIXES}",
             ))  # fmt: skip
         q = max(stats.get("q_abs_max", 0.0), actor_loss)
-        limit = self.q_bound_factor * self.q_bound
-        if "q_bound" in self.checks and q > limit:
+        limit = self.q_bound_factor * self.q_bound if "q_bound" in self.checks else math.inf
+        if q > limit:
             found.append((
                 "q_bound",
                 f"|Q| = {q:.3g} exceeds {self.q_bound_factor} x r_max/(1-gamma) = {limit:.3g} "
@@ -441,12 +443,12 @@ class ExplosionEarlyStopping(BaseCallback):
         if self.verbose >= 1:
             print(f"ExplosionEarlyStopping: healthy snapshot at update {self.model._n_updates}")
 
-
     def _counters(self) -> dict[str, float]:
         """The model's :data:`SNAPSHOT_COUNTERS` now."""
         return {name: getattr(self.model, attribute) for name, attribute in SNAPSHOT_COUNTERS.items()}
 
     def _set_counters(self, counters: dict[str, float]) -> None:
+        """Set the model's :data:`SNAPSHOT_COUNTERS` to ``counters`` (as returned by :meth:`_counters`)."""
         for name, attribute in SNAPSHOT_COUNTERS.items():
             setattr(self.model, attribute, counters[name])
 
