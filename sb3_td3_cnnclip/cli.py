@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train TD3CnnClip on a driving scenario", description=TRAIN_DESCRIPTION)
-    train.add_argument("--config", metavar="FILE", help="YAML or TOML file of options (keys: the flag names with underscores); flags override it")
+    train.add_argument("--config", metavar="FILE", help="YAML (needs PyYAML) or TOML file of options (keys: the flag names with underscores); flags override it")
     add_options(train, option_names())
     train.set_defaults(func=_train, parser=train)
 
