@@ -4,7 +4,7 @@
 (the ego's offset from its route lane and the positions and speeds of the other vehicles) and returns the env's
 action. Lane keeping steers against the lateral and heading errors; the speed follows the Intelligent Driver
 Model (IDM) towards ``cruise_speed``, behind the nearest vehicle ahead that overlaps the ego's lane (a car cutting
-in counts as soon as it reaches into the lane).
+in counts as soon as it reaches into the lane). Needs the ``surrogate`` extra (highway-env).
 """
 
 from __future__ import annotations
@@ -105,16 +105,15 @@ class ExpertDriver:
         return lead
 
 
-def drive_episode(env: gym.Env, seed: int | None = None, expert: ExpertDriver | None = None) -> dict[str, Any]:
-    """Drive one episode of a surrogate ``CarlaScenario`` env with :class:`ExpertDriver`.
+def drive_episode(env: gym.Env, seed: int | None = None) -> dict[str, Any]:
+    """Drive one episode of a surrogate ``CarlaScenario`` env with a default :class:`ExpertDriver`.
 
     :param env: a ``DrivingEnv`` on the surrogate, wrapped or not (e.g. from ``gymnasium.make``)
     :param seed: the reset seed
-    :param expert: the driver; ``None`` builds a default one on ``env.unwrapped.backend``
     :return: the last step's ``info`` plus ``steps`` and ``mean_speed`` (m/s over the steps)
     """
     env.reset(seed=seed)
-    expert = expert or ExpertDriver(env.unwrapped.backend)
+    expert = ExpertDriver(env.unwrapped.backend)  # after the reset, which may rebuild the backend
     speeds = []
     while True:
         _, _, terminated, truncated, info = env.step(expert.act())
