@@ -8,6 +8,7 @@ fake server holds once its env has closed (:class:`ServerReport`).
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing as mp
 import os
@@ -21,8 +22,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from sb3_td3_cnnclip import cli
+from stable_baselines3.common.logger import configure
+
+from sb3_td3_cnnclip import TD3CnnClip, cli
+from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback
 from sb3_td3_cnnclip.cli import main
+from sb3_td3_cnnclip.config_file import TrainConfig
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.vec_env import (
     EnvAddress,
     EnvWorkerError,
@@ -61,7 +67,8 @@ class ServerReport(gym.Wrapper):
     :param env: the env (on the fake carla)
     :param report_dir: where to write
     :param fault: ``"lost"`` (the server is lost at the 5th step), ``"exit"`` (the worker process dies at the first
-        step) or ``"hang"`` (the first step never returns)
+        step), ``"hang"`` (the first step never returns), or ``"collide"`` (every server: a collision every 12 ticks,
+        so that episodes end quickly)
     """
 
     def __init__(self, env: gym.Env, report_dir: Path, fault: str) -> None:
@@ -72,6 +79,8 @@ class ServerReport(gym.Wrapper):
         self.port = env.unwrapped.config.port
         self.path = report_dir / f"{self.port}.json"
         self.fault = fault if self.port == FAILING_PORT else None
+        if fault == "collide":
+            self.server.collision_frames = set(range(self.server.frame + 6, self.server.frame + 100_000, 12))
         if self.fault == "lost":
             self.server.lost_at_frame = self.server.frame + 7  # reset ticks twice: the 5th step's tick
 
@@ -192,6 +201,28 @@ def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -
         assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
 
 
+def test_callbacks_with_two_envs_in_worker_processes(carla, tmp_path: Path) -> None:
+    vec_env = make_carla_vec_env(
+        0, 2, simulator="carla", seed=0, env_kwargs={**FAKE_ENV, "image_size": 36}, start_method="fork",
+        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="collide"),
+    )  # fmt: skip
+    model = TD3CnnClip("CnnPolicy", vec_env, buffer_size=200, learning_starts=40, batch_size=8, seed=0)
+    model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
+    callbacks = [ScenarioCallback([0, 1], n_npcs=2, seed=0, advance_every=30), DrivingMetricsCallback(),
+                 ExplosionEarlyStopping(log_dir=str(tmp_path))]  # fmt: skip
+    model.learn(80, callback=callbacks, log_interval=1)
+    assert vec_env.get_attr("scenario") == [1, 1]  # the curriculum reached both workers
+    with open(tmp_path / "log" / "progress.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row["driving/episodes"]]
+    assert sum(int(float(row["driving/episodes"])) for row in rows) >= 4  # both envs' episodes
+    assert {float(row["driving/collision_rate"]) for row in rows} == {1.0}
+    assert model.num_timesteps == 80  # no early stop
+    vec_env.close()
+    for port in (2000, 2003):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
+
+
 def test_env_addresses_from_a_base_port_or_a_list() -> None:
     assert env_addresses(3, port=2000, tm_port=8000) == [
         EnvAddress("localhost", 2000, 8000), EnvAddress("localhost", 2003, 8003), EnvAddress("localhost", 2006, 8006)]
@@ -250,13 +281,23 @@ def test_train_two_surrogate_envs_with_every_callback_then_report_and_evaluate(t
     result = json.loads((run_dir / "result.json").read_text())
     # 40 vector steps of 2 envs; one gradient step per vector step after the warm-up (train_freq=1, gradient_steps=1)
     assert (result["status"], result["num_timesteps"], result["n_updates"]) == ("completed", 80, 20)
-    header = (run_dir / "progress.csv").read_text().splitlines()[0].split(",")
-    assert {"curriculum/scenario", "driving/route_completion", "rollout/ep_rew_mean"} <= set(header)
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"curriculum/scenario", "alerts/dead_actor", "train/actor_cnn_grad_after"} <= set(header)
+    assert float(rows[-1].split(",")[header.index("curriculum/scenario")]) == 2  # set_scenario reached both workers
     capsys.readouterr()
     assert main(["report", str(run_dir), "--json", "--no-plots"]) in (0, 1)  # a criterion may fail on 20 updates
     assert json.loads(capsys.readouterr().out)["criteria"]
     assert main(["evaluate", str(run_dir / "model.zip"), "--episodes", "1"]) == 0
     assert "simulator: surrogate" in capsys.readouterr().out
+
+
+def test_evaluate_drives_on_env_0s_server(tmp_path: Path, closed_port: int, capsys) -> None:
+    TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10).save(tmp_path / "model.zip")
+    config = {**TrainConfig().__dict__, "simulator": "carla", "n_envs": 2, "servers": f"localhost:{closed_port},elsewhere:2000"}
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    assert main(["evaluate", str(tmp_path / "model.zip")]) == 2
+    assert f"No CARLA server answered at localhost:{closed_port}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
