@@ -3,7 +3,8 @@
 Every configuration trains ``TD3CnnClip("CnnPolicy", "CarlaScenario0-v0")`` on the highway-env surrogate backend
 for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training) drives
 ``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
-``--eval-seed + 1``, ...), in a separate env. Each evaluation records the mean route completion, the collision,
+``--eval-seed + 1``, ...), in a separate env (a policy without an update since the previous evaluation, before
+``--learning-starts``, keeps that evaluation's figures). Each evaluation records the mean route completion, the collision,
 off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode length and
 mean speed, and the training wall time so far.
 
@@ -85,8 +86,8 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": {"steps": 4000, "eval_every": 1000, "eval_episodes": 5, "eval_max_steps": 1000, "seeds": [0, 1],
               "batch_size": 64, "buffer_size": 10_000, "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
               "configs": ["td3", "recommended", "recommended+shift+encoder"]},
-    "large": {"steps": 100_000, "eval_every": 5000, "eval_episodes": 10, "eval_max_steps": 1000, "seeds": [0, 1, 2],
-              "batch_size": 256, "buffer_size": 100_000, "learning_starts": 1000, "workers": 3, "buffer_checkpoints": False,
+    "large": {"steps": 100_000, "eval_every": 10_000, "eval_episodes": 10, "eval_max_steps": 1000, "seeds": [0, 1, 2],
+              "batch_size": 256, "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
               "configs": list(CONFIGS)},
 }  # fmt: skip
 
@@ -208,8 +209,11 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
         step = model.num_timesteps
         eval_file = folder / f"eval_{step:07d}.json"
         if not eval_file.exists():
-            record = {"step": step, "train_s": train_seconds,
-                      **evaluate(model, eval_env, args.eval_episodes, args.eval_seed)}  # fmt: skip
+            previous = sorted(folder.glob("eval_*.json"))
+            record = json.loads(previous[-1].read_text()) if previous else {}
+            if record.get("n_updates") != model._n_updates:  # else the same policy (no update yet): same figures
+                record = evaluate(model, eval_env, args.eval_episodes, args.eval_seed)
+            record.update(step=step, n_updates=model._n_updates, train_s=train_seconds)
             _write_atomically(eval_file, json.dumps(record, indent=1))
         if step >= args.steps:
             break

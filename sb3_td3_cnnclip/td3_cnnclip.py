@@ -77,9 +77,9 @@ class TD3CnnClip(TD3):
         observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
         border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is TD3.
     :param critic_trained_encoder: the DrQ-v2 encoder arrangement
-        (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss only, whose features the actor reads without gradient.
-        The actor-CNN group is then empty (neither clipped nor logged) and ``critic_cnn_max_grad_norm`` limits the
-        only CNN. False is TD3.
+        (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss
+        only, whose features the actor reads without gradient. The actor-CNN group is then empty (neither clipped
+        nor logged) and ``critic_cnn_max_grad_norm`` limits the only CNN. False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -168,7 +168,7 @@ class TD3CnnClip(TD3):
         #: the observation entries random_shift_pad shifts ([None] for an image Box)
         self._shift_keys = image_keys(self.observation_space) if pad > 0 else []
         space = self.observation_space
-        sides = [min((space[key] if key else space).shape[1:]) for key in self._shift_keys]
+        sides = [min((space if key is None else space[key]).shape[1:]) for key in self._shift_keys]
         if pad > 0 and not sides:
             raise ValueError(
                 f"random_shift_pad={pad} shifts images, but the observation space {space} has no 3-D (channels, "

@@ -40,6 +40,8 @@ def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
             assert 0 <= point["route_completion"]["mean"] <= 1
             rates = sum(point[f"{r}_rate"]["mean"] for r in ("collision", "off_lane", "goal", "time_limit"))
             assert rates == pytest.approx(1.0)  # every evaluation episode ends for one reason
+    updates = [r["n_updates"] for r in results["evaluations"]["td3"]["0"]]
+    assert updates[0] == 0 and updates[1] > 0 and updates[2] > updates[1]
     episodes = results["evaluations"]["td3"]["0"][-1]["episodes"]
     assert len(episodes) == 2 and all(e["length"] <= 20 for e in episodes)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
