@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ class TrialEvalCallback(EvalCallback):
         self.trial = trial
         self.n_evaluations = 0
         self.is_pruned = False
+
+    def _init_callback(self) -> None:
+        with warnings.catch_warnings():  # the evaluation env is one in-process env on purpose
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+            super()._init_callback()
 
     def _on_step(self) -> bool:
         if self.n_calls % self.eval_freq:
