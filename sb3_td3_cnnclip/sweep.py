@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 import torch
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
@@ -187,8 +188,6 @@ def write_best_config(study: optuna.Study, path: str | Path) -> Path:
     :param path: the ``.yaml``/``.yml`` file (replaced atomically: several workers may write it)
     :return: the path
     """
-    import yaml
-
     path = Path(path)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise ValueError(f"best config {str(path)!r} must be a .yaml or .yml file.")
