@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--eval-max-steps", type=_positive_int, metavar="N", help="step limit of an evaluation episode, for quick sweeps (default: the scenario's)")
     sweep.add_argument("--eval-server", metavar="HOST:PORT", help="CARLA server of the evaluation env (default: the next after the training envs')")
     sweep.add_argument("--best-config", metavar="FILE", help="YAML file for the best configuration (default: <log-dir>/<study>_best.yaml)")
-    add_options(sweep, option_names())
+    add_options(sweep, [name for name in option_names() if name != "run_name"])  # trials are named <study>_trial_<n>
     sweep.set_defaults(func=_sweep, parser=sweep)
 
     report = commands.add_parser("report", help="check a run against the success criteria (exit 1 if one fails)")

@@ -21,11 +21,13 @@ import json
 import os
 import secrets
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
@@ -80,6 +82,11 @@ class TrialEvalCallback(EvalCallback):
         self.trial = trial
         self.n_evaluations = 0
         self.is_pruned = False
+
+    def _init_callback(self) -> None:
+        with warnings.catch_warnings():  # the evaluation env is one in-process env on purpose
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+            super()._init_callback()
 
     def _on_step(self) -> bool:
         if self.n_calls % self.eval_freq:
@@ -181,8 +188,6 @@ def write_best_config(study: optuna.Study, path: str | Path) -> Path:
     :param path: the ``.yaml``/``.yml`` file (replaced atomically: several workers may write it)
     :return: the path
     """
-    import yaml
-
     path = Path(path)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise ValueError(f"best config {str(path)!r} must be a .yaml or .yml file.")
