@@ -1,0 +1,80 @@
+"""The update's exact savings: no critic-CNN backward in the actor loss, statistics read once per train() call."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch as th
+
+from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+from sb3_td3_cnnclip.grad_clip import group_norm
+from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
+
+SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
+FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
+PACKAGE = str(Path(__file__).resolve().parent.parent / "sb3_td3_cnnclip")
+
+
+def make_model(**kwargs) -> TD3CnnClip:
+    return TD3CnnClip("CnnPolicy", ToyImageEnv(), policy_kwargs=SMALL_CNN, **{**FAST, **kwargs})
+
+
+def test_actor_backward_leaves_no_gradient_on_the_critic_cnn():
+    model = make_model(policy_delay=1)
+    model.learn(50)
+    phase = {"now": "critic"}
+    reached: dict[str, list[str]] = {"critic_cnn": [], "critic_q1": []}
+    model.critic.register_forward_pre_hook(lambda *_: phase.update(now="critic"))
+    model.critic.optimizer.register_step_post_hook(lambda *_: phase.update(now="actor"))
+    for name, module in (("critic_cnn", model.critic.features_extractor), ("critic_q1", model.critic.q_networks[0])):
+        for param in module.parameters():
+            param.register_post_accumulate_grad_hook(lambda _, name=name: reached[name].append(phase["now"]))
+    model.train(gradient_steps=3, batch_size=16)
+    assert reached["critic_cnn"].count("critic") > 0 and "actor" not in reached["critic_cnn"]
+    assert reached["critic_q1"].count("actor") > 0  # the hooks do see the actor's backward
+
+
+def test_statistics_are_read_once_per_train_call(monkeypatch):
+    model = make_model(policy_delay=1)
+    model.learn(50)
+    calls = {"item": 0, "tolist": 0}
+
+    def counting(method: str):
+        original = getattr(th.Tensor, method)
+
+        def wrapper(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.startswith(PACKAGE):
+                calls[method] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for method in calls:
+        monkeypatch.setattr(th.Tensor, method, counting(method))
+    model.train(gradient_steps=5, batch_size=16)
+    assert calls == {"item": 0, "tolist": 1}
+    assert [s["n_updates"] for s in list(model.update_stats)[-5:]] == list(range(model._n_updates - 4, model._n_updates + 1))
+
+
+def test_accumulator_reads_what_item_would_in_the_order_written():
+    stats = UpdateStatsAccumulator()
+    values = [th.tensor(0.1, dtype=th.float32), th.tensor(1 / 3, dtype=th.float64), th.tensor(math.inf)]
+    first = stats.start(7)
+    first["a"], first["skipped"], first["b"] = values[0], 1.0, values[1]
+    stats.start(8)["c"] = values[2]
+    assert stats.read() == [{"n_updates": 7, "a": values[0].item(), "skipped": 1.0, "b": values[1].item()},
+                            {"n_updates": 8, "c": math.inf}]  # fmt: skip
+    assert list(stats.start(9)) == ["n_updates"] and stats.read() == [{"n_updates": 9}]
+    assert stats.read() == []
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="the fused float64 group norm runs on CUDA only")
+def test_group_norm_on_cuda_matches_float64():
+    gen = th.Generator().manual_seed(0)
+    grads = [th.randn(n, generator=gen) * th.rand(n, generator=gen) ** 4 for n in (300_000, 1024, 1025, 1)]
+    exact = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    assert group_norm([g.cuda() for g in grads]).item() == pytest.approx(exact, rel=1e-7)
