@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.td3.policies import TD3Policy
+from stable_baselines3.common import preprocessing
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
@@ -81,6 +83,11 @@ class TD3CnnClip(TD3):
         (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss only, whose features the actor reads without gradient.
         The actor-CNN group is then empty (neither clipped nor logged) and ``critic_cnn_max_grad_norm`` limits the
         only CNN. False is TD3.
+    :param compile_update: run the update's two loss functions (critic and actor: forward and backward) through
+        ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs, and Adam ``fused=True`` unless
+        ``optimizer_kwargs`` says otherwise). The same functions run eagerly when False. The first updates pay the
+        compilation (tens of seconds on a CPU, see the README); results equal the eager path's within float
+        rounding, not bit for bit. False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -108,6 +115,7 @@ class TD3CnnClip(TD3):
         pre_tanh_penalty: float = 0.01,
         random_shift_pad: int = 0,
         critic_trained_encoder: bool = False,
+        compile_update: bool = False,
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -122,6 +130,7 @@ class TD3CnnClip(TD3):
         self.pre_tanh_penalty = pre_tanh_penalty
         self.random_shift_pad = random_shift_pad
         self.critic_trained_encoder = critic_trained_encoder
+        self.compile_update = compile_update
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -145,6 +154,7 @@ class TD3CnnClip(TD3):
             self.replay_buffer_class = default_replay_buffer_class(
                 self.observation_space, self.n_steps, self.optimize_memory_usage
             )
+        self._check_compile_update()
         super()._setup_model()
         if self.critic_trained_encoder:
             use_critic_encoder(self.policy)
@@ -159,6 +169,39 @@ class TD3CnnClip(TD3):
         #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
         self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
         self._stats = UpdateStatsAccumulator()
+        self._critic_loss_fn, self._actor_loss_fn = self._critic_loss, self._actor_loss
+        if self.compile_update:
+            self._critic_loss_fn, self._actor_loss_fn = map(self._compiled, (self._critic_loss, self._actor_loss))
+
+    def _check_compile_update(self) -> None:
+        """Validate ``compile_update``; on CUDA, give the optimizers fused Adam unless ``optimizer_kwargs`` chose."""
+        if not isinstance(self.compile_update, bool):
+            raise ValueError(f"compile_update={self.compile_update!r} must be True or False.")
+        if self.compile_update and not th._dynamo.is_dynamo_supported():
+            raise RuntimeError(
+                f"compile_update=True needs torch.compile, which torch {th.__version__} does not support on this "
+                "Python or platform. Use compile_update=False (the same update, run eagerly)."
+            )
+        if self.compile_update and self.device.type == "cuda":
+            optimizer_kwargs = {"fused": True, **self.policy_kwargs.get("optimizer_kwargs", {})}
+            self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": optimizer_kwargs}
+
+    def _compiled(self, loss_fn: Callable[..., tuple[th.Tensor, dict[str, th.Tensor]]]) -> Callable:
+        """``loss_fn`` through ``torch.compile``; on CUDA as CUDA graphs, whose outputs are copied out of the graph's
+        memory before the next replay overwrites them."""
+        # SB3's preprocess_obs asks is_image_space(observation_space) on every forward; its numpy comparisons would
+        # break the graph at each network call. The answer depends only on the space, which a model keeps.
+        th._dynamo.assume_constant_result(preprocessing.is_image_space)
+        if self.device.type != "cuda":
+            return th.compile(loss_fn)
+        graphed = th.compile(loss_fn, mode="reduce-overhead")
+
+        def run(*args: Any) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+            th.compiler.cudagraph_mark_step_begin()
+            loss, stats = graphed(*args)
+            return loss, {key: value.clone() for key, value in stats.items()}
+
+        return run
 
     def _check_learning_options(self) -> None:
         """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""
@@ -208,6 +251,7 @@ class TD3CnnClip(TD3):
         return [  # noqa: RUF005
             *super()._excluded_save_params(),
             "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats", "_stats",
+            "_critic_loss_fn", "_actor_loss_fn",
         ]  # fmt: skip
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
@@ -237,7 +281,8 @@ class TD3CnnClip(TD3):
                 # Target policy noise, drawn here so that a compiled update draws the same numbers
                 noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
 
-                critic_loss = self._critic_loss(replay_data, discounts, noise, stats)
+                critic_loss, critic_stats = self._critic_loss_fn(replay_data, discounts, noise)
+                stats.update(critic_stats)
 
                 # Optimize the critics: measure and clip right after the critic's own backward
                 self.critic.optimizer.zero_grad()
@@ -246,7 +291,8 @@ class TD3CnnClip(TD3):
 
                 # Delayed policy updates
                 if self._n_updates % self.policy_delay == 0:
-                    actor_loss = self._actor_loss(replay_data.observations, replay_data.actions, stats)
+                    actor_loss, actor_stats = self._actor_loss_fn(replay_data.observations, replay_data.actions)
+                    stats.update(actor_stats)
 
                     # Optimize the actor
                     self.actor.optimizer.zero_grad()
@@ -268,9 +314,9 @@ class TD3CnnClip(TD3):
         self.logger.record("train/critic_loss", np.mean([s["critic_loss"] for s in updates]))
 
     def _critic_loss(
-        self, replay_data: ReplayBufferSamples, discounts: th.Tensor | float, noise: th.Tensor, stats: dict
-    ) -> th.Tensor:
-        """TD3's critic loss, with the critic's Q and feature statistics written into ``stats`` as tensors."""
+        self, replay_data: ReplayBufferSamples, discounts: th.Tensor | float, noise: th.Tensor
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """TD3's critic loss, and the critic's Q and feature statistics as 0-dim tensors."""
         with th.no_grad():
             # Select action according to policy and add clipped noise
             noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
@@ -285,15 +331,16 @@ class TD3CnnClip(TD3):
         current_q_values = self.critic(replay_data.observations, replay_data.actions)
         critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
         assert isinstance(critic_loss, th.Tensor)
+        stats = {}
         with th.no_grad():  # Q on replay actions (first critic, as the actor loss uses), max |Q| over all critics
             stats["q_replay"] = current_q_values[0].mean()
             stats["q_abs_max"] = th.stack([q.abs().max() for q in current_q_values]).max()
             stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean()
             stats["critic_loss"] = critic_loss.detach()
-        return critic_loss
+        return critic_loss, stats
 
-    def _actor_loss(self, observations: th.Tensor, replay_actions: th.Tensor, stats: dict) -> th.Tensor:
-        """TD3's actor loss (plus the pre-tanh penalty), with the actor's output statistics written into ``stats``.
+    def _actor_loss(self, observations: th.Tensor, replay_actions: th.Tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """TD3's actor loss (plus the pre-tanh penalty), and the actor's output statistics as 0-dim tensors.
 
         The critic's features are computed without a backward graph, as in SB3's ``q1_forward``: the actor's
         backward reaches the first Q-network but never the critic's CNN.
@@ -304,6 +351,7 @@ class TD3CnnClip(TD3):
             features = self.critic.extract_features(observations, self.critic.features_extractor)
         q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
         actor_loss = -q_pi.mean()
+        stats = {}
         with th.no_grad():
             stats["actor_saturation"] = (actions_pi.abs() > 1.0 - SATURATION_EPS).float().mean()
             stats["actor_feature_norm"] = self._actor_features.value.flatten(1).norm(dim=1).mean()
@@ -316,7 +364,7 @@ class TD3CnnClip(TD3):
             actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
             self._pre_tanh.value = None  # release the graph (see _OutputCapture)
         stats["actor_loss"] = actor_loss.detach()
-        return actor_loss
+        return actor_loss, stats
 
     def _clip_and_step(
         self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict

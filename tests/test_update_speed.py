@@ -6,8 +6,10 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch as th
+from test_td3_cnnclip import reference_norms
 
 from sb3_td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
@@ -78,3 +80,60 @@ def test_group_norm_on_cuda_matches_float64():
     grads = [th.randn(n, generator=gen) * th.rand(n, generator=gen) ** 4 for n in (300_000, 1024, 1025, 1)]
     exact = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
     assert group_norm([g.cuda() for g in grads]).item() == pytest.approx(exact, rel=1e-7)
+
+
+def parameters_vector(model: TD3CnnClip) -> th.Tensor:
+    return th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
+
+
+@pytest.mark.slow
+def test_compiled_update_matches_eager_and_keeps_the_clip_invariant():
+    limits = {"critic_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1, "actor_mlp_max_grad_norm": 0.01}
+    models = [make_model(compile_update=compiled, **limits) for compiled in (False, True)]
+    for model in models:
+        model.learn(30)  # fills the buffer, no update yet (learning_starts=40)
+    models[1].replay_buffer = models[0].replay_buffer
+    assert th.equal(parameters_vector(models[0]), parameters_vector(models[1]))
+    seen = reference_norms(models[1])
+    for model in models:  # the same batches and target noise
+        np.random.seed(0)
+        th.manual_seed(0)
+        model.train(gradient_steps=20, batch_size=16)
+    eager, compiled = parameters_vector(models[0]), parameters_vector(models[1])
+    assert (compiled - eager).norm() <= 1e-5 * eager.norm()
+    for want, got in zip(models[0].update_stats, models[1].update_stats, strict=True):
+        assert got.keys() == want.keys()
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    clipped = [s for s in models[1].update_stats if s["critic_mlp_after"] < s["critic_mlp_before"]]
+    assert len(clipped) > 10  # the limits fire
+    for name, limit in limits.items():
+        group = name.removesuffix("_max_grad_norm")
+        assert len(seen[group]) > 0 and max(seen[group]) <= limit
+
+
+@pytest.mark.slow
+def test_compiled_model_continues_learning_after_save_and_load(tmp_path):
+    model = make_model(compile_update=True)
+    model.learn(50)
+    updates = model._n_updates
+    model.learn(10, reset_num_timesteps=False)
+    assert model._n_updates > updates
+    model.save(tmp_path / "model")
+    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv())
+    assert loaded.compile_update is True
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    loaded.learn(10, reset_num_timesteps=False)
+    assert loaded._n_updates > model._n_updates
+    assert all(th.isfinite(p).all() for p in loaded.policy.parameters())
+
+
+def test_compile_update_must_be_a_bool():
+    with pytest.raises(ValueError, match="compile_update='yes' must be True or False"):
+        make_model(compile_update="yes")
+
+
+def test_compile_update_without_torch_compile_support_raises(monkeypatch):
+    monkeypatch.setattr(th._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(RuntimeError, match="compile_update=True needs torch.compile"):
+        make_model(compile_update=True)
+    make_model(compile_update=False)  # the eager update needs nothing
