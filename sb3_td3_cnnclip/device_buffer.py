@@ -90,7 +90,8 @@ class DeviceReplayBuffer(ReplayBuffer):
         done: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        timeouts = [info.get("TimeLimit.truncated", False) for info in infos] if self.handle_timeout_termination else 0.0
+        timeouts = [info.get("TimeLimit.truncated", False) for info in infos]
+        timeouts = timeouts if self.handle_timeout_termination else 0.0
         for name, value in (("observations", obs), ("next_observations", next_obs), ("rewards", reward),
                             ("dones", done), ("timeouts", timeouts),
                             ("actions", np.asarray(action).reshape((self.n_envs, self.action_dim)))):  # fmt: skip

@@ -250,8 +250,8 @@ class TD3CnnClip(TD3):
     def _excluded_save_params(self) -> list[str]:
         return [  # noqa: RUF005
             *super()._excluded_save_params(),
-            "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats", "_stats",
-            "_critic_loss_fn", "_actor_loss_fn",
+            "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats",
+            "_stats", "_critic_loss_fn", "_actor_loss_fn",
         ]  # fmt: skip
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
@@ -273,7 +273,7 @@ class TD3CnnClip(TD3):
                 self._n_updates += 1
                 stats = self._stats.start(self._n_updates)
                 # Sample replay buffer
-                replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+                replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore
                 # For n-step replay, discount factor is gamma**n_steps (when no early termination)
                 discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
                 if self.random_shift_pad > 0:

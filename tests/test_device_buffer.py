@@ -18,7 +18,7 @@ ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 def fill_both(n_envs: int, steps: int) -> tuple[ReplayBuffer, DeviceReplayBuffer]:
     """SB3's buffer and the device buffer, fed the same stream (wrapping around, with time-limit truncations)."""
-    buffers = (ReplayBuffer(50, OBS, ACTIONS, "cpu", n_envs=n_envs), DeviceReplayBuffer(50, OBS, ACTIONS, "cpu", n_envs=n_envs))
+    buffers = tuple(cls(50, OBS, ACTIONS, "cpu", n_envs=n_envs) for cls in (ReplayBuffer, DeviceReplayBuffer))
     rng = np.random.default_rng(0)
     for step in range(steps):
         obs, next_obs = (rng.integers(0, 256, (n_envs, *OBS.shape), dtype=np.uint8) for _ in range(2))

@@ -59,7 +59,8 @@ def test_statistics_are_read_once_per_train_call(monkeypatch):
         monkeypatch.setattr(th.Tensor, method, counting(method))
     model.train(gradient_steps=5, batch_size=16)
     assert calls == {"item": 0, "tolist": 1}
-    assert [s["n_updates"] for s in list(model.update_stats)[-5:]] == list(range(model._n_updates - 4, model._n_updates + 1))
+    last = model._n_updates
+    assert [s["n_updates"] for s in list(model.update_stats)[-5:]] == list(range(last - 4, last + 1))
 
 
 def test_accumulator_reads_what_item_would_in_the_order_written():
