@@ -271,7 +271,7 @@ class TD3CnnClip(TD3):
         try:
             for _ in range(gradient_steps):
                 self._n_updates += 1
-                stats = self._stats.start(self._n_updates)
+                stats: dict[str, th.Tensor | float] = {"n_updates": self._n_updates}
                 # Sample replay buffer
                 replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore
                 # For n-step replay, discount factor is gamma**n_steps (when no early termination)
@@ -304,7 +304,8 @@ class TD3CnnClip(TD3):
                     # Copy running stats, see GH issue #996
                     polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
                     polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
-        finally:  # one transfer for the whole call; also keeps the updates before an exception
+                self._stats.add(stats)
+        finally:  # one transfer for the whole call; also keeps the updates completed before an exception
             updates = self._read_update_stats(gradient_steps)
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

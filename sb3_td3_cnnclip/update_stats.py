@@ -1,7 +1,7 @@
 """Per-update statistics kept on the device during ``train()`` and read back in one transfer, then logged.
 
-``TD3CnnClip.train()`` writes each gradient step's statistics (losses, Q values, feature norms, group norms) as
-0-dim tensors into the dict :meth:`UpdateStatsAccumulator.start` hands out; :meth:`UpdateStatsAccumulator.read`
+``TD3CnnClip.train()`` collects each gradient step's statistics (losses, Q values, feature norms, group norms) as
+0-dim tensors in a dict and hands it to :meth:`UpdateStatsAccumulator.add`; :meth:`UpdateStatsAccumulator.read`
 stacks all of them once and returns plain floats, so an update waits for no host-device transfer of its own.
 Values are read as float64: a float32 value converts exactly, so each float is what ``tensor.item()`` would give.
 :func:`record_update` then aggregates one update's floats into the SB3 logger.
@@ -26,15 +26,12 @@ class UpdateStatsAccumulator:
     def __init__(self) -> None:
         self._pending: list[dict[str, th.Tensor | float]] = []
 
-    def start(self, n_updates: int) -> dict[str, th.Tensor | float]:
-        """Begin the statistics of one update.
+    def add(self, stats: dict[str, th.Tensor | float]) -> None:
+        """Keep the statistics of one completed update.
 
-        :param n_updates: the update's number (``model._n_updates``)
-        :return: the update's dict, to fill with 0-dim tensors (or plain numbers) in the order they are measured
+        :param stats: 0-dim tensors (or plain numbers) by key, in the order they were measured
         """
-        stats: dict[str, th.Tensor | float] = {"n_updates": n_updates}
         self._pending.append(stats)
-        return stats
 
     def read(self) -> list[dict[str, float]]:
         """Read back every pending update's statistics in one transfer and forget them.

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
-from test_td3_cnnclip import reference_norms
+from test_td3_cnnclip import poison_once, reference_norms
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.grad_clip import group_norm
 from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
@@ -66,12 +66,14 @@ def test_statistics_are_read_once_per_train_call(monkeypatch):
 def test_accumulator_reads_what_item_would_in_the_order_written():
     stats = UpdateStatsAccumulator()
     values = [th.tensor(0.1, dtype=th.float32), th.tensor(1 / 3, dtype=th.float64), th.tensor(math.inf)]
-    first = stats.start(7)
-    first["a"], first["skipped"], first["b"] = values[0], 1.0, values[1]
-    stats.start(8)["c"] = values[2]
-    assert stats.read() == [{"n_updates": 7, "a": values[0].item(), "skipped": 1.0, "b": values[1].item()},
-                            {"n_updates": 8, "c": math.inf}]  # fmt: skip
-    assert list(stats.start(9)) == ["n_updates"] and stats.read() == [{"n_updates": 9}]
+    stats.add({"n_updates": 7, "a": values[0], "skipped": 1.0, "b": values[1]})
+    stats.add({"n_updates": 8, "c": values[2]})
+    read = stats.read()
+    assert read == [{"n_updates": 7, "a": values[0].item(), "skipped": 1.0, "b": values[1].item()},
+                    {"n_updates": 8, "c": math.inf}]  # fmt: skip
+    assert [list(s) for s in read] == [["n_updates", "a", "skipped", "b"], ["n_updates", "c"]]
+    stats.add({"n_updates": 9})
+    assert stats.read() == [{"n_updates": 9}]
     assert stats.read() == []
 
 
@@ -138,3 +140,27 @@ def test_compile_update_without_torch_compile_support_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="compile_update=True needs torch.compile"):
         make_model(compile_update=True)
     make_model(compile_update=False)  # the eager update needs nothing
+
+
+@pytest.mark.parametrize("failure", ["nonfinite", "sampling"])
+def test_an_exception_keeps_the_completed_updates_of_the_call(failure):
+    model = make_model(on_nonfinite_grad="raise")
+    model.learn(30)  # no update yet (learning_starts=40)
+    if failure == "nonfinite":
+        poison_once(model, at_update=3)
+        error = NonFiniteGradientError
+    else:
+        sample, error = model.replay_buffer.sample, KeyboardInterrupt
+
+        def interrupted(*args, **kwargs):
+            if model._n_updates == 3:
+                raise KeyboardInterrupt
+            return sample(*args, **kwargs)
+
+        model.replay_buffer.sample = interrupted
+    with pytest.raises(error):
+        model.train(gradient_steps=5, batch_size=16)
+    assert [s["n_updates"] for s in model.update_stats] == [1, 2]
+    assert model.logger.name_to_value["train/critic_mlp_grad_before_max"] == max(
+        s["critic_mlp_before"] for s in model.update_stats
+    )
