@@ -18,6 +18,7 @@ from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
 
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
 FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
+CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 PACKAGE = str(Path(__file__).resolve().parent.parent / "sb3_td3_cnnclip")
 
 
@@ -77,7 +78,7 @@ def test_accumulator_reads_what_item_would_in_the_order_written():
     assert stats.read() == []
 
 
-@pytest.mark.skipif(not th.cuda.is_available(), reason="the fused float64 group norm runs on CUDA only")
+@CUDA
 def test_group_norm_on_cuda_matches_float64():
     gen = th.Generator().manual_seed(0)
     grads = [th.randn(n, generator=gen) * th.rand(n, generator=gen) ** 4 for n in (300_000, 1024, 1025, 1)]
@@ -90,9 +91,11 @@ def parameters_vector(model: TD3CnnClip) -> th.Tensor:
 
 
 @pytest.mark.slow
-def test_compiled_update_matches_eager_and_keeps_the_clip_invariant():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_compiled_update_matches_eager_and_keeps_the_clip_invariant(device, monkeypatch):
+    monkeypatch.setattr(th.backends.cudnn, "allow_tf32", False)  # the same float32 arithmetic on both paths
     limits = {"critic_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1, "actor_mlp_max_grad_norm": 0.01}
-    models = [make_model(compile_update=compiled, **limits) for compiled in (False, True)]
+    models = [make_model(compile_update=compiled, device=device, **limits) for compiled in (False, True)]
     for model in models:
         model.learn(30)  # fills the buffer, no update yet (learning_starts=40)
     models[1].replay_buffer = models[0].replay_buffer
