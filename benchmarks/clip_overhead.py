@@ -8,19 +8,27 @@ divided by plain TD3's time from the same repeat and the median of those ratios 
 Variants: ``td3`` (``stable_baselines3.TD3``), ``clip`` (``TD3CnnClip`` with its default limits, which may not fire
 on these random batches: the clipped fraction is reported), ``clip_every_step`` (every limit 1e-8, so every group is
 clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
-limit ``None``: norms and statistics measured, nothing clipped). Every ``TD3CnnClip`` variant runs with
-``pre_tanh_penalty=0`` (its default is 0.01), so that the ratios measure clipping and measuring alone.
+limit ``None``: norms and statistics measured, nothing clipped) and ``compiled`` (default limits,
+``compile_update=True``: the fast path). Every ``TD3CnnClip`` variant runs with ``pre_tanh_penalty=0`` (its
+default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
+warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
+compiled once, for that static shape, as in training) are timed too and reported as the first-call cost.
+
+``--device`` (``cpu``, ``cuda``, ``auto``) puts every model on that device; on CUDA each timed call ends with
+``torch.cuda.synchronize()``. The load average (``os.getloadavg``) before and after each batch size is recorded:
+on a shared machine the interleaved ratios are the figures to quote, not the absolute times.
 
 With ``--profile-steps N`` the ``clip`` and ``td3`` variants are also run under cProfile for N steps at the first
 batch size; the time spent in this package's functions, and the top functions by own time, go into the results.
 
-Run: ``python benchmarks/clip_overhead.py --batch-sizes 32 256 --threads 1``
+Run: ``python benchmarks/clip_overhead.py --batch-sizes 64 256 --threads 1 --device cpu``
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import time
@@ -55,21 +63,25 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "critic_cnn_max_grad_norm": None,
         "critic_mlp_max_grad_norm": None,
     },
+    "compiled": {"compile_update": True},
 }
 
 
-def make_models(seed: int, buffer_size: int) -> dict[str, TD3]:
-    """Build every variant on a 4x84x84 toy image env from the same seed and check their weights are identical.
+def make_models(seed: int, buffer_size: int, device: str, names: list[str]) -> dict[str, TD3]:
+    """Build the variants on a 4x84x84 toy image env from the same seed and check their weights are identical.
 
     :param seed: the models' seed
     :param buffer_size: replay buffer capacity
+    :param device: the models' device
+    :param names: the variants to build (``"td3"`` always comes first, as the reference)
     :return: the models by variant name
     """
     models: dict[str, TD3] = {}
-    for name, limits in VARIANTS.items():
+    for name in ["td3", *(n for n in names if n != "td3")]:
+        limits = VARIANTS[name]
         env = DummyVecEnv([lambda: ToyImageEnv(size=84, channels=4)])
         cls, kwargs = (TD3, {}) if limits is None else (TD3CnnClip, {"pre_tanh_penalty": 0.0, **limits})
-        model = cls("CnnPolicy", env, buffer_size=buffer_size, seed=seed, device="cpu", **kwargs)
+        model = cls("CnnPolicy", env, buffer_size=buffer_size, seed=seed, device=device, **kwargs)
         model.set_logger(Logger(folder=None, output_formats=[]))
         models[name] = model
     reference = models["td3"].policy.state_dict()
@@ -107,6 +119,8 @@ def timed_train(model: TD3, gradient_steps: int, batch_size: int, seed: int) -> 
     th.manual_seed(seed)
     wall, cpu = time.perf_counter(), time.process_time()
     model.train(gradient_steps=gradient_steps, batch_size=batch_size)
+    if model.device.type == "cuda":
+        th.cuda.synchronize(model.device)
     return (time.perf_counter() - wall) / gradient_steps, (time.process_time() - cpu) / gradient_steps
 
 
@@ -121,9 +135,14 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
     :return: per variant the per-step times (ms) and the median ratios against ``td3``
     """
     names = list(models)
+    load_before = os.getloadavg()
+    th._dynamo.reset()  # compile the fast path for this batch size only
+    warmup_s = dict.fromkeys(names, 0.0)
     for repeat in range(warmup):
         for name in names:
-            timed_train(models[name], gradient_steps, batch_size, seed=-repeat % 2**31)
+            steps = max(gradient_steps, models[name].policy_delay)  # an actor update too: compiles both losses
+            wall_s, _ = timed_train(models[name], steps, batch_size, seed=-repeat % 2**31)
+            warmup_s[name] += wall_s * steps
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):
@@ -134,7 +153,12 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
             cpu[name].append(step_cpu * 1e3)
         times = ", ".join(f"{n} {wall[n][-1]:.1f} ms" for n in names)
         print(f"batch {batch_size} repeat {repeat + 1}/{repeats}: {times}")
-    result: dict[str, Any] = {"batch_size": batch_size, "gradient_steps_per_call": gradient_steps, "variants": {}}
+    result: dict[str, Any] = {
+        "batch_size": batch_size,
+        "gradient_steps_per_call": gradient_steps,
+        "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
+        "variants": {},
+    }
     for name in names:
         result["variants"][name] = {
             "wall_ms_per_step": wall[name],
@@ -146,6 +170,7 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
             "wall_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(wall[name], wall["td3"])]),
             "cpu_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(cpu[name], cpu["td3"])]),
             "median_cpu_overhead_ms_vs_td3": statistics.median(a - b for a, b in zip(cpu[name], cpu["td3"])),
+            "warmup_wall_s": warmup_s[name],
         }
         if isinstance(models[name], TD3CnnClip):
             timed = list(models[name].update_stats)[-repeats * gradient_steps :]
@@ -237,18 +262,21 @@ def to_markdown(results: dict[str, Any]) -> str:
             rows.append([
                 batch["batch_size"], name, v["median_wall_ms"], v["median_wall_ratio_vs_td3"],
                 f"{wall_q[0]:.3f}-{wall_q[1]:.3f}", v["median_cpu_ratio_vs_td3"], f"{cpu_q[0]:.3f}-{cpu_q[1]:.3f}",
-                v["median_cpu_overhead_ms_vs_td3"],
+                v["median_cpu_overhead_ms_vs_td3"], v["warmup_wall_s"],
                 " / ".join(f"{f:.0%}" for f in v["clip_fraction"].values()) if "clip_fraction" in v else "",
             ])  # fmt: skip
     headers = [
         "batch", "variant", "median ms/step (wall)", "ratio vs td3 (wall)", "wall IQR", "ratio vs td3 (CPU)",
-        "CPU IQR", "CPU overhead ms/step", "clipped: critic cnn / mlp, actor cnn / mlp",
+        "CPU IQR", "CPU overhead ms/step", "warm-up s (first call)", "clipped: critic cnn / mlp, actor cnn / mlp",
     ]  # fmt: skip
     flags = results["run"]["flags"]
     text = [
         "# Clipping overhead: TD3CnnClip vs SB3 TD3 (CnnPolicy, 4x84x84 uint8)",
         "",
         describe_line(results["run"]),
+        f"Device: {results['run']['device']}; load average (1 min) before and after each batch size: " + ", ".join(
+            f"batch {b['batch_size']}: {b['load_average_1_5_15_min']['before'][0]:.1f} to "
+            f"{b['load_average_1_5_15_min']['after'][0]:.1f}" for b in results["batches"]) + ".",
         f"{flags['repeats']} interleaved repeats of {flags['gradient_steps']} gradient steps per variant; ratios "
         "are medians (and interquartile ranges) of the per-repeat ratios to td3; CPU = process time (one thread).",
         "",
@@ -271,7 +299,10 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256], help="minibatch sizes to time")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256], help="minibatch sizes to time")
+    parser.add_argument("--device", default="cpu", help='device of every model: "cpu", "cuda" or "auto"')
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="variants to time (td3, the reference, is always timed)")
     parser.add_argument("--gradient-steps", type=int, default=2, help="gradient steps per timed train() call")
     parser.add_argument("--repeats", type=int, default=40, help="timed calls per variant and batch size")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
@@ -282,13 +313,15 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
 
-    models = make_models(args.seed, args.buffer_size)
+    models = make_models(args.seed, args.buffer_size, args.device, args.variants)
     buffer = models["td3"].replay_buffer
     assert isinstance(buffer, ReplayBuffer)
     fill_buffer(buffer, args.seed)
     for model in models.values():
         model.replay_buffer = buffer
-    results: dict[str, Any] = {"run": run_description(args), "batches": []}
+    device = str(next(iter(models.values())).device)
+    name = th.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    results: dict[str, Any] = {"run": {**run_description(args), "device": f"{device} ({name})"}, "batches": []}
     for batch_size in args.batch_sizes:
         results["batches"].append(measure(models, batch_size, args.gradient_steps, args.repeats, args.warmup))
     if args.profile_steps > 0:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.td3.policies import TD3Policy
+from stable_baselines3.common import preprocessing
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
@@ -20,6 +22,7 @@ from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
 from sb3_td3_cnnclip.buffers import default_replay_buffer_class
 from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
 from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, use_critic_encoder
+from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
 
 #: an action this close to a bound of [-1, 1] counts as saturated
 SATURATION_EPS = 1e-3
@@ -80,6 +83,11 @@ class TD3CnnClip(TD3):
         (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss
         only, whose features the actor reads without gradient. The actor-CNN group is then empty (neither clipped
         nor logged) and ``critic_cnn_max_grad_norm`` limits the only CNN. False is TD3.
+    :param compile_update: run the update's two loss functions (critic and actor: forward and backward) through
+        ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs, and Adam ``fused=True`` unless
+        ``optimizer_kwargs`` says otherwise). The same functions run eagerly when False. The first updates pay the
+        compilation (tens of seconds on a CPU, see the README); results equal the eager path's within float
+        rounding, not bit for bit. False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -107,6 +115,7 @@ class TD3CnnClip(TD3):
         pre_tanh_penalty: float = 0.01,
         random_shift_pad: int = 0,
         critic_trained_encoder: bool = False,
+        compile_update: bool = False,
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -121,6 +130,7 @@ class TD3CnnClip(TD3):
         self.pre_tanh_penalty = pre_tanh_penalty
         self.random_shift_pad = random_shift_pad
         self.critic_trained_encoder = critic_trained_encoder
+        self.compile_update = compile_update
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -144,6 +154,7 @@ class TD3CnnClip(TD3):
             self.replay_buffer_class = default_replay_buffer_class(
                 self.observation_space, self.n_steps, self.optimize_memory_usage
             )
+        self._check_compile_update()
         super()._setup_model()
         if self.critic_trained_encoder:
             use_critic_encoder(self.policy)
@@ -157,6 +168,40 @@ class TD3CnnClip(TD3):
             )
         #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
         self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
+        self._stats = UpdateStatsAccumulator()
+        self._critic_loss_fn, self._actor_loss_fn = self._critic_loss, self._actor_loss
+        if self.compile_update:
+            self._critic_loss_fn, self._actor_loss_fn = map(self._compiled, (self._critic_loss, self._actor_loss))
+
+    def _check_compile_update(self) -> None:
+        """Validate ``compile_update``; on CUDA, give the optimizers fused Adam unless ``optimizer_kwargs`` chose."""
+        if not isinstance(self.compile_update, bool):
+            raise ValueError(f"compile_update={self.compile_update!r} must be True or False.")
+        if self.compile_update and not th._dynamo.is_dynamo_supported():
+            raise RuntimeError(
+                f"compile_update=True needs torch.compile, which torch {th.__version__} does not support on this "
+                "Python or platform. Use compile_update=False (the same update, run eagerly)."
+            )
+        if self.compile_update and self.device.type == "cuda":
+            optimizer_kwargs = {"fused": True, **self.policy_kwargs.get("optimizer_kwargs", {})}
+            self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": optimizer_kwargs}
+
+    def _compiled(self, loss_fn: Callable[..., tuple[th.Tensor, dict[str, th.Tensor]]]) -> Callable:
+        """``loss_fn`` through ``torch.compile``; on CUDA as CUDA graphs, whose outputs are copied out of the graph's
+        memory before the next replay overwrites them."""
+        # SB3's preprocess_obs asks is_image_space(observation_space) on every forward; its numpy comparisons would
+        # break the graph at each network call. The answer depends only on the space, which a model keeps.
+        th._dynamo.assume_constant_result(preprocessing.is_image_space)
+        if self.device.type != "cuda":
+            return th.compile(loss_fn)
+        graphed = th.compile(loss_fn, mode="reduce-overhead")
+
+        def run(*args: Any) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+            th.compiler.cudagraph_mark_step_begin()
+            loss, stats = graphed(*args)
+            return loss, {key: value.clone() for key, value in stats.items()}
+
+        return run
 
     def _check_learning_options(self) -> None:
         """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""
@@ -206,6 +251,7 @@ class TD3CnnClip(TD3):
         return [  # noqa: RUF005
             *super()._excluded_save_params(),
             "_actor_groups", "_critic_groups", "_actor_features", "_critic_features", "_pre_tanh", "update_stats",
+            "_stats", "_critic_loss_fn", "_actor_loss_fn",
         ]  # fmt: skip
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
@@ -221,84 +267,108 @@ class TD3CnnClip(TD3):
 
         # Update learning rate according to lr schedule
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
-        if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
-            self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
 
-        actor_losses, critic_losses = [], []
-        for _ in range(gradient_steps):
-            self._n_updates += 1
-            stats: dict[str, float] = {"n_updates": self._n_updates}
-            # Sample replay buffer
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-            if self.random_shift_pad > 0:
-                replay_data = self._shift_images(replay_data)
-
-            with th.no_grad():
-                # Select action according to policy and add clipped noise
+        try:
+            for _ in range(gradient_steps):
+                self._n_updates += 1
+                stats: dict[str, th.Tensor | float] = {"n_updates": self._n_updates}
+                # Sample replay buffer
+                replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore
+                # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+                discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+                if self.random_shift_pad > 0:
+                    replay_data = self._shift_images(replay_data)
+                # Target policy noise, drawn here so that a compiled update draws the same numbers
                 noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
-                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-                next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
 
-                # Compute the next Q-values: min over all critics targets
-                next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
-                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+                critic_loss, critic_stats = self._critic_loss_fn(replay_data, discounts, noise)
+                stats.update(critic_stats)
 
-            # Get current Q-values estimates for each critic network
-            current_q_values = self.critic(replay_data.observations, replay_data.actions)
-            stats.update(self._q_and_feature_stats(current_q_values))
+                # Optimize the critics: measure and clip right after the critic's own backward
+                self.critic.optimizer.zero_grad()
+                critic_loss.backward()
+                self._clip_and_step("critic", self.critic.optimizer, self._critic_groups, stats)
 
-            # Compute critic loss
-            critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
-            assert isinstance(critic_loss, th.Tensor)
-            critic_losses.append(critic_loss.item())
-            stats["critic_loss"] = critic_losses[-1]
+                # Delayed policy updates
+                if self._n_updates % self.policy_delay == 0:
+                    actor_loss, actor_stats = self._actor_loss_fn(replay_data.observations, replay_data.actions)
+                    stats.update(actor_stats)
 
-            # Optimize the critics: measure and clip right after the critic's own backward
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self._clip_and_step("critic", self.critic.optimizer, self._critic_groups, stats)
+                    # Optimize the actor
+                    self.actor.optimizer.zero_grad()
+                    actor_loss.backward()
+                    self._clip_and_step("actor", self.actor.optimizer, self._actor_groups, stats)
 
-            # Delayed policy updates
-            if self._n_updates % self.policy_delay == 0:
-                # Compute actor loss
-                actions_pi = self.actor(replay_data.observations)
-                stats.update(self._actor_output_stats(actions_pi))
-                # = critic.q1_forward(obs, actions_pi), with its features kept to compare Q on the replay actions
-                with th.no_grad():
-                    features = self.critic.extract_features(replay_data.observations, self.critic.features_extractor)
-                q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
-                actor_loss = -q_pi.mean()
-                stats["q_policy_gap"] = self._q_policy_gap(features, q_pi, replay_data.actions)
-                if self.pre_tanh_penalty > 0:
-                    actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
-                    self._pre_tanh.value = None  # release the graph (see _OutputCapture)
-                actor_losses.append(actor_loss.item())
-                stats["actor_loss"] = actor_losses[-1]
-
-                # Optimize the actor
-                self.actor.optimizer.zero_grad()
-                actor_loss.backward()
-                self._clip_and_step("actor", self.actor.optimizer, self._actor_groups, stats)
-
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-                # Copy running stats, see GH issue #996
-                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
-                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
-
-            self.update_stats.append(stats)
-            self._record_update(stats)
+                    polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                    polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+                    # Copy running stats, see GH issue #996
+                    polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                    polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+                self._stats.add(stats)
+        finally:  # one transfer for the whole call; also keeps the updates completed before an exception
+            updates = self._read_update_stats(gradient_steps)
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        actor_losses = [s["actor_loss"] for s in updates if "actor_loss" in s]
         if len(actor_losses) > 0:
             self.logger.record("train/actor_loss", np.mean(actor_losses))
-        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        self.logger.record("train/critic_loss", np.mean([s["critic_loss"] for s in updates]))
+
+    def _critic_loss(
+        self, replay_data: ReplayBufferSamples, discounts: th.Tensor | float, noise: th.Tensor
+    ) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """TD3's critic loss, and the critic's Q and feature statistics as 0-dim tensors."""
+        with th.no_grad():
+            # Select action according to policy and add clipped noise
+            noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+            next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
+
+            # Compute the next Q-values: min over all critics targets
+            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+        # Get current Q-values estimates for each critic network
+        current_q_values = self.critic(replay_data.observations, replay_data.actions)
+        critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+        assert isinstance(critic_loss, th.Tensor)
+        stats = {}
+        with th.no_grad():  # Q on replay actions (first critic, as the actor loss uses), max |Q| over all critics
+            stats["q_replay"] = current_q_values[0].mean()
+            stats["q_abs_max"] = th.stack([q.abs().max() for q in current_q_values]).max()
+            stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean()
+            stats["critic_loss"] = critic_loss.detach()
+        return critic_loss, stats
+
+    def _actor_loss(self, observations: th.Tensor, replay_actions: th.Tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """TD3's actor loss (plus the pre-tanh penalty), and the actor's output statistics as 0-dim tensors.
+
+        The critic's features are computed without a backward graph, as in SB3's ``q1_forward``: the actor's
+        backward reaches the first Q-network but never the critic's CNN.
+        """
+        actions_pi = self.actor(observations)
+        # = critic.q1_forward(obs, actions_pi), with its features kept to compare Q on the replay actions
+        with th.no_grad():
+            features = self.critic.extract_features(observations, self.critic.features_extractor)
+        q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
+        actor_loss = -q_pi.mean()
+        stats = {}
+        with th.no_grad():
+            stats["actor_saturation"] = (actions_pi.abs() > 1.0 - SATURATION_EPS).float().mean()
+            stats["actor_feature_norm"] = self._actor_features.value.flatten(1).norm(dim=1).mean()
+            if self._pre_tanh is not None:
+                stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean()
+            # Q1 on the policy's actions minus Q1 on the replay actions, from the same critic weights
+            q_replay = self.critic.q_networks[0](th.cat([features, replay_actions], dim=1))
+            stats["q_policy_gap"] = q_pi.mean() - q_replay.mean()
+        if self.pre_tanh_penalty > 0:
+            actor_loss = actor_loss + self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
+            self._pre_tanh.value = None  # release the graph (see _OutputCapture)
+        stats["actor_loss"] = actor_loss.detach()
+        return actor_loss, stats
 
     def _clip_and_step(
-        self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict[str, float]
+        self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict
     ) -> None:
         """Clip, measure and step one network, writing its group norms (and a skip, if any) into ``stats``."""
         norms, stepped = clip_and_step(optimizer, groups, self.on_nonfinite_grad)
@@ -310,66 +380,13 @@ class TD3CnnClip(TD3):
             self.nonfinite_skips[network] += 1
             stats[f"{network}_skipped"] = 1.0
 
-    def _q_and_feature_stats(self, current_q_values: tuple[th.Tensor, ...]) -> dict[str, float]:
-        """Q on replay actions (first critic, as the actor loss uses), max |Q| over all critics, critic feature norm."""
-        with th.no_grad():
-            q_abs_max = max(q.abs().max() for q in current_q_values)
-            stats = {"q_replay": current_q_values[0].mean().item(), "q_abs_max": q_abs_max.item()}
-            stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean().item()
-        return stats
-
-    def _q_policy_gap(self, features: th.Tensor, q_pi: th.Tensor, replay_actions: th.Tensor) -> float:
-        """Mean Q1 on the policy's actions minus mean Q1 on the replay actions, from the same critic weights."""
-        with th.no_grad():
-            q_replay = self.critic.q_networks[0](th.cat([features, replay_actions], dim=1))
-            return (q_pi.mean() - q_replay.mean()).item()
-
-    def _actor_output_stats(self, actions: th.Tensor) -> dict[str, float]:
-        """Saturation of the actor's actions, its mean |pre-tanh| and its feature norm, from the forward just done."""
-        with th.no_grad():
-            stats = {
-                "actor_saturation": (actions.abs() > 1.0 - SATURATION_EPS).float().mean().item(),
-                "actor_feature_norm": self._actor_features.value.flatten(1).norm(dim=1).mean().item(),
-            }
-            if self._pre_tanh is not None:
-                stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean().item()
-        return stats
-
-    def _record_update(self, stats: dict[str, float]) -> None:
-        """Aggregate one update's statistics into the logger: means with ``record_mean``, maxima and counts by hand."""
-        logger = self.logger
-        for group in (*self._critic_groups, *self._actor_groups):
-            name = group.name
-            before = stats.get(f"{name}_before", np.nan)
-            if not np.isfinite(before):  # absent (no gradient), or a skipped step counted below
-                continue
-            self._record_max(f"train/{name}_grad_before", before)
-            if f"{name}_after" in stats:
-                after = stats[f"{name}_after"]
-                self._record_max(f"train/{name}_grad_after", after)
-                logger.record_mean(f"train/{name}_clip_frac", float(after < before))
-                if before > 0:
-                    logger.record_mean(f"train/{name}_clip_ratio", after / before)
-        for key in ("q_replay", "critic_feature_norm", "actor_saturation", "actor_pre_tanh_abs", "actor_feature_norm"):
-            if key in stats:
-                logger.record_mean(f"train/{key}", stats[key])
-        if "q_policy_gap" in stats:
-            logger.record_mean("train/q_policy_gap", stats["q_policy_gap"])
-        self._record_max("train/q_abs", stats["q_abs_max"], mean=False)
-        if "actor_loss" in stats:
-            self._record_max("train/actor_loss_abs", abs(stats["actor_loss"]), mean=False)
-        if "actor_mlp_before" in stats:
-            logger.record_mean("train/actor_mlp_zero_grad_frac", float(stats["actor_mlp_before"] == 0.0))
-        for network in ("critic", "actor"):
-            key = f"train/{network}_nonfinite_skips"
-            logger.record(key, logger.name_to_value.get(key, 0) + stats.get(f"{network}_skipped", 0.0))
-
-    def _record_max(self, key: str, value: float, mean: bool = True) -> None:
-        """Record ``value`` into the mean of ``key`` (optional) and into the running maximum ``key + "_max"``.
-
-        The maximum is NaN once a NaN was recorded (``np.fmax`` and ``max`` would drop it).
-        """
-        if mean:
-            self.logger.record_mean(key, value)
-        max_key = f"{key}_max"
-        self.logger.record(max_key, float(np.maximum(self.logger.name_to_value.get(max_key, -np.inf), value)))
+    def _read_update_stats(self, gradient_steps: int) -> list[dict[str, float]]:
+        """Read this call's statistics, append them to ``update_stats`` (enlarged to hold them) and log them."""
+        if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
+            self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
+        updates = self._stats.read()
+        group_names = [group.name for group in (*self._critic_groups, *self._actor_groups)]
+        for stats in updates:
+            self.update_stats.append(stats)
+            record_update(self.logger, stats, group_names)
+        return updates
