@@ -88,6 +88,11 @@ class ExpertDriver:
             2.0 * math.sqrt(self.comfort_acceleration * self.comfort_braking))
         return self.comfort_acceleration * (free - (max(wanted, 0.0) / max(gap, 0.1)) ** 2)
 
+    def lead_gap(self) -> float:
+        """Bumper-to-bumper gap in m to the :meth:`lead_vehicle` (``inf`` when the lane ahead is free)."""
+        lead = self.lead_vehicle()
+        return math.inf if lead is None else lead[0]
+
     def lead_vehicle(self) -> tuple[float, float] | None:
         """Bumper-to-bumper gap in m and speed in m/s of the nearest vehicle ahead that overlaps the ego's lane.
 
@@ -118,13 +123,12 @@ def drive_episode(env: gym.Env, seed: int | None = None) -> dict[str, Any]:
     """
     env.reset(seed=seed)
     expert = ExpertDriver(env.unwrapped.backend)  # after the reset, which may rebuild the backend
-    speeds, cut_ins, previous_gap = [], 0, math.inf
+    speeds, cut_ins, previous_gap = [], 0, expert.lead_gap()
     while True:
-        lead = expert.lead_vehicle()
-        gap = math.inf if lead is None else lead[0]
-        cut_ins += gap < min(previous_gap - 1.0, CUT_IN_GAP)
-        previous_gap = gap
         _, _, terminated, truncated, info = env.step(expert.act())
         speeds.append(info["speed"])
+        gap = expert.lead_gap()
+        cut_ins += gap < min(previous_gap - 1.0, CUT_IN_GAP)
+        previous_gap = gap
         if terminated or truncated:
             return {**info, "steps": len(speeds), "mean_speed": float(np.mean(speeds)), "cut_ins": cut_ins}
