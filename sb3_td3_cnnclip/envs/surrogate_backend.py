@@ -11,7 +11,7 @@ interactions cost O(n^2) in Python, so the surrogate simulates a window of traff
 spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs (:class:`TownVehicle`) aim for
 90-100 % of Town01's 30 km/h limit, keep town gaps, never reverse, and cut in front of the ego only where a
 careful driver (an IDM follower) needs to brake at most 2 m/s^2; the denser the traffic, the slower its
-lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.5, 6.6 and 5.8 m/s on scenarios 0, 1, 2).
+lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.3, 6.5 and 5.7 m/s on scenarios 0, 1, 2).
 
 Rendering is offscreen. ``SDL_VIDEODRIVER=dummy`` must not be set: highway-env then skips drawing and every
 image is black, so this module sets ``SDL_VIDEODRIVER=offscreen`` when the variable is unset, and refuses
