@@ -4,7 +4,8 @@ The driver (lane keeping plus IDM car following on the simulator's ground truth)
 is compared with, and the check that every scenario can be completed within its time limit. Each scenario runs
 ``--episodes`` episodes of the registered id (``simulator="surrogate"``, registered time limit) with reset seeds
 ``--first-seed``, ``--first-seed + 1``, ...; the table gives the mean route completion, the share of episodes
-ending in each way (collision, off lane, goal, time limit), the mean speed and the longest episode in steps.
+ending in each way (collision, off lane, goal, time limit), the mean speed, the longest episode in steps, and how
+often a vehicle cut into the lane ahead of the driver (``drive_episode``'s ``cut_ins``).
 
 Run: ``python benchmarks/expert_driver.py`` (about 5 minutes on one core)
 """
@@ -39,13 +40,14 @@ def run_scenario(scenario: int, seeds: list[int], image_size: int) -> dict[str, 
         info = drive_episode(env, seed=seed)
         episodes.append({"seed": seed, "route_completion": info["route_completion"],
                          "ending": info["termination_reason"], "steps": info["steps"],
-                         "mean_speed": info["mean_speed"]})
+                         "mean_speed": info["mean_speed"], "cut_ins": info["cut_ins"]})
         print(f"scenario {scenario} seed {seed}: {episodes[-1]}", flush=True)
     env.close()
     summary = {
         "route_completion": float(np.mean([e["route_completion"] for e in episodes])),
         **{f"{ending}_rate": float(np.mean([e["ending"] == ending for e in episodes])) for ending in ENDINGS},
         "mean_speed": float(np.mean([e["mean_speed"] for e in episodes])),
+        "cut_ins": int(sum(e["cut_ins"] for e in episodes)),
         "max_steps": int(max(e["steps"] for e in episodes)),
         "time_limit_steps": int(env.spec.max_episode_steps),
     }
@@ -62,7 +64,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         summary = result["summary"]
         rows.append([SCENARIO_IDS[int(scenario)], len(result["episodes"]), f"{100 * summary['route_completion']:.1f} %",
                      *(f"{100 * summary[f'{ending}_rate']:.0f} %" for ending in ENDINGS),
-                     f"{summary['mean_speed']:.2f}", f"{summary['max_steps']} / {summary['time_limit_steps']}"])
+                     f"{summary['mean_speed']:.2f}", f"{summary['max_steps']} / {summary['time_limit_steps']}",
+                     summary["cut_ins"]])
     flags = results["run"]["flags"]
     seeds = f"{flags['first_seed']}-{flags['first_seed'] + flags['episodes'] - 1}"
     return "\n".join([
@@ -72,7 +75,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         f"Scripted driver (lane keeping + IDM following on ground truth), reset seeds {seeds}, one episode each.",
         "",
         markdown_table(["env", "episodes", "route completion", "collision", "off lane", "goal", "time limit",
-                        "mean speed (m/s)", "longest episode (steps / limit)"], rows),
+                        "mean speed (m/s)", "longest episode (steps / limit)", "cut-ins (all episodes)"], rows),
     ])
 
 

@@ -22,6 +22,7 @@ from sb3_td3_cnnclip.envs.surrogate_backend import (  # noqa: E402
     EGO_COLOR,
     GRAYSCALE_WEIGHTS,
     NPC_SPEED_RANGE,
+    ROUTE_LANE,
     ROUTE_LENGTH,
     SPEED_LIMIT,
     SurrogateBackend,
@@ -185,6 +186,21 @@ def test_npcs_brake_to_a_stop_without_reversing(npc_class, reverses):
     assert (min(speeds) < 0) == reverses
     if not reverses:
         assert speeds[-1] == 0.0 and np.all(np.diff(positions) >= 0)
+    backend.close()
+
+
+@pytest.mark.parametrize("ahead, cuts_in", [(30.0, True), (8.0, False)])
+def test_npcs_cut_in_front_of_the_moving_ego_only_where_it_can_brake_gently(ahead, cuts_in):
+    """An NPC stuck behind a stopped car in the other lane moves in front of the ego (8 m/s) only with room to."""
+    backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    backend.reset(seed=0)
+    road, ego = backend.env.road, backend.env.vehicle
+    ego.speed = 8.0
+    start = backend.route_lane.local_coordinates(ego.position)[0]
+    other_lane = road.network.get_lane(("0", "1", 0))
+    npc = TownVehicle(road, other_lane.position(start + ahead, 0.0), 0.0, speed=5.0)
+    road.vehicles += [npc, Vehicle(road, other_lane.position(start + ahead + 10.0, 0.0), 0.0, speed=0.0)]
+    assert npc.mobil(ROUTE_LANE) == cuts_in
     backend.close()
 
 

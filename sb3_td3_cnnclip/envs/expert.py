@@ -20,6 +20,8 @@ from sb3_td3_cnnclip.envs.surrogate_backend import SPEED_LIMIT, SurrogateBackend
 
 #: the ego's largest acceleration and braking in m/s^2 (the surrogate's throttle/brake of +-1)
 MAX_ACCELERATION = 5.0
+#: metres between bumpers under which a vehicle moving into the lane ahead counts as cutting in
+CUT_IN_GAP = 30.0
 
 
 class ExpertDriver:
@@ -86,6 +88,11 @@ class ExpertDriver:
             2.0 * math.sqrt(self.comfort_acceleration * self.comfort_braking))
         return self.comfort_acceleration * (free - (max(wanted, 0.0) / max(gap, 0.1)) ** 2)
 
+    def lead_gap(self) -> float:
+        """Bumper-to-bumper gap in m to the :meth:`lead_vehicle` (``inf`` when the lane ahead is free)."""
+        lead = self.lead_vehicle()
+        return math.inf if lead is None else lead[0]
+
     def lead_vehicle(self) -> tuple[float, float] | None:
         """Bumper-to-bumper gap in m and speed in m/s of the nearest vehicle ahead that overlaps the ego's lane.
 
@@ -110,13 +117,18 @@ def drive_episode(env: gym.Env, seed: int | None = None) -> dict[str, Any]:
 
     :param env: a ``DrivingEnv`` on the surrogate, wrapped or not (e.g. from ``gymnasium.make``)
     :param seed: the reset seed
-    :return: the last step's ``info`` plus ``steps`` and ``mean_speed`` (m/s over the steps)
+    :return: the last step's ``info`` plus ``steps``, ``mean_speed`` (m/s over the steps) and ``cut_ins``: the
+        ticks on which a vehicle moved into the lane ahead less than :data:`CUT_IN_GAP` metres away and nearer
+        than the previous lead by more than 1 m (closing speeds cover at most 0.5 m per tick)
     """
     env.reset(seed=seed)
     expert = ExpertDriver(env.unwrapped.backend)  # after the reset, which may rebuild the backend
-    speeds = []
+    speeds, cut_ins, previous_gap = [], 0, expert.lead_gap()
     while True:
         _, _, terminated, truncated, info = env.step(expert.act())
         speeds.append(info["speed"])
+        gap = expert.lead_gap()
+        cut_ins += gap < min(previous_gap - 1.0, CUT_IN_GAP)
+        previous_gap = gap
         if terminated or truncated:
-            return {**info, "steps": len(speeds), "mean_speed": float(np.mean(speeds))}
+            return {**info, "steps": len(speeds), "mean_speed": float(np.mean(speeds)), "cut_ins": cut_ins}

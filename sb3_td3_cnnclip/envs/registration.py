@@ -9,7 +9,7 @@ from sb3_td3_cnnclip.envs.driving_env import TimeLimitReason
 
 #: step limit of every registered scenario (gymnasium's ``TimeLimit``; ``gymnasium.make(..., max_episode_steps=n)``
 #: overrides it): 60 s at 20 Hz, time for the 300 m route in dense town traffic (the scripted expert of
-#: :mod:`~sb3_td3_cnnclip.envs.expert` needs up to about 1070 steps on surrogate scenario 2)
+#: :mod:`~sb3_td3_cnnclip.envs.expert` needs up to about 1080 steps on surrogate scenario 2)
 MAX_EPISODE_STEPS = 1200
 #: registered id of each scenario
 SCENARIO_IDS: dict[int, str] = {scenario: f"CarlaScenario{scenario}-v0" for scenario in SCENARIO_NPCS}

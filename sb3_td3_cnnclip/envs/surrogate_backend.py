@@ -9,8 +9,9 @@ NPC traffic: a scenario's ``n_npcs`` counts vehicles spread over a whole town, a
 interactions cost O(n^2) in Python, so the surrogate simulates a window of traffic ahead of the ego instead
 (:func:`traffic_mapping`): ``min(n_npcs, MAX_VEHICLES)`` IDM vehicles (which change lanes with MOBIL) whose
 spacing shrinks as ``n_npcs`` grows; the mapping is reported in ``Frame.extra``. NPCs (:class:`TownVehicle`) aim for
-90-100 % of Town01's 30 km/h limit, keep town gaps, and never reverse; the denser the traffic, the slower its
-lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.5, 6.6 and 5.8 m/s on scenarios 0, 1, 2).
+90-100 % of Town01's 30 km/h limit, keep town gaps, never reverse, and cut in front of the ego only where a
+careful driver (an IDM follower) needs to brake at most 2 m/s^2; the denser the traffic, the slower its
+lanes flow (the scripted driver of :mod:`~sb3_td3_cnnclip.envs.expert` averages 7.3, 6.5 and 5.7 m/s on scenarios 0, 1, 2).
 
 Rendering is offscreen. ``SDL_VIDEODRIVER=dummy`` must not be set: highway-env then skips drawing and every
 image is black, so this module sets ``SDL_VIDEODRIVER=offscreen`` when the variable is unset, and refuses
@@ -109,6 +110,10 @@ class _RouteHighway(HighwayEnv):
         lane = self.road.network.get_lane(ROUTE_LANE)
         ego = self.action_type.vehicle_class(self.road, lane.position(EGO_START, 0.0), lane.heading_at(EGO_START), 0.0)
         ego.color = EGO_COLOR
+        # The NPCs' MOBIL lets them cut in front of the ego only where an IDM follower at the ego's speed, aiming for
+        # this target speed, would brake at most 2 m/s^2; without one, highway-env takes the ego's target speed as 0
+        # and no NPC ever cuts in front of a moving ego.
+        ego.target_speed = SPEED_LIMIT
         self.controlled_vehicles = [ego]
         self.road.vehicles.append(ego)
         for _ in range(self.config["vehicles_count"]):
