@@ -175,7 +175,7 @@ def test_real_client_against_a_closed_port_is_unavailable(closed_port, monkeypat
 
 def test_missing_client_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "carla", None)
-    with pytest.raises(MissingExtraError, match=r'pip install "sb3-td3-cnnclip\[carla\]"'):
+    with pytest.raises(MissingExtraError, match=r'pip install carla \(or, in a clone of sb3-td3-cnnclip: pip install "\.\[carla\]"\)'):
         make_backend()
 
 

@@ -26,6 +26,7 @@ from sb3_td3_cnnclip.envs import (
 )
 from sb3_td3_cnnclip.envs import driving_env
 from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
+from sb3_td3_cnnclip.envs.errors import EXTRA_PACKAGES
 from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap
 
 SIZE = 8
@@ -295,7 +296,7 @@ def test_package_imports_and_registers_without_the_optional_extras():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("MissingExtraError simulator='surrogate' needs the `highway_env` module")
-    assert 'pip install "sb3-td3-cnnclip[surrogate]"' in result.stdout
+    assert 'pip install highway-env pygame-ce (or, in a clone of sb3-td3-cnnclip: pip install ".[surrogate]")' in result.stdout
 
 
 def test_kwargs_override_defaults_and_are_validated():
@@ -400,6 +401,6 @@ def test_carla_without_a_server_raises(closed_port):
 def test_missing_extra_names_the_install_command(monkeypatch, simulator, module):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
-    with pytest.raises(MissingExtraError, match=rf'pip install "sb3-td3-cnnclip\[{simulator}\]"'):
+    with pytest.raises(MissingExtraError, match=rf'pip install {EXTRA_PACKAGES[simulator]} \(or, in a clone of sb3-td3-cnnclip: pip install "\.\[{simulator}\]"\)'):
         driving_env.make_backend(ScenarioConfig(simulator=simulator))
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
-from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError
+from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError, install_hint
 from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
 
 #: attempts of ``connect_timeout`` seconds each before the server counts as unavailable
@@ -158,9 +158,8 @@ def _import_carla() -> ModuleType:
         import carla
     except ImportError as err:
         raise MissingExtraError(
-            f"simulator=\"carla\" needs the CARLA Python client ({err}). Install it with "
-            "`pip install \"sb3-td3-cnnclip[carla]\"` (its version must match the server's), or pass "
-            "simulator=\"surrogate\"."
+            f"simulator=\"carla\" needs the CARLA Python client ({err}). Install it with {install_hint('carla')}; "
+            "its version must match the server's. Or pass simulator=\"surrogate\"."
         ) from err
     return carla
 

@@ -34,7 +34,7 @@ from gymnasium import spaces
 
 from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
-from sb3_td3_cnnclip.envs.errors import MissingExtraError
+from sb3_td3_cnnclip.envs.errors import MissingExtraError, install_hint
 from sb3_td3_cnnclip.envs.reward import is_off_lane, max_abs_reward, reward_components, weighted_components
 
 #: Frame fields copied into ``info`` under their own names
@@ -91,7 +91,7 @@ def _require(module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MissingExtraError(
             f"simulator={extra!r} needs the `{module}` module, which is not installed. "
-            f'Install it with: pip install "sb3-td3-cnnclip[{extra}]"'
+            f"Install it with: {install_hint(extra)}."
         )
 
 
