@@ -335,7 +335,9 @@ def report(args: argparse.Namespace) -> None:
     ])  # fmt: skip
     write_results(args.output_dir, args.name, results, markdown)
     if curves:
-        plot(curves, args.output_dir / f"{args.name}.png", describe_line(run)[:150])
+        title = (f"surrogate {ENV_ID}, evaluation every {args.eval_every} steps: mean over {len(args.seeds)} seeds, "
+                 f"band = min..max; {args.machine}, {run['date_utc']} UTC")  # fmt: skip
+        plot(curves, args.output_dir / f"{args.name}.png", title)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
