@@ -348,7 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="env steps per run")
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, help="deterministic episodes per evaluation")
-    parser.add_argument("--eval-max-steps", type=int, help="step limit of an evaluation episode (the env's: 1000)")
+    parser.add_argument("--eval-max-steps", type=int, help="step limit of an evaluation episode (default: the env's)")
     parser.add_argument("--eval-seed", type=int, default=1000, help="reset seed of the first evaluation episode")
     parser.add_argument("--batch-size", type=int, help="minibatch size")
     parser.add_argument("--buffer-size", type=int, help="replay buffer capacity")
