@@ -33,8 +33,9 @@ def parse_train(*argv: str) -> TrainConfig:
 def test_defaults_match_td3cnnclip() -> None:
     signature = inspect.signature(TD3CnnClip.__init__).parameters
     config = TrainConfig()
-    for name in ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm"):
-        assert getattr(config, name) == signature[name].default
+    for name in ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm",
+                 "pre_tanh_penalty", "random_shift_pad", "critic_trained_encoder", "compile_update"):  # fmt: skip
+        assert getattr(config, name) == signature[name].default, name
     # the replay buffer of the default run fits a laptop: at most 7,500 bytes per 4x84x84 uint8 transition
     assert config.buffer_size * 7_500 < 1.6e9
     assert config.learning_starts < 500  # the 500-step validation run of the failure report updates
@@ -55,6 +56,13 @@ def test_prevention_flags_reach_the_model() -> None:
     assert parse_train("--torch-threads", "none").torch_threads is None
 
 
+def test_learning_flags_reach_the_model() -> None:
+    config = parse_train("--n-steps", "3", "--random-shift-pad", "4", "--critic-trained-encoder", "--compile-update", "--buffer-size", "100")
+    model = cli.make_model(config, ToyImageEnv(size=48))
+    assert (model.n_steps, model.random_shift_pad, model.critic_trained_encoder, model.compile_update) == (3, 4, True, True)
+    assert model.replay_buffer.n_steps == 3
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -70,6 +78,8 @@ def test_prevention_flags_reach_the_model() -> None:
         (["--actor-lr-scale", "0"], "actor_lr_scale=0.0 must be > 0"),
         (["--pre-tanh-penalty", "-1"], "pre_tanh_penalty=-1.0 must be >= 0"),
         (["--torch-threads", "0"], "torch_threads=0 must be > 0"),
+        (["--n-steps", "0"], "n_steps=0 must be > 0"),
+        (["--random-shift-pad", "-1"], "random_shift_pad=-1 must be >= 0"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
     ],
 )
