@@ -298,7 +298,7 @@ def report(args: argparse.Namespace) -> None:
     """Rewrite the JSON, Markdown and PNG results from the evaluation files found."""
     found = collect(args)
     curves = summarise(found)
-    run = run_description(args)
+    run = run_description(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run_dir"}))  # no path
     results = {
         "run": run, "env_id": ENV_ID, "configs": {config: {**COMMON, **CONFIGS[config]} for config in args.configs},
         "curves": curves, "evaluations": {c: {str(s): r for s, r in seeds.items()} for c, seeds in found.items()},
