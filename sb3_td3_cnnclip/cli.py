@@ -282,7 +282,10 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
         status = "interrupted"
     finally:
         if status in ("error", "interrupted"):
-            callback.on_training_end()  # SB3 skips it when learn() raises: flush the writers, close the progress bar
+            try:  # SB3 skips it when learn() raises: flush the writers, close the progress bar
+                callback.on_training_end()
+            except Exception as error:  # noqa: BLE001 (the run must still be saved; the first error is the one to see)
+                print(f"Warning: the callbacks' end of training failed ({type(error).__name__}: {error})", file=sys.stderr)
         if model.logger.name_to_value:  # the updates since the last dump
             model.dump_logs()
         model.logger.close()

@@ -242,6 +242,20 @@ def test_updates_that_left_update_stats_unchecked_raise(tmp_path):
         callback.on_rollout_start()
 
 
+def test_an_update_interrupted_inside_train_is_not_an_eviction(tmp_path):
+    """Ctrl-C inside train() counts an update that never finished: the callback's end of training must not raise."""
+    model = toy_model(tmp_path)
+    callback = ExplosionEarlyStopping(r_max=TOY_R_MAX)
+    model.learn(60, callback=callback)
+    checked = callback._last_update
+    model.replay_buffer.sample = lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(1, batch_size=16)
+    assert model._n_updates == checked + 1 and model.update_stats[-1]["n_updates"] == checked
+    callback.on_rollout_start()  # nothing new to check, no error
+    assert callback.triggered == []
+
+
 def test_last_healthy_checkpoint_carries_the_snapshot_counters(tmp_path):
     model = toy_model(tmp_path, env=NanRewardAfter(ToyImageEnv(size=36), after=200), lr=lambda p: 1e-4 * p)
     callback = ExplosionEarlyStopping(r_max=TOY_R_MAX, snapshot_freq=40)

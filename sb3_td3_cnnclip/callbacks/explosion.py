@@ -268,8 +268,10 @@ class ExplosionEarlyStopping(BaseCallback):
                     break
                 new.append(stats)
             new.reverse()
-            if not new or new[0]["n_updates"] != self._last_update + 1:
-                first = new[0]["n_updates"] if new else n_updates + 1
+            # Updates after the newest entry never finished (an exception inside train(), e.g. Ctrl-C): they have no
+            # statistics to check. Only a gap before a stored entry means statistics were evicted unchecked.
+            if new and new[0]["n_updates"] != self._last_update + 1:
+                first = new[0]["n_updates"]
                 raise RuntimeError(
                     f"Updates {self._last_update + 1} to {first - 1} left model.update_stats before they were checked: "
                     f"more gradient steps ran between two checks than stats_history={self.model.stats_history} holds "
