@@ -72,6 +72,11 @@ def group_norm(grads: list[th.Tensor]) -> th.Tensor:
     return th.linalg.vector_norm(th.cat(partial).double())
 
 
+def _float64_norm(grads: list[th.Tensor]) -> th.Tensor:
+    """Total L2 norm of a list of gradients computed in float64 (slow; for what overflows in float32)."""
+    return th.linalg.vector_norm(th.cat([grad.reshape(-1).double() for grad in grads]))
+
+
 @dataclass
 class ParamGroup:
     """The parameters of one part of a network that are clipped together.
@@ -134,6 +139,9 @@ def clip_and_step(
     """
     grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
     before = {name: group_norm(g) for name, g in grads.items() if g}
+    if before and not th.stack(list(before.values())).isfinite().all():
+        # float32 chunk norms overflow for elements above ~1e19: measure such a group again in float64
+        before = {name: norm if norm.isfinite() else _float64_norm(grads[name]) for name, norm in before.items()}
     if before and not th.stack(list(before.values())).isfinite().all():
         if on_nonfinite_grad == "raise":
             bad = {name: norm.item() for name, norm in before.items()}

@@ -16,7 +16,7 @@ from stable_baselines3.common.torch_layers import NatureCNN
 
 from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
-from sb3_td3_cnnclip.grad_clip import group_norm
+from sb3_td3_cnnclip.grad_clip import ParamGroup, clip_and_step, group_norm
 from sb3_td3_cnnclip.report import load_scalars
 
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
@@ -86,6 +86,19 @@ def test_huge_gradients_are_clipped_to_just_below_the_limit():
     for name in ("critic_cnn", "critic_mlp"):
         assert all(0.999 * model.__dict__[f"{name}_max_grad_norm"] < n <= model.__dict__[f"{name}_max_grad_norm"]
                    for n in seen[name])  # fmt: skip
+
+
+def test_finite_gradients_beyond_float32_chunk_range_are_clipped_not_skipped():
+    """Elements of 1e20 overflow a float32 sum of squares; the gradient is finite, so it is clipped and stepped."""
+    weight = th.nn.Parameter(th.zeros(3000, dtype=th.float32))
+    weight.grad = th.full((3000,), 1e20)
+    optimizer = th.optim.SGD([weight], lr=1.0)
+    norms, stepped = clip_and_step(optimizer, [ParamGroup("critic_mlp", [weight], 1.0)])
+    before, after = norms["critic_mlp"]
+    assert stepped
+    assert before.item() == pytest.approx(math.sqrt(3000) * 1e20, rel=1e-6)
+    assert 0.999 < th.linalg.vector_norm(weight.grad.double()).item() <= 1.0
+    assert after.item() <= 1.0
 
 
 def test_actor_statistics_only_on_actor_updates():
