@@ -14,7 +14,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import NatureCNN
 
-from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
+from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip, td3_cnnclip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.grad_clip import ParamGroup, clip_and_step, group_norm
 from sb3_td3_cnnclip.report import load_scalars
@@ -395,16 +395,20 @@ def test_logged_values_are_aggregates_of_independent_recomputations(tmp_path, mo
     expected: dict[int, dict[str, float]] = {}  # update -> independent figures
 
     cnn = {id(p): f"{net}_cnn" for net in ("actor", "critic") for p in getattr(model, net).features_extractor.parameters()}
-    clip = th.nn.utils.clip_grads_with_norm_
+    clip_and_step = td3_cnnclip.clip_and_step
 
-    def recording_clip(parameters, max_norm, total_norm, *args, **kwargs):  # BEFORE, where a group is clipped
-        params = list(parameters)
-        network = "actor" if any(p is q for p in params for q in model.actor.parameters()) else "critic"
-        group = cnn.get(id(params[0]), f"{network}_mlp")
-        expected[model._n_updates][f"{group}_before"] = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
-        return clip(params, max_norm, total_norm, *args, **kwargs)
+    def recording_clip(optimizer, groups, *args, **kwargs):  # BEFORE in float64 from the raw gradients, where over the limit
+        network = "actor" if optimizer is model.actor.optimizer else "critic"
+        squares: dict[str, float] = {}
+        for p in (p for g in optimizer.param_groups for p in g["params"] if p.grad is not None):
+            group = cnn.get(id(p), f"{network}_mlp")
+            squares[group] = squares.get(group, 0.0) + float((p.grad.double() ** 2).sum())
+        for group, square in squares.items():
+            if math.sqrt(square) > limits[f"{group}_max_grad_norm"] * (1 - 1e-6):  # the clip's aim, just below the limit
+                expected[model._n_updates][f"{group}_before"] = math.sqrt(square)
+        return clip_and_step(optimizer, groups, *args, **kwargs)
 
-    monkeypatch.setattr(th.nn.utils, "clip_grads_with_norm_", recording_clip)
+    monkeypatch.setattr(td3_cnnclip, "clip_and_step", recording_clip)
     sample = model.replay_buffer.sample
     batches = {}
 
