@@ -51,10 +51,9 @@ import numpy as np
 from common import (
     RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results,
 )
-from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import NormalActionNoise
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
 
 ENV_ID = "CarlaScenario0-v0"
@@ -132,24 +131,33 @@ def evaluate(model: TD3CnnClip, env: gym.Env, episodes: int, first_seed: int) ->
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
-def save_buffer(buffer: ReplayBuffer, path: Path) -> None:
-    """Save the filled part of a replay buffer (``save_replay_buffer`` pickles every preallocated row: 0.56 GB for
-    10k 4x84x84 transitions however few are stored).
+def save_buffer(model: TD3CnnClip, path: Path) -> None:
+    """Save the model's replay buffer: a :class:`FrameStackReplayBuffer` (each frame stored once) whole, as SB3's
+    ``save_replay_buffer`` does; SB3's own buffers only their filled part (``save_replay_buffer`` pickles every
+    preallocated row: 0.56 GB for 10k 4x84x84 transitions however few are stored).
 
-    :param buffer: the model's replay buffer
-    :param path: the ``.npz`` file
+    :param model: the model
+    :param path: the checkpoint file
     """
+    buffer = model.replay_buffer
+    if isinstance(buffer, FrameStackReplayBuffer):
+        model.save_replay_buffer(path)
+        return
     filled = buffer.buffer_size if buffer.full else buffer.pos
     with path.open("wb") as file:
         np.savez(file, pos=buffer.pos, full=buffer.full, **{k: getattr(buffer, k)[:filled] for k in BUFFER_ARRAYS})
 
 
-def load_buffer(buffer: ReplayBuffer, path: Path) -> None:
-    """Restore what :func:`save_buffer` saved into a model's (new, equally sized) replay buffer.
+def load_buffer(model: TD3CnnClip, path: Path) -> None:
+    """Restore what :func:`save_buffer` saved into a model of the same configuration.
 
-    :param buffer: the model's replay buffer
-    :param path: the ``.npz`` file
+    :param model: the model (a new one: its replay buffer is empty and sized as the saved one)
+    :param path: the checkpoint file
     """
+    if isinstance(model.replay_buffer, FrameStackReplayBuffer):
+        model.load_replay_buffer(path)
+        return
+    buffer = model.replay_buffer
     with np.load(path) as saved:
         for key in BUFFER_ARRAYS:
             getattr(buffer, key)[: len(saved[key])] = saved[key]
@@ -187,12 +195,12 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
     settings_file.write_text(json.dumps(settings, indent=2))
     env = gym.make(ENV_ID, simulator="surrogate")
     eval_env = gym.make(ENV_ID, simulator="surrogate", max_episode_steps=args.eval_max_steps)
-    checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.npz"
+    checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
     if checkpoint.exists():
         model = TD3CnnClip.load(checkpoint, env=env, device=args.device)
         resumed = model.num_timesteps
         if args.buffer_checkpoints and buffer_file.exists():
-            load_buffer(model.replay_buffer, buffer_file)
+            load_buffer(model, buffer_file)
             model.learning_starts = args.learning_starts
         else:  # refill the empty buffer with random actions before training again
             model.learning_starts = resumed + args.learning_starts
@@ -221,8 +229,8 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
         model.learn(min(args.eval_every, args.steps - step), reset_num_timesteps=False)
         train_seconds += time.perf_counter() - start
         if args.buffer_checkpoints:
-            save_buffer(model.replay_buffer, folder / "replay_buffer.tmp.npz")
-            os.replace(folder / "replay_buffer.tmp.npz", buffer_file)
+            save_buffer(model, folder / "replay_buffer.tmp.ckpt")
+            os.replace(folder / "replay_buffer.tmp.ckpt", buffer_file)
         model.save(folder / "model.tmp.zip")
         os.replace(folder / "model.tmp.zip", checkpoint)
         _write_atomically(folder / "wall.json", json.dumps({"train_s": train_seconds, "step": model.num_timesteps}))
