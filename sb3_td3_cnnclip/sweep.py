@@ -33,7 +33,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from stable_baselines3.common.callbacks import EvalCallback
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig
@@ -147,14 +146,14 @@ def objective(
     :param eval_max_steps: step limit of an evaluation episode (``None``: the scenario's)
     :return: the mean return of the last evaluation
     """
-    from sb3_td3_cnnclip.cli import EXPLOSION_FILE, make_callbacks, make_model, make_train_env
+    from sb3_td3_cnnclip.cli import EXPLOSION_FILE, claim_run_dir, make_callbacks, make_logger, make_model, make_train_env
 
     seed = secrets.randbelow(2**31) if base.seed is None else base.seed + trial.number
     config = dataclasses.replace(base, **sample_params(trial), seed=seed, run_name=f"{trial.study.study_name}_trial_{trial.number}")
     trial.set_user_attr("config", dataclasses.asdict(config))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     env = make_train_env(config)
-    eval_env = None
+    eval_env = model = None
     try:
         eval_env = make_carla_vec_env(
             config.scenario, 1, host=eval_at.host, port=eval_at.port, tm_port=eval_at.tm_port,
@@ -163,13 +162,18 @@ def objective(
                         **({} if eval_max_steps is None else {"max_episode_steps": eval_max_steps})},
         )  # fmt: skip
         model = make_model(config, env)
-        run_dir = Path(config.log_dir) / config.run_name
-        model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"] if config.verbose else ["csv", "tensorboard"]))
+        run_dir = claim_run_dir(config.log_dir, config.run_name)  # a fresh one, even where an earlier study left its own
+        trial.set_user_attr("run_dir", str(run_dir))
+        model.set_logger(make_logger(config, run_dir))
         eval_freq = max(1, config.max_timesteps // (n_evaluations * config.n_envs))
         callback = TrialEvalCallback(trial, eval_env, eval_episodes, eval_freq)
         callbacks = [*make_callbacks(config, run_dir).callbacks, callback]
         model.learn(config.max_timesteps, callback=callbacks, log_interval=config.log_interval)
     finally:
+        if model is not None:
+            if model.logger.name_to_value:  # the updates since the last dump, as train writes them
+                model.dump_logs()
+            model.logger.close()
         env.close()
         if eval_env is not None:
             eval_env.close()

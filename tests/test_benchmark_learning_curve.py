@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-if not os.environ.get("CI"):  # CI installs highway-env: a missing one must fail there, not skip
-    pytest.importorskip("highway_env")
+require("highway_env")
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

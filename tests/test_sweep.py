@@ -4,16 +4,17 @@ and the best configuration loads straight into ``train --config``; on the surrog
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-if not os.environ.get("CI"):  # CI installs the test extra: there a missing dependency fails
-    pytest.importorskip("optuna")
-    pytest.importorskip("highway_env")
+require("optuna")
+require("highway_env")
 
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
@@ -56,7 +57,7 @@ def test_two_workers_share_one_journal_study_and_the_best_config_trains(tmp_path
     for t in trials:
         by_worker.setdefault(t.user_attrs["worker"], []).append(t.number)
     assert sorted(len(numbers) for numbers in by_worker.values()) == [2, 2]  # each worker ran 2, none ran one twice
-    assert sorted(p.name for p in tmp_path.glob("s_trial_*")) == [f"s_trial_{n}" for n in range(4)]
+    assert sorted(p.name for p in tmp_path.glob("s_trial_*")) == [f"s_trial_{n}_1" for n in range(4)]
 
     best = tmp_path / "s_best.yaml"
     assert f"best trial {study.best_trial.number} of study 's'" in best.read_text()
@@ -73,7 +74,22 @@ def test_a_pruned_trial_stops_training_at_that_evaluation(tmp_path: Path) -> Non
     assert trial.state == TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]  # 1 of 3 evaluations: training stopped there
     assert trial.user_attrs["config"]["seed"] == 1
-    assert len(list(tmp_path.glob("*_trial_0/progress.csv"))) == 1  # the trial's own log
+    assert len(list(tmp_path.glob("*_trial_0_1/progress.csv"))) == 1  # the trial's own log
+
+
+def test_a_trial_gets_a_fresh_run_dir_and_its_last_updates_reach_the_logs(tmp_path: Path) -> None:
+    old = tmp_path / "s_trial_0_1"  # an earlier study of the same name stopped its trial 0 early
+    old.mkdir()
+    (old / "explosion.json").write_text(json.dumps({"reason": "an earlier study's"}))
+    base = TrainConfig(**{**TINY, "seed": 1, "log_dir": str(tmp_path)})
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.optimize(lambda trial: objective(trial, base, 1, 1, eval_address(base, None), eval_max_steps=30), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE  # not pruned by the old folder's explosion.json
+    assert trial.user_attrs["run_dir"] == str(tmp_path / "s_trial_0_2")
+    rows = (tmp_path / "s_trial_0_2" / "progress.csv").read_text().splitlines()
+    steps = rows[0].split(",").index("time/total_timesteps")
+    assert float(rows[-1].split(",")[steps]) == TINY["max_timesteps"]  # the final dump, after no episode ended
 
 
 def test_best_config_needs_a_completed_trial_and_a_yaml_file(tmp_path: Path) -> None:
