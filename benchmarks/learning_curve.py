@@ -82,10 +82,10 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"steps": 120, "eval_every": 60, "eval_episodes": 2, "eval_max_steps": 20, "seeds": [0],
              "batch_size": 8, "buffer_size": 200, "learning_starts": 40, "workers": 1, "buffer_checkpoints": True,
              "configs": ["td3", "recommended+shift+encoder+nstep3"]},
-    "small": {"steps": 4000, "eval_every": 1000, "eval_episodes": 5, "eval_max_steps": 1000, "seeds": [0, 1],
+    "small": {"steps": 4000, "eval_every": 1000, "eval_episodes": 5, "eval_max_steps": 1200, "seeds": [0, 1],
               "batch_size": 64, "buffer_size": 10_000, "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
               "configs": ["td3", "recommended", "recommended+shift+encoder"]},
-    "large": {"steps": 100_000, "eval_every": 10_000, "eval_episodes": 10, "eval_max_steps": 1000, "seeds": [0, 1, 2],
+    "large": {"steps": 100_000, "eval_every": 10_000, "eval_episodes": 10, "eval_max_steps": 1200, "seeds": [0, 1, 2],
               "batch_size": 256, "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
               "configs": list(CONFIGS)},
 }  # fmt: skip
