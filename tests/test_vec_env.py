@@ -17,6 +17,7 @@ import time
 from functools import partial
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -100,12 +101,18 @@ class ServerReport(gym.Wrapper):
         }))  # fmt: skip
 
 
+def fake_vec_env(report_dir: Path, n_envs: int, fault: str = "none", start_method: str = "fork", **kwargs: Any) -> GuardedSubprocVecEnv:
+    """``n_envs`` envs on the fake carla (ports 2000, 2003, ...), each writing its server's state to ``report_dir``."""
+    kwargs["env_kwargs"] = {**FAKE_ENV, **kwargs.get("env_kwargs", {})}
+    return make_carla_vec_env(
+        0, n_envs, simulator="carla", start_method=start_method,
+        wrapper_class=partial(ServerReport, report_dir=report_dir, fault=fault), **kwargs,
+    )  # fmt: skip
+
+
 def fault_run(report_dir: Path, fault: str, worker_timeout: float = 60.0) -> tuple[EnvWorkerError, GuardedSubprocVecEnv]:
     """Three envs on the fake carla (ports 2000, 2003, 2006), stepped until one fails."""
-    vec_env = make_carla_vec_env(
-        0, 3, simulator="carla", seed=0, env_kwargs=FAKE_ENV, start_method="fork", worker_timeout=worker_timeout,
-        wrapper_class=partial(ServerReport, report_dir=report_dir, fault=fault),
-    )  # fmt: skip
+    vec_env = fake_vec_env(report_dir, 3, fault, seed=0, worker_timeout=worker_timeout)
     vec_env.reset()
     with pytest.raises(EnvWorkerError) as error:
         for _ in range(20):
@@ -170,10 +177,7 @@ def test_hung_worker_ends_the_run_after_worker_timeout(carla, tmp_path: Path) ->
 
 
 def test_close_closes_every_env(carla, tmp_path: Path) -> None:
-    vec_env = make_carla_vec_env(
-        0, 3, simulator="carla", env_kwargs=FAKE_ENV, start_method="fork",
-        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="none"),
-    )  # fmt: skip
+    vec_env = fake_vec_env(tmp_path, 3)
     vec_env.reset()
     vec_env.step_async(np.zeros((3, 2), np.float32))  # a step in flight is read before the envs close
     vec_env.close()
@@ -186,10 +190,7 @@ def test_close_closes_every_env(carla, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -> None:
     # spawn, as the default forkserver: no worker holds another's pipe, so each sees its pipe close
-    vec_env = make_carla_vec_env(
-        0, 2, simulator="carla", env_kwargs=FAKE_ENV, start_method="spawn",
-        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="none"),
-    )  # fmt: skip
+    vec_env = fake_vec_env(tmp_path, 2, start_method="spawn")
     vec_env.reset()
     for remote in vec_env.remotes:
         remote.connection.close()  # what the trainer's death does to the pipes
@@ -202,10 +203,7 @@ def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -
 
 
 def test_callbacks_with_two_envs_in_worker_processes(carla, tmp_path: Path) -> None:
-    vec_env = make_carla_vec_env(
-        0, 2, simulator="carla", seed=0, env_kwargs={**FAKE_ENV, "image_size": 36}, start_method="fork",
-        wrapper_class=partial(ServerReport, report_dir=tmp_path, fault="collide"),
-    )  # fmt: skip
+    vec_env = fake_vec_env(tmp_path, 2, "collide", seed=0, env_kwargs={"image_size": 36})
     model = TD3CnnClip("CnnPolicy", vec_env, buffer_size=200, learning_starts=40, batch_size=8, seed=0)
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
     callbacks = [ScenarioCallback([0, 1], n_npcs=2, seed=0, advance_every=30), DrivingMetricsCallback(),
