@@ -55,6 +55,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
+from sb3_td3_cnnclip.evaluation import drive_episode
 
 ENV_ID = "CarlaScenario0-v0"
 
@@ -109,20 +110,9 @@ def evaluate(model: TD3CnnClip, env: gym.Env, episodes: int, first_seed: int) ->
     """
     rows = []
     for episode in range(episodes):
-        obs, info = env.reset(seed=first_seed + episode)
-        done, total, speeds = False, 0.0, []
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total += float(reward)
-            speeds.append(info["speed"])
-            done = terminated or truncated
-        reason = info["termination_reason"]
-        rows.append({
-            "route_completion": float(info["route_completion"]), "return": total, "length": len(speeds),
-            "mean_speed": float(np.mean(speeds)), "termination_reason": reason,
-            **{f"{name}_rate": float(reason == name) for name in TERMINATION_REASONS},
-        })  # fmt: skip
+        row = drive_episode(model, env, first_seed + episode)
+        del row["simulator"]  # always the surrogate here
+        rows.append({**row, **{f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}})
     means = {key: statistics.fmean(row[key] for row in rows) for key in FIGURES}
     return {**means, "episodes": rows}
 

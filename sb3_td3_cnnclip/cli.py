@@ -34,6 +34,7 @@ import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
 from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
+from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.vec_env import EnvWorkerError, make_carla_vec_env, parse_servers
@@ -360,20 +361,9 @@ def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, vid
     frames, results = [], []
     try:
         for episode in range(episodes):
-            obs, info = env.reset(seed=None if config.seed is None else config.seed + episode)
-            frames.append(env.render())
-            done, total, length, speeds = False, 0.0, 0, []
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, info = env.step(action)
-                done, total, length = terminated or truncated, total + reward, length + 1
-                speeds.append(info["speed"])
-                frames.append(env.render())
-            results.append({
-                "episode": episode, "return": total, "length": length, "route_completion": info["route_completion"],
-                "termination_reason": info["termination_reason"], "mean_speed": float(np.mean(speeds)),
-                "simulator": info["simulator"],
-            })  # fmt: skip
+            seed = None if config.seed is None else config.seed + episode
+            result = drive_episode(model, env, seed, on_step=lambda: frames.append(env.render()))
+            results.append({"episode": episode, **result})
     finally:
         env.close()
     if video:
