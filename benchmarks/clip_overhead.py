@@ -8,9 +8,10 @@ divided by plain TD3's time from the same repeat and the median of those ratios 
 Variants: ``td3`` (``stable_baselines3.TD3``), ``clip`` (``TD3CnnClip`` with its default limits, which may not fire
 on these random batches: the clipped fraction is reported), ``clip_every_step`` (every limit 1e-8, so every group is
 clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
-limit ``None``: norms and statistics measured, nothing clipped) and ``compiled`` (default limits,
-``compile_update=True``: the fast path). Every ``TD3CnnClip`` variant runs with ``pre_tanh_penalty=0`` (its
-default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
+limit ``None``: norms and statistics measured, nothing clipped), ``compiled`` (default limits,
+``compile_update=True``: the fast path) and ``clip_default_layout`` (default limits, ``channels_last=False``: the
+convolution weights in torch's default layout, to show what the ``channels_last`` default gains on a CPU). Every
+``TD3CnnClip`` variant runs with ``pre_tanh_penalty=0`` (its default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
 warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
 compiled once, for that static shape, as in training) are timed too and reported as the first-call cost.
 
@@ -64,6 +65,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "critic_mlp_max_grad_norm": None,
     },
     "compiled": {"compile_update": True},
+    "clip_default_layout": {"channels_last": False},
 }
 
 

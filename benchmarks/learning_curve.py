@@ -11,7 +11,8 @@ mean speed, and the training wall time so far.
 Configurations (every one: lr 3e-4, gamma 0.99, Gaussian exploration noise 0.1, the CLI's TD3 settings, with the
 batch, buffer and warm-up of the size):
 
-- ``td3``: plain TD3 (``TD3CnnClip`` with every gradient limit ``None`` and ``pre_tanh_penalty=0``: exactly TD3);
+- ``td3``: plain TD3 (``TD3CnnClip`` with every gradient limit ``None`` and ``pre_tanh_penalty=0`` and
+  ``channels_last=False``: exactly TD3);
 - ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults);
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
@@ -70,7 +71,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 #: configuration name -> TD3CnnClip keyword arguments (besides COMMON and the size's)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "td3": {**NO_LIMITS, "pre_tanh_penalty": 0.0},
+    "td3": {**NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {"pre_tanh_penalty": 0.01},
 }
 for _names in (["shift"], ["encoder"], ["nstep3"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):

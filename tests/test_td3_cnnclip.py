@@ -23,7 +23,7 @@ SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32,
 FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
 GROUPS = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
 #: the documented setting whose updates are exactly TD3's
-EXACT_TD3 = {**dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None), "pre_tanh_penalty": 0.0}
+EXACT_TD3 = {**dict.fromkeys((f"{g}_max_grad_norm" for g in GROUPS), None), "pre_tanh_penalty": 0.0, "channels_last": False}
 
 
 def make_model(algo=TD3CnnClip, env=None, policy="CnnPolicy", policy_kwargs=None, **kwargs):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.torch_layers import NatureCNN
 from test_td3_cnnclip import poison_once, reference_norms
 
 from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
@@ -23,7 +24,7 @@ PACKAGE = str(Path(__file__).resolve().parent.parent / "sb3_td3_cnnclip")
 
 
 def make_model(**kwargs) -> TD3CnnClip:
-    return TD3CnnClip("CnnPolicy", ToyImageEnv(), policy_kwargs=SMALL_CNN, **{**FAST, **kwargs})
+    return TD3CnnClip("CnnPolicy", ToyImageEnv(), **{"policy_kwargs": SMALL_CNN, **FAST, **kwargs})
 
 
 def test_actor_backward_leaves_no_gradient_on_the_critic_cnn():
@@ -90,26 +91,33 @@ def parameters_vector(model: TD3CnnClip) -> th.Tensor:
     return th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
 
 
+def assert_same_updates_within_rounding(reference: TD3CnnClip, model: TD3CnnClip, gradient_steps: int = 20) -> None:
+    """Train both models from the same weights on the same batches and noise; their parameters and every
+    statistic must agree within 1e-5 (relative) afterwards."""
+    for each in (reference, model):
+        each.learn(30)  # fills the buffer, no update yet (learning_starts=40)
+    model.replay_buffer = reference.replay_buffer
+    assert th.equal(parameters_vector(reference), parameters_vector(model))
+    for each in (reference, model):
+        np.random.seed(0)
+        th.manual_seed(0)
+        each.train(gradient_steps=gradient_steps, batch_size=16)
+    want, got = parameters_vector(reference), parameters_vector(model)
+    assert not th.equal(want, parameters_vector(make_model(seed=reference.seed)))  # they did learn
+    assert (got - want).norm() <= 1e-5 * want.norm()
+    for want_stats, got_stats in zip(reference.update_stats, model.update_stats, strict=True):
+        assert got_stats.keys() == want_stats.keys()
+        assert got_stats == pytest.approx(want_stats, rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_compiled_update_matches_eager_and_keeps_the_clip_invariant(device, monkeypatch):
     monkeypatch.setattr(th.backends.cudnn, "allow_tf32", False)  # the same float32 arithmetic on both paths
     limits = {"critic_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1, "actor_mlp_max_grad_norm": 0.01}
     models = [make_model(compile_update=compiled, device=device, **limits) for compiled in (False, True)]
-    for model in models:
-        model.learn(30)  # fills the buffer, no update yet (learning_starts=40)
-    models[1].replay_buffer = models[0].replay_buffer
-    assert th.equal(parameters_vector(models[0]), parameters_vector(models[1]))
     seen = reference_norms(models[1])
-    for model in models:  # the same batches and target noise
-        np.random.seed(0)
-        th.manual_seed(0)
-        model.train(gradient_steps=20, batch_size=16)
-    eager, compiled = parameters_vector(models[0]), parameters_vector(models[1])
-    assert (compiled - eager).norm() <= 1e-5 * eager.norm()
-    for want, got in zip(models[0].update_stats, models[1].update_stats, strict=True):
-        assert got.keys() == want.keys()
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert_same_updates_within_rounding(*models)
     clipped = [s for s in models[1].update_stats if s["critic_mlp_after"] < s["critic_mlp_before"]]
     assert len(clipped) > 10  # the limits fire
     for name, limit in limits.items():
@@ -167,3 +175,67 @@ def test_an_exception_keeps_the_completed_updates_of_the_call(failure):
     assert model.logger.name_to_value["train/critic_mlp_grad_before_max"] == max(
         s["critic_mlp_before"] for s in model.update_stats
     )
+
+
+def conv_weights(model: TD3CnnClip) -> list[th.Tensor]:
+    """The convolution weights with more than one input channel (with one, both layouts have the same strides)."""
+    return [p for p in model.policy.parameters() if p.dim() == 4 and p.shape[1] > 1]
+
+
+def is_channels_last(tensor: th.Tensor) -> bool:
+    return tensor.is_contiguous(memory_format=th.channels_last) and not tensor.is_contiguous()
+
+
+class ViewCNN(NatureCNN):
+    """A custom extractor whose forward assumes the default layout (``.view`` on a convolution's output)."""
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        conv_out = self.cnn[:-1](observations.float() / 255.0)
+        return self.linear(conv_out.view(conv_out.shape[0], -1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, True),  # CPU, SB3's NatureCNN: on by default
+        ({"critic_trained_encoder": True}, True),
+        ({"policy_kwargs": {**SMALL_CNN, "features_extractor_class": ViewCNN}}, False),  # unknown extractor: off
+        ({"policy_kwargs": {**SMALL_CNN, "features_extractor_class": ViewCNN}, "channels_last": False}, False),
+        ({"channels_last": False}, False),
+    ],
+)
+def test_channels_last_default_is_on_for_known_extractors_on_the_cpu(kwargs, expected):
+    model = make_model(**kwargs)
+    weights = conv_weights(model)
+    assert len(weights) > 0 and all(is_channels_last(p) == expected for p in weights)
+    model.learn(50)  # the optimizers step the converted parameters, Adam's state follows their layout
+    assert all(is_channels_last(p) == expected for p in conv_weights(model))
+    states = [model.critic.optimizer.state[p]["exp_avg"] for p in conv_weights(model) if p in model.critic.optimizer.state]
+    assert len(states) > 0 and all(is_channels_last(s) == expected for s in states)
+
+
+def test_channels_last_breaks_a_view_on_a_convolution_output_hence_off_by_default_for_it():
+    policy_kwargs = {**SMALL_CNN, "features_extractor_class": ViewCNN}  # 64x64: the last conv output is 4x4
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(size=64), policy_kwargs=policy_kwargs, channels_last=True, **FAST)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        model.learn(50)
+
+
+def test_channels_last_update_equals_the_default_layout_within_rounding():
+    assert_same_updates_within_rounding(make_model(channels_last=False), make_model(channels_last=True))
+
+
+def test_channels_last_model_saves_and_loads_in_its_layout(tmp_path):
+    model = make_model()
+    model.learn(50)
+    model.save(tmp_path / "model")
+    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv())
+    assert loaded.channels_last is None and all(is_channels_last(p) for p in conv_weights(loaded))
+    assert th.equal(parameters_vector(loaded), parameters_vector(model))
+    loaded.learn(10, reset_num_timesteps=False)
+    assert all(is_channels_last(p) for p in conv_weights(loaded))
+
+
+def test_channels_last_must_be_none_or_a_bool():
+    with pytest.raises(ValueError, match="channels_last='on' must be None \\(automatic\\), True or False"):
+        make_model(channels_last="on")
