@@ -9,6 +9,8 @@ normalised afterwards by the policy as usual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch as th
 from gymnasium import spaces
 
@@ -38,15 +40,20 @@ def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = N
     return shifted.view(batch, channels, height, width)
 
 
-def image_keys(observation_space: spaces.Space) -> list[str | None]:
-    """The observations that :func:`random_shift` applies to: 3-D ``Box`` spaces (channel-first images).
+def image_keys(
+    observation_space: spaces.Space, is_image: Callable[[spaces.Space], bool] | None = None
+) -> list[str | None]:
+    """The image entries of an observation space.
 
     :param observation_space: a ``Box`` or a ``Dict`` observation space (as stored in the replay buffer)
+    :param is_image: what counts as an image (default: a 3-D ``Box``, i.e. a channel-first image, the entries
+        :func:`random_shift` applies to)
     :return: ``[None]`` for an image ``Box``, the image keys of a ``Dict``, ``[]`` when there is no image
     """
+    is_image = _is_image if is_image is None else is_image
     if isinstance(observation_space, spaces.Dict):
-        return [key for key, space in observation_space.spaces.items() if _is_image(space)]
-    return [None] if _is_image(observation_space) else []
+        return [key for key, space in observation_space.spaces.items() if is_image(space)]
+    return [None] if is_image(observation_space) else []
 
 
 def _is_image(space: spaces.Space) -> bool:

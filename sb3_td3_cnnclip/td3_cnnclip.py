@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch as th
 from stable_baselines3 import TD3
-from stable_baselines3.td3.policies import TD3Policy
+from stable_baselines3.td3.policies import Actor, TD3Policy
 from stable_baselines3.common import preprocessing
-from stable_baselines3.common.policies import BasePolicy
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
@@ -173,8 +174,10 @@ class TD3CnnClip(TD3):
             use_critic_encoder(self.policy)
             self.actor_batch_norm_stats = get_parameters_by_name(self.actor, ["running_"])
             self.actor_batch_norm_stats_target = get_parameters_by_name(self.actor_target, ["running_"])
-        if self._use_channels_last():  # in place: the optimizers keep the same parameter objects
+        self._channels_last_active = self._use_channels_last()
+        if self._channels_last_active:  # in place: the optimizers keep the same parameter objects
             self.policy.to(memory_format=th.channels_last)
+        self._find_preprocessing()
         self._build_groups()
         if self.pre_tanh_penalty > 0 and self._pre_tanh is None:
             raise ValueError(
@@ -209,6 +212,64 @@ class TD3CnnClip(TD3):
             return self.channels_last
         extractors = (self.actor.features_extractor, self.critic.features_extractor)
         return self.device.type == "cpu" and all(type(e) in LAYOUT_AGNOSTIC_EXTRACTORS for e in extractors)
+
+    def _find_preprocessing(self) -> None:
+        """Decide whether ``train()`` preprocesses each batch once.
+
+        SB3's networks preprocess their input in every call (``preprocess_obs``: ``uint8`` images to floats in
+        [0, 1], ``.float()`` or one-hot for the other entries), five times per batch in TD3's update (target actor,
+        target critic, critic, actor, the critic's features for the actor loss), each image a fresh batch-sized
+        float tensor. With SB3's ``Actor`` and ``ContinuousCritic`` (every TD3 policy of SB3 and of this package),
+        ``train()`` preprocesses each batch once instead, the very same values, and runs the networks from their
+        features extractors on (:meth:`_actor_forward`, :meth:`_critic_forward`). Other actor or critic classes
+        keep SB3's per-call path.
+        """
+        actors, critics = (self.actor, self.actor_target), (self.critic, self.critic_target)
+        self._preprocess_once = all(type(net) is Actor for net in actors) and all(
+            type(net) is ContinuousCritic for net in critics
+        )
+        #: the image entries (``[None]``: the whole Box) that SB3 normalises, normalised here once per batch
+        self._normalize_keys = image_keys(self.observation_space, preprocessing.is_image_space)
+        if not self.policy.normalize_images:
+            self._normalize_keys = []
+
+    def _preprocess(self, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+        """SB3's ``preprocess_obs`` of a batch, with normalised images in the convolutions' memory layout."""
+        space = self.observation_space
+        if isinstance(space, spaces.Dict):
+            return {key: self._preprocess_entry(value, space[key], key) for key, value in observations.items()}
+        return self._preprocess_entry(observations, space, None)
+
+    def _preprocess_entry(self, observations: th.Tensor, space: spaces.Space, key: str | None) -> th.Tensor:
+        if key not in self._normalize_keys:
+            return preprocessing.preprocess_obs(observations, space, normalize_images=self.policy.normalize_images)
+        if self._channels_last_active:
+            observations = observations.contiguous(memory_format=th.channels_last)
+        return observations.to(th.float32, copy=True).div_(255.0)  # SB3's obs.float() / 255.0, with one allocation
+
+    def _features(self, net: Actor | ContinuousCritic, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
+        """``net.extract_features(observations, net.features_extractor)`` for a batch from :meth:`_prepare_batch`."""
+        if self._preprocess_once:
+            return net.features_extractor(observations)
+        return net.extract_features(observations, net.features_extractor)
+
+    def _actor_forward(self, actor: Actor, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
+        """``actor(observations)`` for a batch from :meth:`_prepare_batch` (SB3's ``Actor.forward``)."""
+        if not self._preprocess_once:
+            return actor(observations)
+        return actor.mu(self._features(actor, observations))
+
+    def _critic_forward(
+        self, critic: ContinuousCritic, observations: th.Tensor | dict[str, th.Tensor], actions: th.Tensor
+    ) -> tuple[th.Tensor, ...]:
+        """``critic(observations, actions)`` for a batch from :meth:`_prepare_batch` (SB3's
+        ``ContinuousCritic.forward``, without recording a graph for the features under ``no_grad``)."""
+        if not self._preprocess_once:
+            return critic(observations, actions)
+        with th.set_grad_enabled(th.is_grad_enabled() and not critic.share_features_extractor):
+            features = self._features(critic, observations)
+        qvalue_input = th.cat([features, actions], dim=1)
+        return tuple(q_net(qvalue_input) for q_net in critic.q_networks)
 
     def _compiled(self, loss_fn: Callable[..., tuple[th.Tensor, dict[str, th.Tensor]]]) -> Callable:
         """``loss_fn`` through ``torch.compile``; on CUDA as CUDA graphs, whose outputs are copied out of the graph's
@@ -246,12 +307,17 @@ class TD3CnnClip(TD3):
         if sides and pad >= min(sides):
             raise ValueError(f"random_shift_pad={pad} must be smaller than the images' sides ({min(sides)} pixels).")
 
-    def _shift_images(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
-        """Random-shift the images of the observations and of the next observations, with independent offsets (DrQ)."""
-        pad, keys = self.random_shift_pad, self._shift_keys
+    def _prepare_batch(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
+        """Random-shift the images of the observations and of the next observations, with independent offsets (DrQ,
+        when ``random_shift_pad > 0``), then preprocess them once (see :meth:`_find_preprocessing`)."""
+
+        def prepare(observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+            if self.random_shift_pad > 0:
+                observations = shift_observations(observations, self._shift_keys, self.random_shift_pad)
+            return self._preprocess(observations) if self._preprocess_once else observations
+
         return replay_data._replace(
-            observations=shift_observations(replay_data.observations, keys, pad),
-            next_observations=shift_observations(replay_data.next_observations, keys, pad),
+            observations=prepare(replay_data.observations), next_observations=prepare(replay_data.next_observations)
         )
 
     def _build_groups(self) -> None:
@@ -300,8 +366,7 @@ class TD3CnnClip(TD3):
                 replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore
                 # For n-step replay, discount factor is gamma**n_steps (when no early termination)
                 discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-                if self.random_shift_pad > 0:
-                    replay_data = self._shift_images(replay_data)
+                replay_data = self._prepare_batch(replay_data)
                 # Target policy noise, drawn here so that a compiled update draws the same numbers
                 noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
 
@@ -345,15 +410,15 @@ class TD3CnnClip(TD3):
         with th.no_grad():
             # Select action according to policy and add clipped noise
             noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-            next_actions = (self.actor_target(replay_data.next_observations) + noise).clamp(-1, 1)
+            next_actions = (self._actor_forward(self.actor_target, replay_data.next_observations) + noise).clamp(-1, 1)
 
             # Compute the next Q-values: min over all critics targets
-            next_q_values = th.cat(self.critic_target(replay_data.next_observations, next_actions), dim=1)
+            next_q_values = th.cat(self._critic_forward(self.critic_target, replay_data.next_observations, next_actions), dim=1)
             next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
             target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
         # Get current Q-values estimates for each critic network
-        current_q_values = self.critic(replay_data.observations, replay_data.actions)
+        current_q_values = self._critic_forward(self.critic, replay_data.observations, replay_data.actions)
         critic_loss = sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
         assert isinstance(critic_loss, th.Tensor)
         stats = {}
@@ -370,10 +435,10 @@ class TD3CnnClip(TD3):
         The critic's features are computed without a backward graph, as in SB3's ``q1_forward``: the actor's
         backward reaches the first Q-network but never the critic's CNN.
         """
-        actions_pi = self.actor(observations)
+        actions_pi = self._actor_forward(self.actor, observations)
         # = critic.q1_forward(obs, actions_pi), with its features kept to compare Q on the replay actions
         with th.no_grad():
-            features = self.critic.extract_features(observations, self.critic.features_extractor)
+            features = self._features(self.critic, observations)
         q_pi = self.critic.q_networks[0](th.cat([features, actions_pi], dim=1))
         actor_loss = -q_pi.mean()
         stats = {}

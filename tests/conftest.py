@@ -45,7 +45,7 @@ def force_q():
     def install(model, at_update: int, value: float, on: str = "policy") -> None:
         armed = {"on": on == "replay"}
 
-        def arm(module, inputs, output):  # the actor's forward with gradient comes just before Q1(s, pi(s))
+        def arm(module, inputs, output):  # the actor's head with gradient comes just before Q1(s, pi(s))
             armed["on"] = th.is_grad_enabled()
 
         def force(module, inputs, output):
@@ -55,7 +55,7 @@ def force_q():
             return output + (value - output).detach() if fire else None
 
         if on == "policy":
-            model.actor.register_forward_hook(arm)
+            model.actor.mu.register_forward_hook(arm)
         model.critic.q_networks[0].register_forward_hook(force)
 
     return install

@@ -136,6 +136,18 @@ def test_without_limits_matches_td3_update_for_update(kwargs):
     # SB3 seeds the global RNGs when a model is built: build and train one model after the other
     reference = make_model(TD3, **kwargs).learn(100)
     model = make_model(TD3CnnClip, **EXACT_TD3, **kwargs).learn(100)
+    assert_same_as_td3(reference, model)
+
+
+def test_dict_observations_without_limits_match_td3_update_for_update():
+    kwargs = {"policy": "MultiInputPolicy", "policy_kwargs": {"net_arch": [32, 32]}}
+    reference = make_model(TD3, env=ToyImageEnv(dict_obs=True), **kwargs).learn(100)
+    model = make_model(TD3CnnClip, env=ToyImageEnv(dict_obs=True), **kwargs, **EXACT_TD3).learn(100)
+    assert_same_as_td3(reference, model)
+
+
+def assert_same_as_td3(reference: TD3, model: TD3CnnClip) -> None:
+    """The same number of updates, bit-identical weights and the same last critic loss."""
     assert model._n_updates == reference._n_updates > 0
     ref_state, state = reference.policy.state_dict(), model.policy.state_dict()
     assert ref_state.keys() == state.keys()

@@ -1,4 +1,5 @@
-"""The update's exact savings: no critic-CNN backward in the actor loss, statistics read once per train() call."""
+"""The update's savings: no critic-CNN backward in the actor loss, statistics read once per train() call, each batch
+preprocessed once, channels_last convolutions, the compiled update."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3 import TD3
+from stable_baselines3.common import policies as sb3_policies
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import NatureCNN
-from test_td3_cnnclip import poison_once, reference_norms
+from stable_baselines3.td3.policies import Actor, CnnPolicy
+from test_td3_cnnclip import EXACT_TD3, poison_once, reference_norms
 
 from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
@@ -32,7 +37,7 @@ def test_actor_backward_leaves_no_gradient_on_the_critic_cnn():
     model.learn(50)
     phase = {"now": "critic"}
     reached: dict[str, list[str]] = {"critic_cnn": [], "critic_q1": []}
-    model.critic.register_forward_pre_hook(lambda *_: phase.update(now="critic"))
+    model.actor.optimizer.register_step_post_hook(lambda *_: phase.update(now="critic"))
     model.critic.optimizer.register_step_post_hook(lambda *_: phase.update(now="actor"))
     for name, module in (("critic_cnn", model.critic.features_extractor), ("critic_q1", model.critic.q_networks[0])):
         for param in module.parameters():
@@ -40,6 +45,46 @@ def test_actor_backward_leaves_no_gradient_on_the_critic_cnn():
     model.train(gradient_steps=3, batch_size=16)
     assert reached["critic_cnn"].count("critic") > 0 and "actor" not in reached["critic_cnn"]
     assert reached["critic_q1"].count("actor") > 0  # the hooks do see the actor's backward
+
+
+class CustomActor(Actor):
+    """An actor class of a user's own (SB3's, renamed): train() must run it through its forward()."""
+
+
+class CustomActorPolicy(CnnPolicy):
+    def make_actor(self, features_extractor=None) -> CustomActor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return CustomActor(**actor_kwargs).to(self.device)
+
+
+def count_preprocessing(monkeypatch) -> list[int]:
+    """Count the calls of SB3's preprocess_obs made by the networks' extract_features."""
+    calls = [0]
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return preprocess_obs(*args, **kwargs)
+
+    monkeypatch.setattr(sb3_policies, "preprocess_obs", counting)
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["CnnPolicy", CustomActorPolicy])
+def test_each_batch_is_preprocessed_once_and_the_updates_stay_td3s(policy, monkeypatch):
+    """SB3's networks preprocess (normalise) the images in each of the five network calls of an update; train()
+    does it once per batch with SB3's Actor and ContinuousCritic, and keeps SB3's path for other classes. Both are
+    bit-identical to TD3 in the exact-TD3 setting."""
+    exact_td3 = {**EXACT_TD3, "policy_delay": 1}
+    # SB3 seeds the global RNGs when a model is built: build and train one model after the other
+    reference = TD3(policy, ToyImageEnv(), **{"policy_kwargs": SMALL_CNN, **FAST, "policy_delay": 1}).learn(60)
+    model = TD3CnnClip(policy, ToyImageEnv(), **{"policy_kwargs": SMALL_CNN, **FAST, **exact_td3})
+    assert model._preprocess_once == (policy == "CnnPolicy")
+    calls = count_preprocessing(monkeypatch)
+    model.learn(60)
+    predicted = 60 - FAST["learning_starts"]  # one predict() per env step after the random warm-up
+    assert model._n_updates == 20 and calls[0] == predicted + (0 if policy == "CnnPolicy" else 5 * 20)
+    for want, got in zip(reference.policy.parameters(), model.policy.parameters(), strict=True):
+        assert th.equal(want, got)
 
 
 def test_statistics_are_read_once_per_train_call(monkeypatch):
