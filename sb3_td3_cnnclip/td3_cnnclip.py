@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -100,6 +101,12 @@ class TD3CnnClip(TD3):
         features extractor is SB3's ``NatureCNN`` / ``CombinedExtractor`` or this package's bounded ones (a custom
         extractor that calls ``.view()`` on a convolution's output would fail in that layout: pass True to opt in).
         False is TD3.
+    :param bf16_encoders: run the features extractors (the CNNs) in ``train()`` under
+        ``torch.autocast(dtype=torch.bfloat16)``: their convolutions and linear layers compute in bfloat16, which
+        CPUs with AMX / AVX512-BF16 and GPUs with bfloat16 tensor cores run much faster, and their features are cast
+        back to float32 for the MLP heads. Weights, gradients, their norms and clipping, Adam, the losses and the
+        Q-values stay float32; ``predict()`` and rollouts stay float32. Reduced precision: the updates equal
+        float32's only within bfloat16 rounding (see the README for the tolerance tested). False is TD3.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -129,6 +136,7 @@ class TD3CnnClip(TD3):
         critic_trained_encoder: bool = False,
         compile_update: bool = False,
         channels_last: bool | None = None,
+        bf16_encoders: bool = False,
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -145,6 +153,7 @@ class TD3CnnClip(TD3):
         self.critic_trained_encoder = critic_trained_encoder
         self.compile_update = compile_update
         self.channels_last = channels_last
+        self.bf16_encoders = bf16_encoders
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -178,6 +187,7 @@ class TD3CnnClip(TD3):
         if self._channels_last_active:  # in place: the optimizers keep the same parameter objects
             self.policy.to(memory_format=th.channels_last)
         self._find_preprocessing()
+        self._check_bf16_encoders()
         self._build_groups()
         if self.pre_tanh_penalty > 0 and self._pre_tanh is None:
             raise ValueError(
@@ -233,6 +243,28 @@ class TD3CnnClip(TD3):
         if not self.policy.normalize_images:
             self._normalize_keys = []
 
+    def _check_bf16_encoders(self) -> None:
+        """Validate ``bf16_encoders`` for this model's networks and device."""
+        if not isinstance(self.bf16_encoders, bool):
+            raise ValueError(f"bf16_encoders={self.bf16_encoders!r} must be True or False.")
+        if not self.bf16_encoders:
+            return
+        if not self._preprocess_once:
+            raise ValueError(
+                "bf16_encoders=True runs SB3's Actor and ContinuousCritic from their features extractors; this "
+                f"policy's actor ({type(self.actor).__name__}) or critic ({type(self.critic).__name__}) is of "
+                "another class. Use bf16_encoders=False."
+            )
+        if self.device.type == "cuda" and not th.cuda.is_bf16_supported():
+            raise ValueError(f"bf16_encoders=True: the GPU {th.cuda.get_device_name(self.device)} has no bfloat16 "
+                             "support. Use bf16_encoders=False.")  # fmt: skip
+        if self.device.type == "cpu" and not th.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn(
+                "bf16_encoders=True on a CPU without bfloat16 instructions (AVX512-BF16 / AMX): torch emulates "
+                "bfloat16 there, which is likely slower than float32. Consider bf16_encoders=False.",
+                stacklevel=2,
+            )
+
     def _preprocess(self, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
         """SB3's ``preprocess_obs`` of a batch, with normalised images in the convolutions' memory layout."""
         space = self.observation_space
@@ -249,9 +281,13 @@ class TD3CnnClip(TD3):
 
     def _features(self, net: Actor | ContinuousCritic, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
         """``net.extract_features(observations, net.features_extractor)`` for a batch from :meth:`_prepare_batch`."""
-        if self._preprocess_once:
+        if not self._preprocess_once:
+            return net.extract_features(observations, net.features_extractor)
+        if not self.bf16_encoders:
             return net.features_extractor(observations)
-        return net.extract_features(observations, net.features_extractor)
+        with th.autocast(self.device.type, dtype=th.bfloat16):
+            features = net.features_extractor(observations)
+        return features.float()
 
     def _actor_forward(self, actor: Actor, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
         """``actor(observations)`` for a batch from :meth:`_prepare_batch` (SB3's ``Actor.forward``)."""
@@ -425,7 +461,7 @@ class TD3CnnClip(TD3):
         with th.no_grad():  # Q on replay actions (first critic, as the actor loss uses), max |Q| over all critics
             stats["q_replay"] = current_q_values[0].mean()
             stats["q_abs_max"] = th.stack([q.abs().max() for q in current_q_values]).max()
-            stats["critic_feature_norm"] = self._critic_features.value.flatten(1).norm(dim=1).mean()
+            stats["critic_feature_norm"] = self._critic_features.value.float().flatten(1).norm(dim=1).mean()
             stats["critic_loss"] = critic_loss.detach()
         return critic_loss, stats
 
@@ -444,7 +480,7 @@ class TD3CnnClip(TD3):
         stats = {}
         with th.no_grad():
             stats["actor_saturation"] = (actions_pi.abs() > 1.0 - SATURATION_EPS).float().mean()
-            stats["actor_feature_norm"] = self._actor_features.value.flatten(1).norm(dim=1).mean()
+            stats["actor_feature_norm"] = self._actor_features.value.float().flatten(1).norm(dim=1).mean()
             if self._pre_tanh is not None:
                 stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean()
             # Q1 on the policy's actions minus Q1 on the replay actions, from the same critic weights

@@ -34,7 +34,7 @@ def test_defaults_match_td3cnnclip() -> None:
     signature = inspect.signature(TD3CnnClip.__init__).parameters
     config = TrainConfig()
     for name in ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm",
-                 "pre_tanh_penalty", "random_shift_pad", "critic_trained_encoder", "compile_update"):  # fmt: skip
+                 "pre_tanh_penalty", "random_shift_pad", "critic_trained_encoder", "compile_update", "bf16_encoders"):  # fmt: skip
         assert getattr(config, name) == signature[name].default, name
     # the replay buffer of the default run fits a laptop: at most 7,500 bytes per 4x84x84 uint8 transition
     assert config.buffer_size * 7_500 < 1.6e9
@@ -57,9 +57,11 @@ def test_prevention_flags_reach_the_model() -> None:
 
 
 def test_learning_flags_reach_the_model() -> None:
-    config = parse_train("--n-steps", "3", "--random-shift-pad", "4", "--critic-trained-encoder", "--compile-update", "--buffer-size", "100")
+    config = parse_train("--n-steps", "3", "--random-shift-pad", "4", "--critic-trained-encoder", "--compile-update",
+                         "--bf16-encoders", "--buffer-size", "100")  # fmt: skip
     model = cli.make_model(config, ToyImageEnv(size=48))
     assert (model.n_steps, model.random_shift_pad, model.critic_trained_encoder, model.compile_update) == (3, 4, True, True)
+    assert model.bf16_encoders is True
     assert model.replay_buffer.n_steps == 3
 
 
