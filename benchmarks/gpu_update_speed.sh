@@ -11,7 +11,7 @@
 #   log.txt                 everything printed, with the card's name first
 #   tests.txt               the CUDA checks: the fused group norm, the compiled update (CUDA graphs) against eager,
 #                           the device replay buffer
-#   b64/, b256/             clip_overhead.{json,md}: time per update vs SB3 TD3, td3 / clip / measure_only / compiled
+#   b64/, b256/             clip_overhead.{json,md}: time per update vs SB3 TD3, td3 / clip / measure_only / compiled / bf16 / compiled_bf16
 #   learn.json              learn(LEARN_STEPS) wall time per path (td3, TD3CnnClip default, compiled,
 #                           compiled + DeviceReplayBuffer), on CarlaScenario0-v0 when highway-env imports there,
 #                           else on the 4x84x84 toy image env (the file names the env)
@@ -52,7 +52,7 @@ tail -3 "$OUT/tests.txt"
 echo "== time per update"
 for batch in 64 256; do
     timeout 200 python benchmarks/clip_overhead.py --device cuda --batch-sizes "$batch" --repeats "$REPEATS" \
-        --gradient-steps "$STEPS_PER_CALL" --variants td3 clip measure_only compiled --machine "$CARD" \
+        --gradient-steps "$STEPS_PER_CALL" --variants td3 clip measure_only compiled bf16 compiled_bf16 --machine "$CARD" \
         --output-dir "$OUT/b$batch" | tail -8 || echo "batch $batch FAILED"
 done
 

@@ -382,9 +382,10 @@ def default_replay_buffer_class(
     observation_space: spaces.Space, n_steps: int = 1, optimize_memory_usage: bool = False
 ) -> type[ReplayBuffer] | None:
     """The replay buffer class ``TD3CnnClip`` picks when given none: :class:`FrameStackReplayBuffer` for
-    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key), else ``None`` (SB3's
-    own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or ``NStepReplayBuffer`` for ``n_steps > 1``, whose
-    arguments SB3 fills in; ``optimize_memory_usage=True`` keeps SB3's buffer as well).
+    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key; with ``n_steps > 1``
+    a Box only, as in SB3), else ``None`` (SB3's own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or
+    ``NStepReplayBuffer`` for ``n_steps > 1``; ``optimize_memory_usage=True`` keeps SB3's buffer as well). With
+    ``n_steps > 1`` the caller passes ``n_steps`` and ``gamma`` to the buffer, as SB3 does for its own.
 
     :param observation_space: the algorithm's observation space
     :param n_steps: the algorithm's ``n_steps``
@@ -394,7 +395,8 @@ def default_replay_buffer_class(
     keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
     images = [space for space in keyed.values() if is_image_space(space, check_channels=False)]
     stackable = bool(images) and all(is_image_space_channels_first(space) for space in images)
-    return FrameStackReplayBuffer if stackable and n_steps == 1 and not optimize_memory_usage else None
+    n_step_ok = n_steps == 1 or not isinstance(observation_space, spaces.Dict)
+    return FrameStackReplayBuffer if stackable and n_step_ok and not optimize_memory_usage else None
 
 
 def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:

@@ -89,7 +89,7 @@ class TrainConfig:
     critic_mlp_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic MLP (none: measure only)", POSITIVE)
     actor_lr_scale: float = option(1.0, "actor learning rate = this x --learning-rate (below 1 keeps the actor out of tanh saturation)", POSITIVE)
     pre_tanh_penalty: float = option(0.01, "coefficient of mean(pre_tanh^2) added to the actor loss; keeps the actor alive (0: TD3's loss)", NON_NEGATIVE)
-    n_steps: int = option(1, "n-step returns (SB3's n_steps; 1: TD3's one-step targets). Above 1 the buffer is SB3's NStepReplayBuffer: 56 KB per transition, lower --buffer-size", POSITIVE)
+    n_steps: int = option(1, "n-step returns (SB3's n_steps; 1: TD3's one-step targets), in the frame-stacked replay buffer", POSITIVE)
     random_shift_pad: int = option(0, "DrQ random-shift augmentation of the replay images, in pixels (0: off; 4 for 84x84)", NON_NEGATIVE)
     critic_trained_encoder: bool = option(False, "DrQ-v2: one image encoder trained by the critic only, the actor reads it without gradient")
     compile_update: bool = option(False, "torch.compile the update's loss functions (the first updates pay tens of seconds of compilation)")

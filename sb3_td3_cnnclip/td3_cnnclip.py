@@ -177,8 +177,13 @@ class TD3CnnClip(TD3):
             self.replay_buffer_class = default_replay_buffer_class(
                 self.observation_space, self.n_steps, self.optimize_memory_usage
             )
+            if self.replay_buffer_class is not None and self.n_steps > 1:  # as SB3 sets up its NStepReplayBuffer
+                self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
         self._check_compile_update()
-        super()._setup_model()
+        with warnings.catch_warnings():
+            if self.replay_buffer_kwargs.get("n_steps") == self.n_steps:  # SB3's "n_steps is ignored" is untrue here
+                warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom")
+            super()._setup_model()
         if self.critic_trained_encoder:
             use_critic_encoder(self.policy)
             self.actor_batch_norm_stats = get_parameters_by_name(self.actor, ["running_"])

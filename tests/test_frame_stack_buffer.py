@@ -2,6 +2,7 @@
 
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -326,7 +327,8 @@ VECTOR = spaces.Box(-1.0, 1.0, (3,), np.float32)
         (VECTOR, {}, None),
         (spaces.Dict({"vector": VECTOR}), {}, None),
         (spaces.Box(0, 255, (36, 36, 4), np.uint8), {}, None),  # channel-last: SB3 transposes it for CnnPolicy
-        (IMAGE, dict(n_steps=3), None),
+        (IMAGE, dict(n_steps=3), FrameStackReplayBuffer),
+        (spaces.Dict({"image": IMAGE, "vector": VECTOR}), dict(n_steps=3), None),  # SB3: no n-step with Dict
         (IMAGE, dict(optimize_memory_usage=True), None),
     ],
 )
@@ -339,7 +341,7 @@ def test_td3cnnclip_default_buffer_and_models_saved_before_load(tmp_path):
     assert isinstance(TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).replay_buffer, FrameStackReplayBuffer)
     dict_model = TD3CnnClip("MultiInputPolicy", ToyImageEnv(size=36, dict_obs=True), buffer_size=50)
     assert isinstance(dict_model.replay_buffer, FrameStackReplayBuffer)
-    assert type(TD3CnnClip("MlpPolicy", ToyImageEnv(size=8), buffer_size=50, n_steps=3).replay_buffer) is NStepReplayBuffer
+    assert type(TD3CnnClip("MlpPolicy", ToyImageEnv(size=8), buffer_size=50, n_steps=3).replay_buffer) is FrameStackReplayBuffer
     # a model saved with SB3's buffer (the default before) loads with it; a new one with FrameStackReplayBuffer
     TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), replay_buffer_class=ReplayBuffer, **kwargs).save(tmp_path / "old")
     TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), **kwargs).save(tmp_path / "new")
@@ -389,6 +391,24 @@ def test_learn_with_subproc_envs_and_dict_observations():
     finally:
         env.close()
     assert same_parameters(*models)
+
+
+def test_n_step_default_is_frame_stacked_and_learns_as_sb3s_n_step_buffer(tmp_path):
+    """TD3CnnClip(n_steps=3) picks FrameStackReplayBuffer with SB3's n-step settings: the same weights as SB3's TD3
+    with its NStepReplayBuffer, and no SB3 warning that n_steps is ignored (when building or loading)."""
+    exact_td3 = {**dict.fromkeys((f"{g}_max_grad_norm" for g in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")),
+                                 None), "pre_tanh_penalty": 0.0, "channels_last": False}  # fmt: skip
+    reference = tiny(TD3, stacked_toy_env(), None, n_steps=3).learn(70)
+    assert type(reference.replay_buffer) is NStepReplayBuffer
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*n_steps.*ignored")
+        model = tiny(TD3CnnClip, stacked_toy_env(), None, n_steps=3, **exact_td3).learn(70)
+        model.save(tmp_path / "model")
+        loaded = TD3CnnClip.load(tmp_path / "model", env=stacked_toy_env())
+    assert isinstance(model.replay_buffer, FrameStackReplayBuffer) and model.replay_buffer.n_steps == 3
+    assert model.replay_buffer.gamma == reference.replay_buffer.gamma == model.gamma
+    assert same_parameters(reference, model)
+    assert isinstance(loaded.replay_buffer, FrameStackReplayBuffer) and loaded.replay_buffer.n_steps == 3
 
 
 def test_learn_with_n_steps():

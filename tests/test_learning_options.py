@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch as th
-from stable_baselines3.common.buffers import NStepReplayBuffer
 from torch.nn import functional as F
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.policies import DetachedEncoder
 
@@ -131,7 +130,7 @@ def expected_critic_loss(model: TD3CnnClip, batch) -> float:
 
 def test_n_step_returns_use_the_sampled_discounts():
     model = make_model(n_steps=3, gamma=0.9, target_policy_noise=0.0)
-    assert isinstance(model.replay_buffer, NStepReplayBuffer)
+    assert isinstance(model.replay_buffer, FrameStackReplayBuffer) and model.replay_buffer.n_steps == 3
     model.learn(100)
     batch = model.replay_buffer.sample(64)
     # no episode ends inside 3 steps here (episodes last 50 steps and only truncate), so most discounts are gamma**3
