@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import TD3
 from stable_baselines3.td3.policies import Actor, TD3Policy
 from stable_baselines3.common import preprocessing
-from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
@@ -454,7 +454,8 @@ class TD3CnnClip(TD3):
             next_actions = (self._actor_forward(self.actor_target, replay_data.next_observations) + noise).clamp(-1, 1)
 
             # Compute the next Q-values: min over all critics targets
-            next_q_values = th.cat(self._critic_forward(self.critic_target, replay_data.next_observations, next_actions), dim=1)
+            next_q_values = self._critic_forward(self.critic_target, replay_data.next_observations, next_actions)
+            next_q_values = th.cat(next_q_values, dim=1)
             next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
             target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
