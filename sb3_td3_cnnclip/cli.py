@@ -170,13 +170,14 @@ def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
 def make_train_env(config: TrainConfig) -> VecEnv:
     """The ``config.n_envs`` training envs of the scenario, each on its own server and Traffic Manager port.
 
-    :param config: the options (scenario, simulator, servers, n_envs, seed)
+    :param config: the options (scenario, simulator, servers, n_envs, seed, worker_timeout)
     :return: the VecEnv (see :func:`~sb3_td3_cnnclip.vec_env.make_carla_vec_env`)
     """
     return make_carla_vec_env(
         config.scenario, config.n_envs, servers=config.servers, host=config.host, port=config.port,
         tm_port=config.tm_port, port_stride=config.port_stride, simulator=config.simulator, seed=config.seed,
         env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image"},
+        worker_timeout=config.worker_timeout,
     )  # fmt: skip
 
 

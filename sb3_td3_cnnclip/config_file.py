@@ -63,6 +63,7 @@ class TrainConfig:
     tm_port: int = option(8000, "CARLA Traffic Manager port (of env 0; env i gets tm_port + i x port_stride)", PORT)
     n_envs: int = option(1, "envs stepped in parallel, one process and one CARLA server each; every env's step counts as a timestep", POSITIVE)
     servers: str = option("", "CARLA server of each env: host:port,host:port,... (empty: --host, and --port + i x --port-stride)")
+    worker_timeout: float = option(120.0, "seconds to wait for an env worker's answer (--n-envs above 1) before the run ends with an error naming its server; raise it for CARLA servers slow to load a map", POSITIVE)
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features, MultiInput* observe image + kinematics", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)

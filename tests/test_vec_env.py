@@ -33,6 +33,7 @@ from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.vec_env import (
     EnvAddress,
     EnvWorkerError,
+    WORKER_TIMEOUT,
     GuardedSubprocVecEnv,
     env_addresses,
     make_carla_vec_env,
@@ -160,6 +161,16 @@ def test_train_stops_with_one_line_naming_the_lost_server(carla, tmp_path: Path,
     for port in (2000, 2006):
         report = json.loads((tmp_path / f"{port}.json").read_text())
         assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
+
+
+def test_worker_timeout_option_reaches_the_vec_env(monkeypatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(cli, "make_carla_vec_env", lambda *args, **kwargs: seen.update(kwargs))
+    cli.make_train_env(TrainConfig(n_envs=2, worker_timeout=300))
+    assert seen["worker_timeout"] == 300.0
+    assert TrainConfig().worker_timeout == WORKER_TIMEOUT
+    with pytest.raises(ValueError, match="worker_timeout=0.0 must be > 0"):
+        TrainConfig(worker_timeout=0)
 
 
 def test_dead_worker_ends_the_run_naming_it(carla, tmp_path: Path) -> None:
