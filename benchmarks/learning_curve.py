@@ -17,6 +17,7 @@ batch, buffer and warm-up of the size):
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
+- ``+bf16``: ``bf16_encoders=True`` (the update's CNNs in bfloat16: does reduced precision change learning?);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -68,13 +69,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "shift": {"random_shift_pad": 4},
     "encoder": {"critic_trained_encoder": True},
     "nstep3": {"n_steps": 3},
+    "bf16": {"bf16_encoders": True},
 }
 #: configuration name -> TD3CnnClip keyword arguments (besides COMMON and the size's)
 CONFIGS: dict[str, dict[str, Any]] = {
     "td3": {**NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {"pre_tanh_penalty": 0.01},
 }
-for _names in (["shift"], ["encoder"], ["nstep3"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
+for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
