@@ -383,6 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    set_threads(args.threads)  # the jobs' count, which the results' header reports (this process only waits)
     if not args.report_only:
         jobs = [(config, seed) for config in args.configs for seed in args.seeds]
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
