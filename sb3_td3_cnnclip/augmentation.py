@@ -40,8 +40,12 @@ def random_shift(images: th.Tensor, pad: int, generator: th.Generator | None = N
     return shifted.view(batch, channels, height, width)
 
 
+def _is_image(space: spaces.Space) -> bool:
+    return isinstance(space, spaces.Box) and len(space.shape) == 3
+
+
 def image_keys(
-    observation_space: spaces.Space, is_image: Callable[[spaces.Space], bool] | None = None
+    observation_space: spaces.Space, is_image: Callable[[spaces.Space], bool] = _is_image
 ) -> list[str | None]:
     """The image entries of an observation space.
 
@@ -50,14 +54,9 @@ def image_keys(
         :func:`random_shift` applies to)
     :return: ``[None]`` for an image ``Box``, the image keys of a ``Dict``, ``[]`` when there is no image
     """
-    is_image = _is_image if is_image is None else is_image
     if isinstance(observation_space, spaces.Dict):
         return [key for key, space in observation_space.spaces.items() if is_image(space)]
     return [None] if is_image(observation_space) else []
-
-
-def _is_image(space: spaces.Space) -> bool:
-    return isinstance(space, spaces.Box) and len(space.shape) == 3
 
 
 def shift_observations(

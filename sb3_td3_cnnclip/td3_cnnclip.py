@@ -244,9 +244,8 @@ class TD3CnnClip(TD3):
             type(net) is ContinuousCritic for net in critics
         )
         #: the image entries (``[None]``: the whole Box) that SB3 normalises, normalised here once per batch
-        self._normalize_keys = image_keys(self.observation_space, preprocessing.is_image_space)
-        if not self.policy.normalize_images:
-            self._normalize_keys = []
+        normalizes = self.policy.normalize_images
+        self._normalize_keys = image_keys(self.observation_space, preprocessing.is_image_space) if normalizes else []
 
     def _check_bf16_encoders(self) -> None:
         """Validate ``bf16_encoders`` for this model's networks and device."""

@@ -13,6 +13,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
+from test_td3_cnnclip import EXACT_TD3
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.buffers import ROOM_MARGIN, default_replay_buffer_class
@@ -396,13 +397,11 @@ def test_learn_with_subproc_envs_and_dict_observations():
 def test_n_step_default_is_frame_stacked_and_learns_as_sb3s_n_step_buffer(tmp_path):
     """TD3CnnClip(n_steps=3) picks FrameStackReplayBuffer with SB3's n-step settings: the same weights as SB3's TD3
     with its NStepReplayBuffer, and no SB3 warning that n_steps is ignored (when building or loading)."""
-    exact_td3 = {**dict.fromkeys((f"{g}_max_grad_norm" for g in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")),
-                                 None), "pre_tanh_penalty": 0.0, "channels_last": False}  # fmt: skip
     reference = tiny(TD3, stacked_toy_env(), None, n_steps=3).learn(70)
     assert type(reference.replay_buffer) is NStepReplayBuffer
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*n_steps.*ignored")
-        model = tiny(TD3CnnClip, stacked_toy_env(), None, n_steps=3, **exact_td3).learn(70)
+        model = tiny(TD3CnnClip, stacked_toy_env(), None, n_steps=3, **EXACT_TD3).learn(70)
         model.save(tmp_path / "model")
         loaded = TD3CnnClip.load(tmp_path / "model", env=stacked_toy_env())
     assert isinstance(model.replay_buffer, FrameStackReplayBuffer) and model.replay_buffer.n_steps == 3
