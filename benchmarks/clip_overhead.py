@@ -10,7 +10,8 @@ on these random batches: the clipped fraction is reported), ``clip_every_step`` 
 clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
 limit ``None``: norms and statistics measured, nothing clipped), ``compiled`` (default limits,
 ``compile_update=True``: the fast path) and ``clip_default_layout`` (default limits, ``channels_last=False``: the
-convolution weights in torch's default layout, to show what the ``channels_last`` default gains on a CPU), ``bf16``
+convolution weights in torch's default layout, to show what the ``channels_last`` default gains on a CPU),
+``clip_channels_last`` (default limits, ``channels_last=True``, which is off by default on CUDA), ``bf16``
 (default limits, ``bf16_encoders=True``: the CNNs in bfloat16 autocast) and ``compiled_bf16`` (both options). Every
 ``TD3CnnClip`` variant runs with ``pre_tanh_penalty=0`` (its default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
 warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
@@ -67,6 +68,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     },
     "compiled": {"compile_update": True},
     "clip_default_layout": {"channels_last": False},
+    "clip_channels_last": {"channels_last": True},
     "bf16": {"bf16_encoders": True},
     "compiled_bf16": {"bf16_encoders": True, "compile_update": True},
 }

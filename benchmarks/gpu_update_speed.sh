@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # One-shot GPU measurement of the update speed (issue 12), for a session with a lent GPU machine.
 #
-# The GPU machine has torch but not SB3 / gymnasium / pytest. Prepare here, once, from the repository root:
+# The GPU machine has torch but not SB3 / gymnasium / highway-env / pygame-ce. Prepare here, once, from the repository
+# root:
 #     benchmarks/gpu_update_speed.sh --prepare
 # which copies the pure-Python packages the benchmarks and tests import (stable_baselines3, gymnasium, cloudpickle,
-# farama_notifications, pytest and its helpers) from this Python into .gpu_site/ (git-ignored). Then run there,
+# farama_notifications, highway_env) from this Python into .gpu_site/ (git-ignored) and downloads this Python's
+# pygame-ce as a wheel for the GPU machine's Python 3.12 (the surrogate's renderer). Then run there,
 # carrying that folder (device tool: carry [".gpu_site"], timeout_s 600):
 #     benchmarks/gpu_update_speed.sh
 # It writes into $OUT (or benchmarks/results/gpu/ without $OUT), each stage's files as soon as the stage ends:
 #   log.txt                 everything printed, with the card's name first
 #   tests.txt               the CUDA checks: the fused group norm, the compiled update (CUDA graphs) against eager,
-#                           the device replay buffer
-#   b64/, b256/             clip_overhead.{json,md}: time per update vs SB3 TD3, td3 / clip / measure_only / compiled / bf16 / compiled_bf16
-#   learn.json              learn(LEARN_STEPS) wall time per path (td3, TD3CnnClip default, compiled,
-#                           compiled + DeviceReplayBuffer), on CarlaScenario0-v0 when highway-env imports there,
-#                           else on the 4x84x84 toy image env (the file names the env)
+#                           channels_last and bf16 on CUDA, the host's waits per update, the device replay buffer
+#   b256/                   clip_overhead.{json,md}: time per update vs SB3 TD3: td3 / clip / clip_channels_last /
+#                           compiled / bf16 / compiled_bf16
+#   learn.json              learn(LEARN_STEPS) wall time per path (td3, TD3CnnClip default, compiled + bf16 +
+#                           DeviceReplayBuffer), on CarlaScenario0-v0 when highway-env imports there, else on the
+#                           4x84x84 toy image env (the file names the env)
+#   b64/                    as b256/, td3 / clip / bf16 (last: the stage most likely cut by the time limit)
+# Each stage has its own time limit (150 + 180 + 240 + 120 s): the whole script fits a 600 s device call.
 # Environment: LEARN_STEPS (5000), REPEATS (15), STEPS_PER_CALL (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,21 +28,23 @@ if [[ "${1:-}" == "--prepare" ]]; then
     rm -rf .gpu_site && mkdir .gpu_site
     python - <<'EOF'
 import importlib, pathlib, shutil
-for name in ("stable_baselines3", "gymnasium", "cloudpickle", "farama_notifications", "pytest", "_pytest", "pluggy",
-             "iniconfig", "packaging", "py"):
+for name in ("stable_baselines3", "gymnasium", "cloudpickle", "farama_notifications", "highway_env"):
     source = pathlib.Path(importlib.import_module(name).__file__)
     if source.name == "__init__.py":
         shutil.copytree(source.parent, f".gpu_site/{name}", ignore=shutil.ignore_patterns("__pycache__"))
     else:
         shutil.copy(source, ".gpu_site/")
 EOF
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d .gpu_site/wheels "pygame-ce==$(python -c 'from importlib.metadata import version; print(version("pygame-ce"))')"
     du -sh .gpu_site
     exit 0
 fi
 
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD:$PWD/.gpu_site" OMP_NUM_THREADS=1
+python -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_wheels .gpu_site/wheels/*.whl
+export PYTHONPATH="$PWD:$PWD/.gpu_site:/tmp/gpu_wheels" OMP_NUM_THREADS=1
 LEARN_STEPS="${LEARN_STEPS:-5000}" REPEATS="${REPEATS:-15}" STEPS_PER_CALL="${STEPS_PER_CALL:-20}"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -45,19 +52,17 @@ CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== CUDA checks"
-timeout 240 python -m pytest -q -p no:cacheprovider tests/test_update_speed.py tests/test_device_buffer.py \
-    >"$OUT/tests.txt" 2>&1 || echo "CUDA checks FAILED (see tests.txt)"
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_update_speed.py tests/test_device_buffer.py \
+    tests/test_augmentation.py >"$OUT/tests.txt" 2>&1 || echo "CUDA checks FAILED (see tests.txt)"
 tail -3 "$OUT/tests.txt"
 
-echo "== time per update"
-for batch in 64 256; do
-    timeout 200 python benchmarks/clip_overhead.py --device cuda --batch-sizes "$batch" --repeats "$REPEATS" \
-        --gradient-steps "$STEPS_PER_CALL" --variants td3 clip measure_only compiled bf16 compiled_bf16 --machine "$CARD" \
-        --output-dir "$OUT/b$batch" | tail -8 || echo "batch $batch FAILED"
-done
+echo "== time per update, batch 256"
+timeout 180 python benchmarks/clip_overhead.py --device cuda --batch-sizes 256 --repeats "$REPEATS" \
+    --gradient-steps "$STEPS_PER_CALL" --variants td3 clip clip_channels_last compiled bf16 compiled_bf16 \
+    --machine "$CARD" --output-dir "$OUT/b256" | tail -9 || echo "batch 256 FAILED"
 
 echo "== learn($LEARN_STEPS)"
-timeout 420 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda <<'EOF' || echo "learn FAILED or timed out (learn.json has the paths done)"
+timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda <<'EOF' || echo "learn FAILED or timed out (learn.json has the paths done)"
 import json, sys, time
 import torch as th
 from stable_baselines3 import TD3
@@ -74,8 +79,8 @@ except ImportError:
 paths = {
     "td3": (TD3, {}),
     "clip (defaults)": (TD3CnnClip, {}),
-    "compiled": (TD3CnnClip, {"compile_update": True}),
-    "compiled + DeviceReplayBuffer": (TD3CnnClip, {"compile_update": True, "replay_buffer_class": DeviceReplayBuffer}),
+    "compiled + bf16 + DeviceReplayBuffer": (
+        TD3CnnClip, {"compile_update": True, "bf16_encoders": True, "replay_buffer_class": DeviceReplayBuffer}),
 }
 results = {"card": card, "env": str(env_id), "steps": steps, "torch": th.__version__, "paths": {}}
 for name, (cls, kwargs) in paths.items():
@@ -89,4 +94,8 @@ for name, (cls, kwargs) in paths.items():
     with open(path, "w") as file:
         json.dump(results, file, indent=2)
 EOF
+echo "== time per update, batch 64"
+timeout 120 python benchmarks/clip_overhead.py --device cuda --batch-sizes 64 --repeats "$REPEATS" \
+    --gradient-steps "$STEPS_PER_CALL" --variants td3 clip bf16 --machine "$CARD" --output-dir "$OUT/b64" | tail -6 \
+    || echo "batch 64 FAILED"
 echo "== done"

@@ -13,6 +13,7 @@ from sb3_td3_cnnclip.device_buffer import DeviceReplayBuffer
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
 OBS = spaces.Box(0, 255, (4, 12, 12), np.uint8)
+CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
@@ -51,8 +52,9 @@ def test_samples_are_drawn_on_the_device_from_the_filled_part():
     assert {tuple(o.flatten()[:8].tolist()) for o in batch.observations} <= stored
 
 
-def test_learns_and_saves_and_loads_with_the_model(tmp_path):
-    kwargs = {"buffer_size": 300, "learning_starts": 40, "batch_size": 16, "seed": 0,
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_learns_and_saves_and_loads_with_the_model(device, tmp_path):
+    kwargs = {"buffer_size": 300, "learning_starts": 40, "batch_size": 16, "seed": 0, "device": device,
               "policy_kwargs": {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32]}}  # fmt: skip
     model = TD3CnnClip("CnnPolicy", ToyImageEnv(), replay_buffer_class=DeviceReplayBuffer, **kwargs)
     model.learn(60)
@@ -62,7 +64,7 @@ def test_learns_and_saves_and_loads_with_the_model(tmp_path):
     other.load_replay_buffer(tmp_path / "buffer")
     assert other.replay_buffer.pos == model.replay_buffer.pos == 60
     assert th.equal(other.replay_buffer.observations, model.replay_buffer.observations)
-    assert other.replay_buffer.device == other.device
+    assert other.replay_buffer.device == other.device and other.replay_buffer.observations.device.type == device
     other.learn(10, reset_num_timesteps=False)
 
 

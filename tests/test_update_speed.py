@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
 FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
 CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 PACKAGE = str(Path(__file__).resolve().parent.parent / "sb3_td3_cnnclip")
 
 
@@ -130,6 +132,35 @@ def test_group_norm_on_cuda_matches_float64():
     grads = [th.randn(n, generator=gen) * th.rand(n, generator=gen) ** 4 for n in (300_000, 1024, 1025, 1)]
     exact = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
     assert group_norm([g.cuda() for g in grads]).item() == pytest.approx(exact, rel=1e-7)
+
+
+@CUDA
+@pytest.mark.parametrize("kwargs", [{}, {"bf16_encoders": True}])
+def test_train_waits_for_the_gpu_once_per_optimizer_step_and_once_per_call(kwargs):
+    """With the replay batch already on the GPU, the host waits for the GPU once per optimizer step (the decision to
+    skip a non-finite step; SB3's TD3 waits once per loss for its ``.item()``) and a fixed number of times per call
+    (the statistics, read back together): a per-update ``.item()`` or host copy anywhere else would add waits."""
+    from sb3_td3_cnnclip.device_buffer import DeviceReplayBuffer
+
+    model = make_model(device="cuda", replay_buffer_class=DeviceReplayBuffer, **kwargs)
+    model.learn(50)
+    steps = {"now": 0}
+    for optimizer in (model.actor.optimizer, model.critic.optimizer):
+        optimizer.register_step_post_hook(lambda *_: steps.update(now=steps["now"] + 1))
+    extra_waits = []
+    for gradient_steps in (2, 8):
+        steps["now"] = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            th.cuda.set_sync_debug_mode("warn")
+            try:
+                model.train(gradient_steps=gradient_steps, batch_size=16)
+            finally:
+                th.cuda.set_sync_debug_mode("default")
+        waits = sum("synchroniz" in str(w.message) for w in caught)
+        assert steps["now"] >= gradient_steps
+        extra_waits.append(waits - steps["now"])
+    assert extra_waits[0] == extra_waits[1] and extra_waits[0] >= 1, extra_waits
 
 
 def parameters_vector(model: TD3CnnClip) -> th.Tensor:
@@ -266,8 +297,12 @@ def test_channels_last_breaks_a_view_on_a_convolution_output_hence_off_by_defaul
         model.learn(50)
 
 
-def test_channels_last_update_equals_the_default_layout_within_rounding():
-    assert_same_updates_within_rounding(make_model(channels_last=False), make_model(channels_last=True))
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_update_equals_the_default_layout_within_rounding(device, monkeypatch):
+    monkeypatch.setattr(th.backends.cudnn, "allow_tf32", False)  # the same float32 arithmetic in both layouts
+    models = [make_model(channels_last=layout, device=device) for layout in (False, True)]
+    assert all(is_channels_last(p) == layout for model, layout in zip(models, (False, True)) for p in conv_weights(model))
+    assert_same_updates_within_rounding(*models)
 
 
 def test_channels_last_model_saves_and_loads_in_its_layout(tmp_path):
@@ -317,9 +352,10 @@ def test_bf16_encoders_compute_the_cnns_in_bfloat16_and_the_rest_in_float32():
     assert models[1].predict(models[1].env.reset())[0].dtype == np.float32
 
 
-def test_bf16_encoders_keep_the_clip_invariant_and_are_saved(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_encoders_keep_the_clip_invariant_and_are_saved(device, tmp_path):
     limits = {"critic_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1, "actor_mlp_max_grad_norm": 0.01}
-    model = make_model(bf16_encoders=True, **limits)
+    model = make_model(bf16_encoders=True, device=device, **limits)
     seen = reference_norms(model)
     model.learn(80)
     for name, limit in limits.items():
