@@ -15,12 +15,13 @@
 #                           channels_last and bf16 on CUDA, the host's waits per update, the device replay buffer
 #   b256/                   clip_overhead.{json,md}: time per update vs SB3 TD3: td3 / clip / clip_channels_last /
 #                           compiled / bf16 / compiled_bf16
-#   learn.json              learn(LEARN_STEPS) wall time per path (td3, TD3CnnClip default, compiled + bf16 +
-#                           DeviceReplayBuffer), on CarlaScenario0-v0 when highway-env imports there, else on the
-#                           4x84x84 toy image env (the file names the env)
+#   learn.json              learn(LEARN_STEPS) wall time per path (LEARN_PATHS, of td3, clip (TD3CnnClip's defaults),
+#                           compiled+device_buffer, compiled+bf16+device_buffer), on CarlaScenario0-v0 when highway-env
+#                           imports there, else on the 4x84x84 toy image env (the file names the env)
 #   b64/                    as b256/, td3 / clip / bf16 (last: the stage most likely cut by the time limit)
 # Each stage has its own time limit (150 + 180 + 240 + 120 s): the whole script fits a 600 s device call.
-# Environment: LEARN_STEPS (5000), REPEATS (15), STEPS_PER_CALL (20).
+# Environment: LEARN_STEPS (5000), LEARN_PATHS (td3 clip compiled+bf16+device_buffer), REPEATS (15), STEPS_PER_CALL (20),
+# B256_VARIANTS (td3 clip clip_channels_last compiled bf16 compiled_bf16), TEST_TIMEOUT (150 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,24 +46,25 @@ OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 python -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_wheels .gpu_site/wheels/*.whl
 export PYTHONPATH="$PWD:$PWD/.gpu_site:/tmp/gpu_wheels" OMP_NUM_THREADS=1
-LEARN_STEPS="${LEARN_STEPS:-5000}" REPEATS="${REPEATS:-15}" STEPS_PER_CALL="${STEPS_PER_CALL:-20}"
+LEARN_STEPS="${LEARN_STEPS:-5000}" LEARN_PATHS="${LEARN_PATHS:-td3 clip compiled+bf16+device_buffer}"
+REPEATS="${REPEATS:-15}" STEPS_PER_CALL="${STEPS_PER_CALL:-20}"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== CUDA checks"
-timeout 150 python -m pytest -q -p no:cacheprovider tests/test_update_speed.py tests/test_device_buffer.py \
+timeout "${TEST_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider tests/test_update_speed.py tests/test_device_buffer.py \
     tests/test_augmentation.py >"$OUT/tests.txt" 2>&1 || echo "CUDA checks FAILED (see tests.txt)"
 tail -3 "$OUT/tests.txt"
 
 echo "== time per update, batch 256"
 timeout 180 python benchmarks/clip_overhead.py --device cuda --batch-sizes 256 --repeats "$REPEATS" \
-    --gradient-steps "$STEPS_PER_CALL" --variants td3 clip clip_channels_last compiled bf16 compiled_bf16 \
+    --gradient-steps "$STEPS_PER_CALL" --variants ${B256_VARIANTS:-td3 clip clip_channels_last compiled bf16 compiled_bf16} \
     --machine "$CARD" --output-dir "$OUT/b256" | tail -9 || echo "batch 256 FAILED"
 
 echo "== learn($LEARN_STEPS)"
-timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda <<'EOF' || echo "learn FAILED or timed out (learn.json has the paths done)"
+timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda $LEARN_PATHS <<'EOF' || echo "learn FAILED or timed out (learn.json has the paths done)"
 import json, sys, time
 import torch as th
 from stable_baselines3 import TD3
@@ -78,10 +80,12 @@ except ImportError:
     env_id = ToyImageEnv(size=84, channels=4)
 paths = {
     "td3": (TD3, {}),
-    "clip (defaults)": (TD3CnnClip, {}),
-    "compiled + bf16 + DeviceReplayBuffer": (
+    "clip": (TD3CnnClip, {}),
+    "compiled+device_buffer": (TD3CnnClip, {"compile_update": True, "replay_buffer_class": DeviceReplayBuffer}),
+    "compiled+bf16+device_buffer": (
         TD3CnnClip, {"compile_update": True, "bf16_encoders": True, "replay_buffer_class": DeviceReplayBuffer}),
 }
+paths = {name: paths[name] for name in sys.argv[5:]}
 results = {"card": card, "env": str(env_id), "steps": steps, "torch": th.__version__, "paths": {}}
 for name, (cls, kwargs) in paths.items():
     model = cls("CnnPolicy", env_id, buffer_size=10_000, seed=0, device=device, **kwargs)

@@ -128,7 +128,8 @@ def clip_and_step(
     Called after ``loss.backward()``; everything is measured before ``optimizer.step()``.
     When any group's norm is NaN or infinite the step is skipped and the gradients are zeroed
     (or :class:`NonFiniteGradientError` is raised), so a bad gradient never reaches the weights.
-    The norms stay on the device: the only host-device transfer is the one that decides whether to step.
+    The norms stay on the device: the only host-device transfer (when every norm is finite) is the one that decides
+    whether to step.
     A group under its limit is multiplied by exactly 1.0, which leaves its gradient bit for bit as it was.
 
     :param optimizer: the optimizer to step
@@ -139,10 +140,12 @@ def clip_and_step(
     """
     grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
     before = {name: group_norm(g) for name, g in grads.items() if g}
-    if before and not th.stack(list(before.values())).isfinite().all():
+    finite = True
+    if before and not th.stack(list(before.values())).isfinite().all():  # the step's one wait for the device
         # float32 chunk norms overflow for elements above ~1e19: measure such a group again in float64
         before = {name: norm if norm.isfinite() else _float64_norm(grads[name]) for name, norm in before.items()}
-    if before and not th.stack(list(before.values())).isfinite().all():
+        finite = bool(th.stack(list(before.values())).isfinite().all())
+    if not finite:
         if on_nonfinite_grad == "raise":
             bad = {name: norm.item() for name, norm in before.items()}
             raise NonFiniteGradientError(

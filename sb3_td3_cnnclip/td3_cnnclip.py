@@ -417,6 +417,10 @@ class TD3CnnClip(TD3):
                 self.critic.optimizer.zero_grad()
                 critic_loss.backward()
                 self._clip_and_step("critic", self.critic.optimizer, self._critic_groups, stats)
+                # The actor's backward reaches the first Q-network: let it write fresh gradients there instead of
+                # adding to the critic's (which a compiled update on CUDA keeps in CUDA-graph memory that the
+                # actor's graphs reuse). The critic's next step starts from zero gradients either way.
+                self.critic.optimizer.zero_grad()
 
                 # Delayed policy updates
                 if self._n_updates % self.policy_delay == 0:

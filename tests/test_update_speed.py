@@ -24,7 +24,7 @@ from sb3_td3_cnnclip.grad_clip import group_norm
 from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
 
 SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
-FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3}
+FAST = {"buffer_size": 600, "learning_starts": 40, "batch_size": 16, "seed": 3, "device": "cpu"}  # cuda: when asked
 CUDA = pytest.mark.skipif(not th.cuda.is_available(), reason="needs CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 PACKAGE = str(Path(__file__).resolve().parent.parent / "sb3_td3_cnnclip")
@@ -144,6 +144,7 @@ def test_train_waits_for_the_gpu_once_per_optimizer_step_and_once_per_call(kwarg
 
     model = make_model(device="cuda", replay_buffer_class=DeviceReplayBuffer, **kwargs)
     model.learn(50)
+    model.train(gradient_steps=2, batch_size=16)  # anything done once, outside the calls compared
     steps = {"now": 0}
     for optimizer in (model.actor.optimizer, model.critic.optimizer):
         optimizer.register_step_post_hook(lambda *_: steps.update(now=steps["now"] + 1))
@@ -179,7 +180,7 @@ def assert_same_updates_within_rounding(reference: TD3CnnClip, model: TD3CnnClip
         th.manual_seed(0)
         each.train(gradient_steps=gradient_steps, batch_size=16)
     want, got = parameters_vector(reference), parameters_vector(model)
-    assert not th.equal(want, parameters_vector(make_model(seed=reference.seed)))  # they did learn
+    assert not th.equal(want, parameters_vector(make_model(seed=reference.seed, device=reference.device)))  # learned
     assert (got - want).norm() <= 1e-5 * want.norm()
     for want_stats, got_stats in zip(reference.update_stats, model.update_stats, strict=True):
         assert got_stats.keys() == want_stats.keys()
@@ -209,7 +210,7 @@ def test_compiled_model_continues_learning_after_save_and_load(tmp_path):
     model.learn(10, reset_num_timesteps=False)
     assert model._n_updates > updates
     model.save(tmp_path / "model")
-    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv())
+    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv(), device="cpu")
     assert loaded.compile_update is True
     assert th.equal(parameters_vector(loaded), parameters_vector(model))
     loaded.learn(10, reset_num_timesteps=False)
@@ -309,7 +310,7 @@ def test_channels_last_model_saves_and_loads_in_its_layout(tmp_path):
     model = make_model()
     model.learn(50)
     model.save(tmp_path / "model")
-    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv())
+    loaded = TD3CnnClip.load(tmp_path / "model", env=ToyImageEnv(), device="cpu")
     assert loaded.channels_last is None and all(is_channels_last(p) for p in conv_weights(loaded))
     assert th.equal(parameters_vector(loaded), parameters_vector(model))
     loaded.learn(10, reset_num_timesteps=False)
@@ -363,7 +364,7 @@ def test_bf16_encoders_keep_the_clip_invariant_and_are_saved(device, tmp_path):
         assert len(seen[group]) > 0 and max(seen[group]) <= limit
     assert all(math.isfinite(value) for stats in model.update_stats for value in stats.values())
     model.save(tmp_path / "model")
-    assert TD3CnnClip.load(tmp_path / "model").bf16_encoders is True
+    assert TD3CnnClip.load(tmp_path / "model", device=device).bf16_encoders is True
 
 
 @pytest.mark.parametrize(
