@@ -11,7 +11,8 @@ loop, first timed, then run under cProfile, where the time spent inside the fake
 server, entered from the backend) is separated from the backend's and the env's own code.
 
 Several envs in one run (with ``--n-envs 1 2 4``): env steps/s of ``make_carla_vec_env`` on the surrogate for each
-number of envs (one env: ``DummyVecEnv`` in this process; several: one worker process each), random actions, the
+number of envs (one env: ``DummyVecEnv`` in this process; several: one worker process each), and SB3's own
+``SubprocVecEnv`` of the same envs for each number above one, random actions, the
 VecEnvs stepped in interleaved blocks of ``--block`` vector steps so load from other processes hits them alike, and
 the CPU time the VecEnv's processes used per env step (Linux); written to ``env_throughput_n_envs.{json,md}`` instead.
 
@@ -36,6 +37,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from common import add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_td3_cnnclip.envs.registration import SCENARIO_IDS
 from sb3_td3_cnnclip.vec_env import make_carla_vec_env
@@ -164,46 +167,53 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def vec_env_throughput(n_envs_list: list[int], scenario: int, steps: int, block: int, seed: int) -> dict[str, Any]:
-    """Env steps/s of one surrogate scenario run by ``make_carla_vec_env`` with each number of envs, side by side.
+    """Env steps/s of one surrogate scenario run by ``make_carla_vec_env`` with each number of envs, side by side with
+    SB3's own ``SubprocVecEnv`` (``make_vec_env``, same envs) for each number above one.
 
     :param n_envs_list: numbers of envs to compare; the first is the reference of the speed-ups
     :param scenario: scenario id
     :param steps: vector steps per VecEnv
     :param block: vector steps per VecEnv before switching to the next
     :param seed: seed of the envs and of the actions
-    :return: per number of envs the figures
+    :return: per VecEnv (``"2"``: ``make_carla_vec_env``, ``"2, SB3"``: SB3's ``SubprocVecEnv``) the figures
     """
     rng = np.random.default_rng(seed)
-    vec_envs = {n: make_carla_vec_env(scenario, n, simulator="surrogate", seed=seed) for n in n_envs_list}
-    blocks: dict[int, list[float]] = {n: [] for n in n_envs_list}
-    cpu: dict[int, float] = {n: 0.0 for n in n_envs_list}
+    vec_envs = {str(n): make_carla_vec_env(scenario, n, simulator="surrogate", seed=seed) for n in n_envs_list}
+    for n in (n for n in n_envs_list if n > 1):
+        vec_envs[f"{n}, SB3"] = make_vec_env(SCENARIO_IDS[scenario], n, seed=seed, vec_env_cls=SubprocVecEnv,
+                                             env_kwargs={"simulator": "surrogate"})  # fmt: skip
+    blocks: dict[str, list[float]] = {name: [] for name in vec_envs}
+    cpu: dict[str, float] = {name: 0.0 for name in vec_envs}
     try:
         for vec_env in vec_envs.values():
             vec_env.reset()
+        order = list(vec_envs)
         for _ in range(steps // block):
-            for n, vec_env in vec_envs.items():
-                actions = rng.uniform(-1.0, 1.0, (block, n, 2)).astype(np.float32)
+            order = order[1:] + order[:1]  # each VecEnv in each position in turn
+            for name in order:
+                vec_env = vec_envs[name]
+                actions = rng.uniform(-1.0, 1.0, (block, vec_env.num_envs, 2)).astype(np.float32)
                 pids = [process.pid for process in getattr(vec_env, "processes", [])]
                 cpu_start, start = cpu_seconds(pids), time.perf_counter()
                 for action in actions:
                     vec_env.step(action)
-                blocks[n].append(time.perf_counter() - start)
-                cpu[n] += cpu_seconds(pids) - cpu_start
+                blocks[name].append(time.perf_counter() - start)
+                cpu[name] += cpu_seconds(pids) - cpu_start
     finally:
         for vec_env in vec_envs.values():
             vec_env.close()
-    rates = {n: [n * block / seconds for seconds in blocks[n]] for n in n_envs_list}
-    reference = n_envs_list[0]
+    rates = {name: [vec_envs[name].num_envs * block / seconds for seconds in blocks[name]] for name in vec_envs}
+    reference = str(n_envs_list[0])
     return {
-        str(n): {
-            "vec_env": type(vec_envs[n]).__name__,
-            "vector_steps": block * len(blocks[n]),
-            "env_steps_per_s": n * block * len(blocks[n]) / sum(blocks[n]),
-            "median_block_env_steps_per_s": statistics.median(rates[n]),
-            "median_block_speedup": statistics.median(a / b for a, b in zip(rates[n], rates[reference])),
-            "cpu_ms_per_env_step": 1e3 * cpu[n] / (n * block * len(blocks[n])),
+        name: {
+            "vec_env": type(vec_env).__name__,
+            "vector_steps": block * len(blocks[name]),
+            "env_steps_per_s": vec_env.num_envs * block * len(blocks[name]) / sum(blocks[name]),
+            "median_block_env_steps_per_s": statistics.median(rates[name]),
+            "median_block_speedup": statistics.median(a / b for a, b in zip(rates[name], rates[reference])),
+            "cpu_ms_per_env_step": 1e3 * cpu[name] / (vec_env.num_envs * block * len(blocks[name])),
         }
-        for n in n_envs_list
+        for name, vec_env in vec_envs.items()
     }
 
 

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env import subproc_vec_env
@@ -282,6 +283,14 @@ class GuardedSubprocVecEnv(SubprocVecEnv):
         self.remotes[0].send(("get_spaces", None))
         observation_space, action_space = self.remotes[0].recv()
         VecEnv.__init__(self, len(env_fns), observation_space, action_space)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        # env 0 last: step_wait reads env 0's answer first, so it then mostly finds every answer there and this
+        # process wakes once per vector step rather than once per env (in SB3's order env 0, started first, answers
+        # first, and the wait for the next env sends this process to sleep again)
+        for remote, action in reversed(list(zip(self.remotes, actions, strict=True))):
+            remote.send(("step", action))
+        self.waiting = True
 
     def close(self) -> None:
         self._shut_down(failed=None)

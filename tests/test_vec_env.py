@@ -198,6 +198,27 @@ def test_close_closes_every_env(carla, tmp_path: Path) -> None:
     assert [process.exitcode for process in vec_env.processes] == [0, 0, 0]
 
 
+def test_a_vector_step_sends_env_0_its_action_last(carla, tmp_path: Path, monkeypatch) -> None:
+    vec_env = fake_vec_env(tmp_path, 3)
+    vec_env.reset()
+    sent: list[tuple[int, str, float]] = []
+
+    def recording(remote):
+        send = remote.send
+
+        def record(message):
+            sent.append((remote.index, message[0], float(message[1][0])))
+            return send(message)
+
+        return record
+
+    for remote in vec_env.remotes:
+        monkeypatch.setattr(remote, "send", recording(remote))
+    vec_env.step(np.array([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]], np.float32))
+    assert sent == [(2, "step", 1.0), (1, "step", 0.5), (0, "step", 0.0)]  # each env its own action
+    vec_env.close()
+
+
 @pytest.mark.slow
 def test_workers_close_their_envs_when_the_trainer_dies(carla, tmp_path: Path) -> None:
     # spawn, as the default forkserver: no worker holds another's pipe, so each sees its pipe close
