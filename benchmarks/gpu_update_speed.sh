@@ -19,9 +19,10 @@
 #                           compiled+device_buffer, compiled+bf16+device_buffer), on CarlaScenario0-v0 when highway-env
 #                           imports there, else on the 4x84x84 toy image env (the file names the env)
 #   b64/                    as b256/, td3 / clip / bf16 (last: the stage most likely cut by the time limit)
-# Each stage has its own time limit (150 + 180 + 240 + 120 s): the whole script fits a 600 s device call.
-# Environment: LEARN_STEPS (5000), LEARN_PATHS (td3 clip compiled+bf16+device_buffer), REPEATS (15), STEPS_PER_CALL (20),
-# B256_VARIANTS (td3 clip clip_channels_last compiled bf16 compiled_bf16), TEST_TIMEOUT (150 s).
+# Each stage has its own time limit (TEST_TIMEOUT + 180 + 240 + 120 s); on an H200 the whole script took 400 s with
+# the defaults and 245 s with TEST_TIMEOUT=120 REPEATS=10 LEARN_PATHS=compiled+device_buffer, within a 600 s call.
+# Environment: LEARN_STEPS (5000), LEARN_PATHS (td3 clip compiled+bf16+device_buffer), REPEATS (15),
+# STEPS_PER_CALL (20), B256_VARIANTS (td3 clip clip_channels_last compiled bf16 compiled_bf16), TEST_TIMEOUT (150 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,9 @@ for name in ("stable_baselines3", "gymnasium", "cloudpickle", "farama_notificati
     else:
         shutil.copy(source, ".gpu_site/")
 EOF
+    pygame_ce="pygame-ce==$(python -c 'from importlib.metadata import version; print(version("pygame-ce"))')"
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux2014_x86_64 -d .gpu_site/wheels "pygame-ce==$(python -c 'from importlib.metadata import version; print(version("pygame-ce"))')"
+        --platform manylinux2014_x86_64 -d .gpu_site/wheels "$pygame_ce"
     du -sh .gpu_site
     exit 0
 fi
@@ -54,17 +56,20 @@ CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== CUDA checks"
-timeout "${TEST_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider tests/test_update_speed.py tests/test_device_buffer.py \
-    tests/test_augmentation.py >"$OUT/tests.txt" 2>&1 || echo "CUDA checks FAILED (see tests.txt)"
+timeout "${TEST_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider tests/test_update_speed.py \
+    tests/test_device_buffer.py tests/test_augmentation.py >"$OUT/tests.txt" 2>&1 \
+    || echo "CUDA checks FAILED (see tests.txt)"
 tail -3 "$OUT/tests.txt"
 
 echo "== time per update, batch 256"
 timeout 180 python benchmarks/clip_overhead.py --device cuda --batch-sizes 256 --repeats "$REPEATS" \
-    --gradient-steps "$STEPS_PER_CALL" --variants ${B256_VARIANTS:-td3 clip clip_channels_last compiled bf16 compiled_bf16} \
-    --machine "$CARD" --output-dir "$OUT/b256" | tail -9 || echo "batch 256 FAILED"
+    --gradient-steps "$STEPS_PER_CALL" \
+    --variants ${B256_VARIANTS:-td3 clip clip_channels_last compiled bf16 compiled_bf16} --machine "$CARD" \
+    --output-dir "$OUT/b256" | tail -9 || echo "batch 256 FAILED"
 
 echo "== learn($LEARN_STEPS)"
-timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda $LEARN_PATHS <<'EOF' || echo "learn FAILED or timed out (learn.json has the paths done)"
+timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda $LEARN_PATHS <<'EOF' \
+    || echo "learn FAILED or timed out (learn.json has the paths done)"
 import json, sys, time
 import torch as th
 from stable_baselines3 import TD3
