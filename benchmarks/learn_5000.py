@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common import add_common_args, describe_line, markdown_table, run_description, set_threads, write_results
-from replay_memory import buffer_bytes
+from replay_memory import buffer_nbytes
 from stable_baselines3 import TD3
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -126,8 +126,6 @@ class TimedModel:
         calls = max(0, total - learning_starts) // model.train_freq.frequency
         updates = calls * model.gradient_steps
         seconds = total * (env_ms + rollout_ms) / 1e3 + updates * train_ms / 1e3
-        probe = 1000
-        per_transition = sum(buffer_bytes(probe, model.observation_space, model.optimize_memory_usage).values()) / probe
         return {
             "threads": self.threads,
             "kwargs": self.kwargs,
@@ -136,7 +134,7 @@ class TimedModel:
             "train_freq": model.train_freq.frequency,
             "gradient_steps": model.gradient_steps,
             "buffer_size": model.buffer_size,
-            "full_buffer_gb": per_transition * model.buffer_size / 1e9,
+            "full_buffer_gb": buffer_nbytes(model.replay_buffer) / 1e9,  # allocated for the whole capacity
             "setup_s": self.setup_seconds,
             "measured_steps": sum(c[0] for c in self.chunks),
             "measured_updates": sum(c[1] for c in self.chunks),
