@@ -89,10 +89,12 @@ def test_each_batch_is_preprocessed_once_and_the_updates_stay_td3s(policy, monke
         assert th.equal(want, got)
 
 
-def test_statistics_are_read_once_per_train_call(monkeypatch):
+def test_statistics_are_read_once_per_train_call_and_each_step_decides_once(monkeypatch):
+    """The package's own host reads in a train() call: one ``tolist`` of the statistics, and one ``bool`` per
+    optimizer step (whether every norm is finite); on CUDA each is a wait for the GPU."""
     model = make_model(policy_delay=1)
     model.learn(50)
-    calls = {"item": 0, "tolist": 0}
+    calls = {"item": 0, "tolist": 0, "__bool__": 0}
 
     def counting(method: str):
         original = getattr(th.Tensor, method)
@@ -107,7 +109,7 @@ def test_statistics_are_read_once_per_train_call(monkeypatch):
     for method in calls:
         monkeypatch.setattr(th.Tensor, method, counting(method))
     model.train(gradient_steps=5, batch_size=16)
-    assert calls == {"item": 0, "tolist": 1}
+    assert calls == {"item": 0, "tolist": 1, "__bool__": 10}  # policy_delay=1: a critic and an actor step per update
     last = model._n_updates
     assert [s["n_updates"] for s in list(model.update_stats)[-5:]] == list(range(last - 4, last + 1))
 
