@@ -306,7 +306,8 @@ def test_channels_last_breaks_a_view_on_a_convolution_output_hence_off_by_defaul
 def test_channels_last_update_equals_the_default_layout_within_rounding(device, monkeypatch):
     monkeypatch.setattr(th.backends.cudnn, "allow_tf32", False)  # the same float32 arithmetic in both layouts
     models = [make_model(channels_last=layout, device=device) for layout in (False, True)]
-    assert all(is_channels_last(p) == layout for model, layout in zip(models, (False, True)) for p in conv_weights(model))
+    for model, layout in zip(models, (False, True)):
+        assert all(is_channels_last(p) == layout for p in conv_weights(model))
     assert_same_updates_within_rounding(*models)
 
 
