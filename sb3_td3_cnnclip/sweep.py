@@ -21,7 +21,9 @@ import json
 import os
 import secrets
 import socket
+import sys
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -128,6 +131,16 @@ def eval_address(base: TrainConfig, eval_server: str | None) -> EnvAddress:
     return address
 
 
+def _close_logger(model: BaseAlgorithm) -> None:
+    """Write the updates since the last dump, as ``train`` does, and close the model's logger.
+
+    :param model: a model whose logger is set
+    """
+    if model.logger.name_to_value:
+        model.dump_logs()
+    model.logger.close()
+
+
 def objective(
     trial: optuna.Trial,
     base: TrainConfig,
@@ -153,7 +166,8 @@ def objective(
     trial.set_user_attr("config", dataclasses.asdict(config))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     env = make_train_env(config)
-    eval_env = model = None
+    cleanup = ExitStack()  # what the trial opened, closed last first however the trial ends
+    cleanup.callback(env.close)
     try:
         eval_env = make_carla_vec_env(
             config.scenario, 1, host=eval_at.host, port=eval_at.port, tm_port=eval_at.tm_port,
@@ -161,22 +175,23 @@ def objective(
             env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image",
                         **({} if eval_max_steps is None else {"max_episode_steps": eval_max_steps})},
         )  # fmt: skip
+        cleanup.callback(eval_env.close)
         model = make_model(config, env)
         run_dir = claim_run_dir(config.log_dir, config.run_name)  # a fresh one, even where an earlier study left its own
         trial.set_user_attr("run_dir", str(run_dir))
         model.set_logger(make_logger(config, run_dir))
+        cleanup.callback(_close_logger, model)
         eval_freq = max(1, config.max_timesteps // (n_evaluations * config.n_envs))
         callback = TrialEvalCallback(trial, eval_env, eval_episodes, eval_freq)
         callbacks = [*make_callbacks(config, run_dir).callbacks, callback]
         model.learn(config.max_timesteps, callback=callbacks, log_interval=config.log_interval)
-    finally:
-        if model is not None:
-            if model.logger.name_to_value:  # the updates since the last dump, as train writes them
-                model.dump_logs()
-            model.logger.close()
-        env.close()
-        if eval_env is not None:
-            eval_env.close()
+    except BaseException:
+        try:
+            cleanup.close()
+        except Exception as error:  # noqa: BLE001 (every env was still closed; the first error is the one to see)
+            print(f"Warning: closing the trial failed too ({type(error).__name__}: {error})", file=sys.stderr)
+        raise
+    cleanup.close()
     if callback.is_pruned:
         raise optuna.TrialPruned()
     explosion = run_dir / EXPLOSION_FILE

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import require
@@ -19,6 +20,7 @@ require("highway_env")
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from sb3_td3_cnnclip import cli, sweep  # noqa: E402
 from sb3_td3_cnnclip.cli import build_parser, config_from_args, main  # noqa: E402
 from sb3_td3_cnnclip.config_file import TrainConfig  # noqa: E402
 from sb3_td3_cnnclip.sweep import eval_address, objective, open_storage, write_best_config  # noqa: E402
@@ -90,6 +92,59 @@ def test_a_trial_gets_a_fresh_run_dir_and_its_last_updates_reach_the_logs(tmp_pa
     rows = (tmp_path / "s_trial_0_2" / "progress.csv").read_text().splitlines()
     steps = rows[0].split(",").index("time/total_timesteps")
     assert float(rows[-1].split(",")[steps]) == TINY["max_timesteps"]  # the final dump, after no episode ended
+
+
+def recording(build, name: str, closed: list[str], close_error: Exception | None = None):
+    """``build``, whose env appends ``name`` to ``closed`` when it closes, then raises ``close_error`` if given."""
+
+    def build_and_record(*args: Any, **kwargs: Any) -> Any:
+        env = build(*args, **kwargs)
+        close = env.close
+
+        def record_close() -> None:
+            closed.append(name)
+            close()
+            if close_error is not None:
+                raise close_error
+
+        env.close = record_close
+        return env
+
+    return build_and_record
+
+
+@pytest.mark.parametrize(
+    ("failing", "eval_close_fails"),
+    [("claim_run_dir", False), ("set_user_attr", False), ("make_logger", False), ("make_logger", True)],
+)
+def test_a_failing_trial_raises_its_own_error_after_closing_both_envs(
+    failing: str, eval_close_fails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    error = PermissionError(f"{failing} failed")
+
+    def fail(*args: Any) -> None:
+        raise error
+
+    set_user_attr = optuna.Trial.set_user_attr
+
+    def run_dir_fails(trial: optuna.Trial, key: str, value: Any) -> None:  # as a locked shared database would
+        (fail if key == "run_dir" else set_user_attr)(trial, key, value)
+
+    closed: list[str] = []
+    close_error = OSError("eval env close failed") if eval_close_fails else None
+    monkeypatch.setattr(cli, "make_train_env", recording(cli.make_train_env, "train", closed))
+    monkeypatch.setattr(sweep, "make_carla_vec_env", recording(sweep.make_carla_vec_env, "eval", closed, close_error))
+    if failing == "set_user_attr":
+        monkeypatch.setattr(optuna.Trial, "set_user_attr", run_dir_fails)
+    else:
+        monkeypatch.setattr(cli, failing, fail)
+    base = TrainConfig(**{**TINY, "seed": 1, "log_dir": str(tmp_path)})
+    trial = optuna.create_study(direction="maximize").ask()
+    with pytest.raises(PermissionError) as raised:
+        objective(trial, base, 1, 1, eval_address(base, None), eval_max_steps=30)
+    assert raised.value is error  # the first error, not a later one of the clean-up
+    assert sorted(closed) == ["eval", "train"]
+    assert ("closing the trial failed too (OSError: eval env close failed)" in capsys.readouterr().err) == eval_close_fails
 
 
 def test_best_config_needs_a_completed_trial_and_a_yaml_file(tmp_path: Path) -> None:
