@@ -221,7 +221,8 @@ class _Remote:
         try:
             self.connection.send(message)
         except OSError as error:
-            self.vec_env._fail(self.index, self.command, f"its process is gone ({error})")
+            reason = self._failure_report() or f"its process is gone ({error})"  # a worker that failed said why
+            self.vec_env._fail(self.index, self.command, reason)
         self.pending += 1
 
     def recv(self) -> Any:
@@ -241,6 +242,15 @@ class _Remote:
 
     def close(self) -> None:
         self.connection.close()
+
+    def _failure_report(self) -> str | None:
+        """The error a worker that ended sent before its pipe closed, if it waits there unread; else ``None``."""
+        with suppress(EOFError, OSError):
+            while self.connection.poll():
+                answer = self.connection.recv()
+                if isinstance(answer, _Failure):
+                    return answer.error
+        return None
 
 
 class GuardedSubprocVecEnv(SubprocVecEnv):
@@ -273,16 +283,22 @@ class GuardedSubprocVecEnv(SubprocVecEnv):
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         context = mp.get_context(start_method)
         self.processes, self.remotes = [], []
-        for index, env_fn in enumerate(env_fns):
-            remote, work_remote = context.Pipe()
-            process = context.Process(target=_worker, args=(work_remote, remote, CloudpickleWrapper(env_fn)), daemon=True)
-            process.start()
-            work_remote.close()
-            self.processes.append(process)
-            self.remotes.append(_Remote(remote, index, self))
-        self.remotes[0].send(("get_spaces", None))
-        observation_space, action_space = self.remotes[0].recv()
-        VecEnv.__init__(self, len(env_fns), observation_space, action_space)
+        try:
+            for index, env_fn in enumerate(env_fns):
+                remote, work_remote = context.Pipe()
+                process = context.Process(
+                    target=_worker, args=(work_remote, remote, CloudpickleWrapper(env_fn)), daemon=True
+                )
+                process.start()
+                work_remote.close()
+                self.processes.append(process)
+                self.remotes.append(_Remote(remote, index, self))
+            self.remotes[0].send(("get_spaces", None))
+            observation_space, action_space = self.remotes[0].recv()
+            VecEnv.__init__(self, len(env_fns), observation_space, action_space)
+        except BaseException:
+            self._shut_down(failed=None)  # the workers already started close their envs and end (done if _fail ran)
+            raise
 
     def step_async(self, actions: np.ndarray) -> None:
         # env 0 last: step_wait reads env 0's answer first, so it then mostly finds every answer there and this

@@ -187,6 +187,40 @@ def test_hung_worker_ends_the_run_after_worker_timeout(carla, tmp_path: Path) ->
     assert_others_clean(tmp_path, vec_env)
 
 
+def toy_env(fails: bool) -> gym.Env:
+    """A toy env, or a constructor that raises ``RuntimeError("boom")``."""
+    if fails:
+        raise RuntimeError("boom")
+    return ToyImageEnv()
+
+
+def test_an_env_that_fails_to_build_is_named_with_its_own_error() -> None:
+    with pytest.raises(EnvWorkerError) as error:
+        GuardedSubprocVecEnv([partial(toy_env, index == 1) for index in range(3)], start_method="fork")
+    assert error.value.index == 1
+    assert "RuntimeError: boom" in str(error.value)
+    assert "its process is gone" not in str(error.value)
+
+
+def test_workers_already_started_are_closed_when_starting_the_next_fails(carla, tmp_path: Path, monkeypatch) -> None:
+    started: list[mp.process.BaseProcess] = []
+    start = mp.process.BaseProcess.start
+
+    def start_two(process: mp.process.BaseProcess) -> None:
+        if len(started) == 2:
+            raise OSError("no more processes")
+        start(process)
+        started.append(process)
+
+    monkeypatch.setattr(mp.process.BaseProcess, "start", start_two)
+    with pytest.raises(OSError, match="no more processes"):
+        fake_vec_env(tmp_path, 3)
+    assert [process.exitcode for process in started] == [0, 0]  # ended on their own, after closing their envs
+    for port in (2000, 2003):
+        report = json.loads((tmp_path / f"{port}.json").read_text())
+        assert (report["actors"], report["synchronous_mode"], report["tm_synchronous"]) == (0, False, False)
+
+
 def test_close_closes_every_env(carla, tmp_path: Path) -> None:
     vec_env = fake_vec_env(tmp_path, 3)
     vec_env.reset()
