@@ -81,8 +81,11 @@ class BoundedMultiInputPolicy(MultiInputPolicy):
 class DetachedEncoder(nn.Module):
     """The features of another network's encoder, computed without gradient, and without owning its parameters.
 
-    The encoder is held outside the module tree, so ``parameters()``, ``state_dict()`` and an optimizer built on
-    the owner see none of it: the network that registers the encoder trains, saves and moves it.
+    The encoder is held outside the module tree, so ``parameters()`` and an optimizer built on the owner see none of
+    it: the network that registers the encoder trains, loads and moves it. ``state_dict()`` holds a copy of the
+    encoder's state under this module's keys, where a standard SB3 actor holds its own encoder (as with SB3's
+    ``share_features_extractor=True``): a policy saved alone (``policy.save``) reloads with ``type(policy).load``
+    as the standard policy of its class, which acts the same. Loading skips that copy.
 
     :param encoder: the encoder to read
     """
@@ -99,6 +102,12 @@ class DetachedEncoder(nn.Module):
     def forward(self, observations: th.Tensor) -> th.Tensor:
         with th.no_grad():
             return self.encoder(observations)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        destination.update(self.encoder.state_dict(prefix=prefix, keep_vars=keep_vars))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load nothing: the encoder's owner loads the encoder; the keys under ``prefix`` are a copy of its state."""
 
 
 def use_critic_encoder(policy: TD3Policy) -> None:
