@@ -342,3 +342,14 @@ def test_gymnasium_and_sb3_env_checkers_pass(server, carla):
     sb3_check_env(dict_env, warn=False)
     dict_env.close()
     assert_nothing_left(server, carla)
+
+
+def test_action_repeat_ticks_the_world_that_many_times_per_step(server, carla):
+    env = make_env(action_repeat=4)
+    env.reset()
+    ticks, controls = len(server.entries("tick")), len(server.entries("control"))
+    _, _, terminated, truncated, info = env.step(np.array([0.25, 0.5], np.float32))
+    assert len(server.entries("tick")) == ticks + 4 and info["ticks"] == 4 and not (terminated or truncated)
+    assert server.entries("control")[controls:] == [(ego(server).id, 0.5, 0.25, 0.0)] * 4  # before every tick
+    env.close()
+    assert_nothing_left(server, carla)

@@ -14,7 +14,6 @@ from conftest import require
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_td3_cnnclip.envs import (
-    MAX_EPISODE_STEPS,
     SCENARIO_IDS,
     Backend,
     DrivingEnv,
@@ -115,18 +114,18 @@ def test_dict_observation_vector_layout():
 
 
 def test_reward_components_match_the_formulas_and_sum_to_the_reward():
-    # target 8 m/s at 4 m/s -> 0.5; lateral 1.25/2.5 and heading (pi/4)/(pi/2) -> -(0.5+0.5)/2; action change
+    # target 8 m/s at 4 m/s -> 0.5^2; lateral 1.25/2.5 and heading (pi/4)/(pi/2) -> -(0.5+0.5)/2; action change
     # (0.5, 1.0) -> -1.5/4; near miss at 1 of 2 m -> -0.5; completion +0.004 -> 0.4.
     frame = make_frame(speed=4.0, lateral_deviation=1.25, heading_error=-math.pi / 4, route_completion=0.004,
                        min_npc_distance=1.0)
     env = scripted_env([make_frame(), frame])
     env.reset()
     _, reward, terminated, truncated, info = env.step(np.array([0.5, -1.0], np.float32))
-    expected = {"efficiency": 1.0 * 0.5, "lane_keeping": 0.5 * -0.5, "comfort": 0.1 * -1.5 / 4,
+    expected = {"efficiency": 1.0 * 0.25, "lane_keeping": 0.5 * -0.5, "comfort": 0.1 * -1.5 / 4,
                 "safety": 1.0 * -0.5, "progress": 1.0 * 0.4}
     assert {name: info[f"reward/{name}"] for name in expected} == pytest.approx(expected)
     assert np.isclose(reward, sum(info[f"reward/{name}"] for name in expected))
-    assert np.isclose(reward, 0.1125)
+    assert np.isclose(reward, -0.1375)
     assert (terminated, truncated, info["termination_reason"]) == (False, False, None)
 
 
@@ -222,7 +221,7 @@ def test_info_keys_after_reset_and_step():
     assert (info["simulator"], info["scenario"], info["n_npcs"], info["speed"]) == ("scripted", 1, 50, 2.0)
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
     rewards = {f"reward/{name}" for name in ("efficiency", "lane_keeping", "comfort", "safety", "progress")}
-    assert set(info) == expected | rewards
+    assert set(info) == expected | rewards | {"ticks"}
     assert env.simulator_name == "scripted"
 
 
@@ -263,7 +262,7 @@ def test_registered_ids():
     register_envs()  # a second registration is a no-op
     for scenario, env_id in SCENARIO_IDS.items():
         spec = gym.spec(env_id)
-        assert spec.max_episode_steps == MAX_EPISODE_STEPS == 1200
+        assert spec.max_episode_steps is None  # the env truncates after max_episode_ticks itself
         assert spec.kwargs == {"scenario": scenario}
         assert spec.entry_point == "sb3_td3_cnnclip.envs.driving_env:DrivingEnv"
     assert sorted(SCENARIO_IDS.values()) == ["CarlaScenario0-v0", "CarlaScenario1-v0", "CarlaScenario2-v0"]
@@ -279,7 +278,7 @@ def test_make_with_module_prefix_registers_on_a_fresh_interpreter():
     require("highway_env")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["CarlaScenario2-v0", str(MAX_EPISODE_STEPS), "2", "100", "surrogate"]
+    assert result.stdout.split() == ["CarlaScenario2-v0", "None", "2", "100", "surrogate"]
 
 
 def test_package_imports_and_registers_without_the_optional_extras():

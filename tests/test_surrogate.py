@@ -219,7 +219,24 @@ def test_the_expert_drives_to_the_goal():
     env = gym.make(SCENARIO_IDS[0], simulator="surrogate", image_size=SIZE)
     info = drive_episode(env, seed=500)
     assert info["termination_reason"] == "goal" and info["route_completion"] > 0.98
-    assert info["steps"] < env.spec.max_episode_steps and info["mean_speed"] > 6.0
+    assert info["steps"] < env.unwrapped.config.max_episode_ticks and info["mean_speed"] > 6.0
+    env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action_repeat", [1, 4])
+def test_the_reward_ranks_the_scripted_driver_above_every_crawler(action_repeat):
+    """The reward asks for speed: driving the route slower returns clearly less (issue 20: a crawler at 5-7 m/s
+    used to return what the scripted driver did, so a learned policy drifted to crawling)."""
+    env = gym.make(SCENARIO_IDS[0], simulator="surrogate", image_size=SIZE, action_repeat=action_repeat)
+    for seed in (1000, 1001):
+        expert = drive_episode(env, seed=seed)
+        crawlers = {speed: drive_episode(env, seed=seed, cruise_speed=speed) for speed in (4.0, 5.0, 6.0, 7.0)}
+        assert expert["termination_reason"] == "goal"
+        assert crawlers[5.0]["termination_reason"] == "time_limit" and crawlers[6.0]["termination_reason"] == "goal"
+        returns = [expert["return"], *(crawlers[speed]["return"] for speed in (7.0, 6.0, 5.0, 4.0))]
+        assert returns == sorted(returns, reverse=True)
+        assert crawlers[6.0]["return"] < 0.9 * expert["return"] and crawlers[5.0]["return"] < 0.75 * expert["return"]
     env.close()
 
 

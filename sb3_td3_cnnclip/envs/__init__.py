@@ -7,12 +7,11 @@ from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, RewardWeights, ScenarioConfig, make_config
 from sb3_td3_cnnclip.envs.driving_env import DrivingEnv, TimeLimitReason
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError
-from sb3_td3_cnnclip.envs.registration import MAX_EPISODE_STEPS, SCENARIO_IDS, register_envs
+from sb3_td3_cnnclip.envs.registration import SCENARIO_IDS, register_envs
 
 register_envs()
 
 __all__ = [
-    "MAX_EPISODE_STEPS",
     "SCENARIO_IDS",
     "SCENARIO_NPCS",
     "Backend",

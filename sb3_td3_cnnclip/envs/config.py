@@ -50,10 +50,14 @@ class ScenarioConfig:
     :param town: CARLA map
     :param n_npcs: NPC vehicles on autopilot (``None``: the scenario's default)
     :param fixed_delta_seconds: simulation step of the synchronous mode (0.05 = 20 Hz)
+    :param action_repeat: simulator ticks per decision: each action is held for this many ticks, their rewards
+        summed (the env's ``step`` is one decision; 4 at 20 Hz decides at 5 Hz)
+    :param max_episode_ticks: simulator ticks after which an episode is truncated (1200 = 60 s at 20 Hz), whatever
+        ``action_repeat`` is
     :param route: route as a list of ``(x, y)`` world waypoints in metres; ``None`` uses the scenario's fixed route
     :param target_speed: speed in m/s the efficiency reward aims for
     :param image_size: side of the square grayscale camera image
-    :param frame_stack: frames stacked on the channel axis
+    :param frame_stack: frames stacked on the channel axis, one per decision (the last tick's camera frame)
     :param observation: ``"image"`` (uint8 Box) or ``"dict"`` (image + kinematics/waypoints vector)
     :param n_waypoints: route waypoints in the ``"dict"`` observation, 5 m apart along the route starting 5 m
         beyond the ego (``backend.WAYPOINT_SPACING``)
@@ -78,6 +82,8 @@ class ScenarioConfig:
     town: str = "Town01"
     n_npcs: int | None = None
     fixed_delta_seconds: float = 0.05
+    action_repeat: int = 1
+    max_episode_ticks: int = 1200
     route: list[tuple[float, float]] | None = None
     target_speed: float = 8.0
     image_size: int = 84
@@ -104,7 +110,8 @@ class ScenarioConfig:
             self.reward_weights = make_reward_weights(self.reward_weights)
         if self.n_npcs is None:
             self.n_npcs = SCENARIO_NPCS[self.scenario]
-        for name in ("port", "tm_port", "image_size", "frame_stack", "n_waypoints"):
+        integers = ("port", "tm_port", "image_size", "frame_stack", "n_waypoints", "action_repeat", "max_episode_ticks")
+        for name in integers:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")

@@ -11,12 +11,14 @@ expose the same spaces, reward and info keys.
   (bools), ``min_npc_distance`` (m between the bounding boxes of the ego and the nearest
   other vehicle, 0 at contact, ``inf`` without NPCs): the backend's :class:`Frame`;
 - ``termination_reason``: ``"collision"``, ``"off_lane"`` or ``"goal"`` when ``terminated``; ``"time_limit"``
-  when the registered ids' ``TimeLimit`` truncates (set by :class:`TimeLimitReason`); ``None`` otherwise;
+  when the episode is truncated after ``max_episode_ticks`` simulator ticks (or by a ``TimeLimit`` wrapper that
+  :class:`TimeLimitReason` labels); ``None`` otherwise;
 - ``is_success`` (the goal was reached; SB3's ``Monitor`` logs it), ``simulator`` (the backend's name),
   ``scenario``, ``n_npcs``;
 - ``backend/<name>``: backend diagnostics (``Frame.extra``);
 - after ``step`` only, ``reward/<component>`` for ``efficiency``, ``lane_keeping``, ``comfort``, ``safety``,
-  ``progress``: the weighted components, whose sum is the reward.
+  ``progress``: the weighted components summed over the step's ticks, whose sum is the reward; ``ticks``: the
+  simulator ticks the step took (``action_repeat``, fewer when the episode ended inside the repeat).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_td3_cnnclip.envs import reward
 from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, install_hint
-from sb3_td3_cnnclip.envs.reward import is_off_lane, max_abs_reward, reward_components, weighted_components
 
 #: Frame fields copied into ``info`` under their own names
 FRAME_INFO_KEYS = (
@@ -124,7 +126,9 @@ class DrivingEnv(gym.Env):
     steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
     Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
     Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
-    never truncated by the env itself (the registered ids add ``TimeLimit(1200)``). ``info``: see the module.
+    truncated after ``max_episode_ticks`` simulator ticks (60 s by default, whatever ``action_repeat`` is).
+    Each step holds the action for ``action_repeat`` ticks and stacks the last tick's frame, so the stack holds
+    one frame per decision. ``info``: see the module.
 
     Curriculum hooks (reachable through ``VecEnv.env_method`` / ``get_attr``): :meth:`set_scenario` and
     :attr:`scenario`. ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.
@@ -154,7 +158,8 @@ class DrivingEnv(gym.Env):
         self.config = config
         self.backend = self._make_backend(config)
         self.simulator_name = self.backend.name
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / config.fixed_delta_seconds)}
+        decision_seconds = config.fixed_delta_seconds * config.action_repeat
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / decision_seconds)}
 
         size = config.image_size
         image_space = spaces.Box(0, 255, (config.frame_stack, size, size), np.uint8)
@@ -166,13 +171,14 @@ class DrivingEnv(gym.Env):
             self.observation_space = image_space
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         #: bound on ``|reward|`` of any step, e.g. for the Q bound ``max_abs_reward / (1 - gamma)``
-        self.max_abs_reward = max_abs_reward(config.reward_weights)
+        self.max_abs_reward = config.action_repeat * reward.max_abs_reward(config.reward_weights)
 
         self._pending_config: ScenarioConfig | None = None
         self._next_seed = config.seed
         self._frames = np.zeros(image_space.shape, np.uint8)
         self._frame: Frame | None = None
         self._previous_action = np.zeros(2, np.float32)
+        self._ticks = 0
 
     @property
     def scenario(self) -> int:
@@ -224,10 +230,16 @@ class DrivingEnv(gym.Env):
         self._frames[:] = frame.image
         self._frame = frame
         self._previous_action = np.zeros(2, np.float32)
+        self._ticks = 0
         return self._observation(frame), self._info(frame, None)
 
     def step(self, action: np.ndarray):
-        """Apply one action for one simulator tick.
+        """Hold one action for ``config.action_repeat`` simulator ticks (fewer if the episode ends sooner).
+
+        The reward is the sum of the ticks' rewards (``info["reward/<component>"]`` the sums of the components),
+        ``info`` holds the last tick's measurements and ``ticks`` (ticks this step took), and the frame stack gains
+        the last tick's frame. The episode terminates on the tick that fails or reaches the goal, and is truncated
+        (``termination_reason="time_limit"``) once ``config.max_episode_ticks`` ticks have run.
 
         :param action: steering, throttle/brake; clipped to ``[-1, 1]``
         """
@@ -237,18 +249,24 @@ class DrivingEnv(gym.Env):
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action={action!r} must be 2 finite numbers: steering, throttle/brake.")
         action = np.clip(action, -1.0, 1.0)
-        frame = self.backend.step(float(action[0]), float(action[1]))
-        components = reward_components(frame, action, self._previous_action, self._frame.route_completion, self.config)
-        weighted = weighted_components(components, self.config.reward_weights)
-        reward = float(sum(weighted.values()))
-        reason = self._termination_reason(frame)
+        summed = dict.fromkeys(reward.COMPONENT_BOUNDS, 0.0)
+        for tick in range(1, self.config.action_repeat + 1):
+            frame = self.backend.step(float(action[0]), float(action[1]))
+            components = reward.reward_components(
+                frame, action, self._previous_action, self._frame.route_completion, self.config)
+            for name, value in reward.weighted_components(components, self.config.reward_weights).items():
+                summed[name] += value
+            self._frame, self._previous_action = frame, action
+            self._ticks += 1
+            reason = self._termination_reason(frame)
+            if reason is not None or self._ticks >= self.config.max_episode_ticks:
+                break
+        truncated = reason is None and self._ticks >= self.config.max_episode_ticks
         self._frames[:-1] = self._frames[1:]
         self._frames[-1] = frame.image
-        self._frame = frame
-        self._previous_action = action
-        info = self._info(frame, reason)
-        info.update({f"reward/{name}": value for name, value in weighted.items()})
-        return self._observation(frame), reward, reason is not None, False, info
+        info = self._info(frame, "time_limit" if truncated else reason)
+        info.update({f"reward/{name}": value for name, value in summed.items()}, ticks=tick)
+        return self._observation(frame), float(sum(summed.values())), reason is not None, truncated, info
 
     def render(self) -> np.ndarray | None:
         """The newest camera frame as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``), else ``None``."""
@@ -266,7 +284,7 @@ class DrivingEnv(gym.Env):
     def _termination_reason(self, frame: Frame) -> str | None:
         if frame.collision:
             return "collision"
-        if is_off_lane(frame, self.config):
+        if reward.is_off_lane(frame, self.config):
             return "off_lane"
         if frame.distance_to_goal < self.config.goal_tolerance:
             return "goal"

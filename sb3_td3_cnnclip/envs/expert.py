@@ -112,23 +112,27 @@ class ExpertDriver:
         return lead
 
 
-def drive_episode(env: gym.Env, seed: int | None = None) -> dict[str, Any]:
-    """Drive one episode of a surrogate ``CarlaScenario`` env with a default :class:`ExpertDriver`.
+def drive_episode(env: gym.Env, seed: int | None = None, cruise_speed: float = SPEED_LIMIT) -> dict[str, Any]:
+    """Drive one episode of a surrogate ``CarlaScenario`` env with an :class:`ExpertDriver`.
 
     :param env: a ``DrivingEnv`` on the surrogate, wrapped or not (e.g. from ``gymnasium.make``)
     :param seed: the reset seed
-    :return: the last step's ``info`` plus ``steps``, ``mean_speed`` (m/s over the steps) and ``cut_ins``: the
-        ticks on which a vehicle moved into the lane ahead less than :data:`CUT_IN_GAP` metres away and nearer
-        than the previous lead by more than 1 m (closing speeds cover at most 0.5 m per tick)
+    :param cruise_speed: the driver's speed in m/s on a free road (below the default: a careful crawler)
+    :return: the last step's ``info`` plus ``steps``, ``return`` (the sum of the rewards), ``mean_speed`` (m/s over
+        the steps) and ``cut_ins``: the steps on which a vehicle moved into the lane ahead less than
+        :data:`CUT_IN_GAP` metres away and nearer than the previous lead by more than 1 m (closing speeds cover at
+        most 0.5 m per tick)
     """
     env.reset(seed=seed)
-    expert = ExpertDriver(env.unwrapped.backend)  # after the reset, which may rebuild the backend
-    speeds, cut_ins, previous_gap = [], 0, expert.lead_gap()
+    expert = ExpertDriver(env.unwrapped.backend, cruise_speed=cruise_speed)  # after the reset, which may rebuild it
+    speeds, total, cut_ins, previous_gap = [], 0.0, 0, expert.lead_gap()
     while True:
-        _, _, terminated, truncated, info = env.step(expert.act())
+        _, reward, terminated, truncated, info = env.step(expert.act())
         speeds.append(info["speed"])
+        total += reward
         gap = expert.lead_gap()
         cut_ins += gap < min(previous_gap - 1.0, CUT_IN_GAP)
         previous_gap = gap
         if terminated or truncated:
-            return {**info, "steps": len(speeds), "mean_speed": float(np.mean(speeds)), "cut_ins": cut_ins}
+            return {**info, "steps": len(speeds), "return": total, "mean_speed": float(np.mean(speeds)),
+                    "cut_ins": cut_ins}

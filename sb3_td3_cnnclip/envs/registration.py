@@ -7,16 +7,17 @@ import gymnasium as gym
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS
 from sb3_td3_cnnclip.envs.driving_env import TimeLimitReason
 
-#: step limit of every registered scenario (gymnasium's ``TimeLimit``; ``gymnasium.make(..., max_episode_steps=n)``
-#: overrides it): 60 s at 20 Hz, time for the 300 m route in dense town traffic (the scripted expert of
-#: :mod:`~sb3_td3_cnnclip.envs.expert` needs up to about 1080 steps on surrogate scenario 2)
-MAX_EPISODE_STEPS = 1200
 #: registered id of each scenario
 SCENARIO_IDS: dict[int, str] = {scenario: f"CarlaScenario{scenario}-v0" for scenario in SCENARIO_NPCS}
 
 
 def register_envs() -> None:
-    """Register every scenario id that is not registered yet (idempotent)."""
+    """Register every scenario id that is not registered yet (idempotent).
+
+    The env truncates its episodes itself after ``max_episode_ticks`` simulator ticks (60 s), so the ids carry no
+    ``TimeLimit`` in steps (a step is ``action_repeat`` ticks); ``gymnasium.make(..., max_episode_steps=n)`` adds
+    one, labelled by :class:`TimeLimitReason`.
+    """
     for scenario, env_id in SCENARIO_IDS.items():
         if env_id in gym.registry:
             continue
@@ -24,6 +25,5 @@ def register_envs() -> None:
             id=env_id,
             entry_point="sb3_td3_cnnclip.envs.driving_env:DrivingEnv",
             kwargs={"scenario": scenario},
-            max_episode_steps=MAX_EPISODE_STEPS,
             additional_wrappers=(TimeLimitReason.wrapper_spec(),),
         )

@@ -2,7 +2,10 @@
 
 Unweighted components and their ranges (``v*`` = ``target_speed``, ``d_max`` = ``max_lateral_deviation``):
 
-- ``efficiency`` in ``[-1, 1]``: ``1 - |v - v*| / v*``, floored at -1 (0 at standstill, 1 at ``v*``);
+- ``efficiency`` in ``[-1, 1]``: ``(v / v*)^2`` up to ``v*``, then ``1 - (v - v*) / v*`` floored at -1 (0 at
+  standstill, 1 at ``v*``). Squared below ``v*`` so that driving a route slowly earns less: over a route of length
+  ``D`` driven at a constant ``v <= v*`` the ticks' efficiency sums to ``D v / (v*^2 dt)``, rising with ``v``
+  (a linear ``v / v*`` would sum to ``D / (v* dt)`` at every speed, and crawling, being safest, would win);
 - ``lane_keeping`` in ``[-1, 0]``: ``-(min(|lateral| / d_max, 1) + min(|heading error| / (pi/2), 1)) / 2``;
 - ``comfort`` in ``[-1, 0]``: ``-(|change of steering| + |change of throttle/brake|) / 4``;
 - ``safety`` in ``[-(TERMINAL_PENALTY + 2), 0]``: ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max]
@@ -61,7 +64,7 @@ def reward_components(
     :param previous_completion: route completion before the step
     :param config: the scenario configuration (target speed, lateral limit, near-miss distance)
     """
-    speed_error = abs(frame.speed - config.target_speed) / config.target_speed
+    relative_speed = frame.speed / config.target_speed
     lateral = min(abs(frame.lateral_deviation) / config.max_lateral_deviation, 1.0)
     heading = min(abs(frame.heading_error) / (math.pi / 2), 1.0)
     change = np.abs(np.asarray(action, dtype=np.float64) - np.asarray(previous_action, dtype=np.float64))
@@ -69,7 +72,7 @@ def reward_components(
     near_miss = min(max(1.0 - frame.min_npc_distance / config.near_miss_distance, 0.0), 1.0)
     progress = PROGRESS_SCALE * (frame.route_completion - previous_completion)
     return {
-        "efficiency": max(1.0 - speed_error, -1.0),
+        "efficiency": relative_speed**2 if relative_speed <= 1.0 else max(2.0 - relative_speed, -1.0),
         "lane_keeping": -(lateral + heading) / 2.0,
         "comfort": -float(change.sum()) / 4.0,
         "safety": -(TERMINAL_PENALTY * float(failure) + float(frame.off_road) + near_miss),

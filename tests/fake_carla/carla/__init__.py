@@ -307,6 +307,7 @@ class Vehicle(Actor):
         if not isinstance(control, VehicleControl):
             raise TypeError(f"Python argument types did not match C++ signature: control is {type(control).__name__}")
         self._control = control
+        self._server.log.append(("control", self.id, control.throttle, control.steer, control.brake))
 
     def set_autopilot(self, enabled: bool = True, port: int = 8000) -> None:
         self._autopilot_port = port if enabled else None
