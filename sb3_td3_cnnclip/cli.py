@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig, load_config_file, option_names, resolve_config
+from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
@@ -40,7 +40,7 @@ from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.vec_env import EnvWorkerError, make_carla_vec_env, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
-INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port")
+INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "action_repeat")
 #: options of ``evaluate`` shared with ``train``
 EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 #: ``evaluate``'s own help of a shared option
@@ -163,7 +163,7 @@ def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
     """
     return gym.make(
         SCENARIO_IDS[config.scenario], render_mode=render_mode, simulator=config.simulator, host=config.host,
-        port=config.port, tm_port=config.tm_port, observation="dict" if config.policy in DICT_POLICIES else "image",
+        port=config.port, tm_port=config.tm_port, **config.env_kwargs(),
     )  # fmt: skip
 
 
@@ -176,8 +176,7 @@ def make_train_env(config: TrainConfig) -> VecEnv:
     return make_carla_vec_env(
         config.scenario, config.n_envs, servers=config.servers, host=config.host, port=config.port,
         tm_port=config.tm_port, port_stride=config.port_stride, simulator=config.simulator, seed=config.seed,
-        env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image"},
-        worker_timeout=config.worker_timeout,
+        env_kwargs=config.env_kwargs(), worker_timeout=config.worker_timeout,
     )  # fmt: skip
 
 
@@ -429,7 +428,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
     run = _run_config(model_file(args.model))
-    saved = {name: value for name, value in run.items() if name in INHERITED_OPTIONS}
+    saved = {"action_repeat": 1}  # runs from before action_repeat existed decided every tick
+    saved.update({name: value for name, value in run.items() if name in INHERITED_OPTIONS})
     if run.get("servers"):  # a run of several envs: drive on its env 0's server
         saved["host"], saved["port"] = parse_servers(run["servers"])[0]
     try:

@@ -38,7 +38,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_td3_cnnclip.config_file import DICT_POLICIES, TrainConfig
+from sb3_td3_cnnclip.config_file import TrainConfig
 from sb3_td3_cnnclip.vec_env import EnvAddress, check_ports, env_addresses, make_carla_vec_env, parse_servers
 
 #: choices of the gradient-norm limits (``None``: measure only)
@@ -172,7 +172,7 @@ def objective(
         eval_env = make_carla_vec_env(
             config.scenario, 1, host=eval_at.host, port=eval_at.port, tm_port=eval_at.tm_port,
             simulator=env.get_attr("simulator_name")[0], seed=seed + config.n_envs,
-            env_kwargs={"observation": "dict" if config.policy in DICT_POLICIES else "image",
+            env_kwargs={**config.env_kwargs(),
                         **({} if eval_max_steps is None else {"max_episode_steps": eval_max_steps})},
         )  # fmt: skip
         cleanup.callback(eval_env.close)

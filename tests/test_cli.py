@@ -282,13 +282,13 @@ def test_train_report_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     output = capsys.readouterr().out
     length = int(output.splitlines()[1].split()[2])
     assert "simulator: surrogate" in output
-    # the reset frame and one per step, at 20 frames/s (Pillow merges identical frames, adding their durations)
+    # the reset frame and one per decision of 4 ticks, at 5 frames/s (Pillow merges identical frames, adding durations)
     gif = Image.open(video)
     durations = []
     for index in range(gif.n_frames):
         gif.seek(index)
         durations.append(gif.info["duration"])
-    assert sum(durations) == (length + 1) * 50
+    assert sum(durations) == (length + 1) * 200
 
 
 def test_evaluate_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -305,6 +305,31 @@ def test_evaluate_inherits_the_run_options(tmp_path: Path, closed_port: int, cap
     for model in (tmp_path / "model.zip", tmp_path):  # the model, or its run directory
         assert main(["evaluate", str(model)]) == 2
         assert f"localhost:{closed_port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("saved, flags, expected", [
+    ({"action_repeat": 2}, [], 2),  # the run's
+    ({}, [], 1),  # a run from before action_repeat existed decided every tick
+    ({"action_repeat": 2}, ["--action-repeat", "3"], 3),  # a flag overrides the run's
+])
+def test_evaluate_drives_with_the_runs_action_repeat(saved: dict, flags: list[str], expected: int, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10).save(tmp_path / "model.zip")
+    config = {key: value for key, value in TrainConfig().__dict__.items() if key != "action_repeat"}
+    (tmp_path / "config.json").write_text(json.dumps({"config": {**config, **saved}}))
+    seen = []
+    monkeypatch.setattr(cli, "run_evaluate", lambda model, config, *_: seen.append(config) or [])
+    monkeypatch.setattr(cli, "print_evaluation", lambda results: None)
+    assert main(["evaluate", str(tmp_path), *flags]) == 0
+    assert seen[0].action_repeat == expected
+
+
+def test_action_repeat_reaches_the_training_env() -> None:
+    require("highway_env")
+    env = cli.make_train_env(parse_train("--simulator", "surrogate", "--action-repeat", "2", "--policy", "MultiInputPolicy"))
+    assert env.get_attr("config")[0].action_repeat == 2 and env.get_attr("config")[0].observation == "dict"
+    env.close()
+    assert TrainConfig().env_kwargs() == {"observation": "image", "action_repeat": 4}
 
 
 def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
