@@ -1,19 +1,24 @@
-"""Does the agent learn to drive? Learning curves of TD3 configurations on the surrogate ``CarlaScenario0-v0``.
+"""Does the agent learn to drive? Learning curves of TD3 configurations on the surrogate ``CarlaScenario{0,1,2}-v0``.
 
-Every configuration trains ``TD3CnnClip("CnnPolicy", "CarlaScenario0-v0")`` on the highway-env surrogate backend
-for ``--steps`` env steps per seed, and every ``--eval-every`` steps (and once before training) drives
-``--eval-episodes`` evaluation episodes with the deterministic policy on fixed seeds (``--eval-seed``,
-``--eval-seed + 1``, ...), in a separate env (a policy without an update since the previous evaluation, before
-``--learning-starts``, keeps that evaluation's figures). Each evaluation records the mean route completion, the collision,
-off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode length and
-mean speed, and the training wall time so far.
+Every run trains ``TD3CnnClip("CnnPolicy", "CarlaScenario<s>-v0")`` on the highway-env surrogate backend with each
+action held for ``--action-repeat`` simulator ticks (the frame stack holds one frame per decision) for a budget of
+``--ticks`` simulator ticks (``--ticks / --action-repeat`` decisions, SB3's timesteps). Every ``--eval-every`` ticks
+(and once before training) it drives ``--eval-episodes`` evaluation episodes with the deterministic policy on
+seeds training never saw (``--eval-seed``, ``--eval-seed + 1``, ...) in a separate env (a policy without an update
+since the previous evaluation keeps that evaluation's figures). Each evaluation records the mean route completion,
+the collision, off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode
+length (decisions) and mean speed, and the training wall time so far. The scripted driver of
+``sb3_td3_cnnclip.envs.expert`` drives the same seeds with the same action repeat once per scenario (cached in the
+run folder); each evaluation's mean speed is reported relative to the driver's (``speed / expert``), next to the
+route completion and collisions, so that crawling cannot pass for driving.
 
 Configurations (every one: lr 3e-4, gamma 0.99, Gaussian exploration noise 0.1, the CLI's TD3 settings, with the
 batch, buffer and warm-up of the size):
 
 - ``td3``: plain TD3 (``TD3CnnClip`` with every gradient limit ``None`` and ``pre_tanh_penalty=0`` and
   ``channels_last=False``: exactly TD3);
-- ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults);
+- ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults; with
+  ``--action-repeat 4`` and the ``cpu`` size's batch, buffer and warm-up, the recipe of ``examples/drive.yml``);
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
@@ -21,19 +26,22 @@ batch, buffer and warm-up of the size):
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
-Each (configuration, seed) runs in its own process (``--workers`` at a time, ``--threads`` torch threads each)
-and writes, under ``--run-dir``, one JSON file per evaluation and a checkpoint (model and replay buffer) after
-each: a stopped run started again with the same flags continues from the last checkpoint (the training episode
-in progress restarts; random streams are not restored; with ``--no-buffer-checkpoints``, the default of ``large``
-whose 100k-transition buffers would take 5.6 GB each, the replay buffer restarts empty and is refilled by ``--learning-starts`` random steps). A larger ``--steps`` extends a finished run. The result
-files (``<name>.json``, ``<name>.md``, ``<name>.png`` in ``--output-dir``) are rewritten from every evaluation
-file found each time a job finishes, so a cut-off run still reports what it measured; ``--report-only``
-rewrites them without training.
+Each (configuration, scenario, seed) runs in its own process (``--workers`` at a time, ``--threads`` torch threads
+each) and writes, under ``--run-dir``, one JSON file per evaluation and a checkpoint (model and replay buffer) after
+each: a stopped run started again with the same flags continues from the last checkpoint (the training episode in
+progress restarts; random streams are not restored; with ``--no-buffer-checkpoints``, the default of ``large``, the
+replay buffer restarts empty and is refilled by ``--learning-starts`` random decisions). A larger ``--ticks``
+extends a finished run. The result files (``<name>.json``, ``<name>.md``, ``<name>.png`` in ``--output-dir``) are
+rewritten from every evaluation file found each time a job finishes, so a cut-off run still reports what it
+measured; ``--report-only`` rewrites them without training. The Markdown checks each run's last evaluation against
+the goals of issue 20 (:data:`GOALS`).
 
-``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``small`` (a 2-core
-CPU: about an hour), ``large`` (the goal of issue 13: 100k steps, 3 seeds, on a GPU).
+``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
+table on a 2-core CPU: ``recommended`` on scenarios 0, 1 and 2 and ``td3`` on scenario 0, 3 seeds each, 50k ticks
+on scenario 0 and 100k on 1 and 2), ``large`` (every configuration and scenario, for a bigger machine).
+``--configs`` / ``--scenarios`` replace the size's runs by every combination of the ones given.
 
-Run: ``python benchmarks/learning_curve.py --size small --machine "2-core CPU (shared)"``
+Run: ``python benchmarks/learning_curve.py --size cpu --machine "2-core CPU"``
 """
 
 from __future__ import annotations
@@ -57,9 +65,9 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
+from sb3_td3_cnnclip.envs import SCENARIO_IDS
+from sb3_td3_cnnclip.envs.expert import drive_episode as drive_expert_episode
 from sb3_td3_cnnclip.evaluation import drive_episode
-
-ENV_ID = "CarlaScenario0-v0"
 
 #: keyword arguments shared by every configuration (the CLI's defaults)
 COMMON: dict[str, Any] = {"learning_rate": 3e-4, "gamma": 0.99, "tau": 0.005, "policy_delay": 2}
@@ -81,24 +89,29 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["shift", "encoder"
         "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
 
-#: the flags each ``--size`` sets
+#: the flags each ``--size`` sets; ``runs`` lists (configuration, scenario) pairs, ``ticks`` the budget per scenario
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"steps": 120, "eval_every": 60, "eval_episodes": 2, "eval_max_steps": 20, "seeds": [0],
-             "batch_size": 8, "buffer_size": 200, "learning_starts": 40, "workers": 1, "buffer_checkpoints": True,
-             "configs": ["td3", "recommended+shift+encoder+nstep3"]},
-    "small": {"steps": 4000, "eval_every": 1000, "eval_episodes": 5, "eval_max_steps": 1200, "seeds": [0, 1],
-              "batch_size": 64, "buffer_size": 10_000, "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
-              "configs": ["td3", "recommended", "recommended+shift+encoder"]},
-    "large": {"steps": 100_000, "eval_every": 10_000, "eval_episodes": 10, "eval_max_steps": 1200, "seeds": [0, 1, 2],
-              "batch_size": 256, "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
-              "configs": list(CONFIGS)},
+    "tiny": {"ticks": {0: 480, 1: 480, 2: 480}, "eval_every": 240, "eval_episodes": 2, "eval_max_steps": 20,
+             "seeds": [0], "action_repeat": 4, "batch_size": 8, "buffer_size": 200, "learning_starts": 40, "workers": 1,
+             "buffer_checkpoints": True, "runs": [("td3", 0), ("recommended+shift+encoder+nstep3", 0)]},
+    "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 10_000, "eval_episodes": 10,
+            "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
+            "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
+            "runs": [("recommended", 0), ("td3", 0), ("recommended", 1), ("recommended", 2)]},
+    "large": {"ticks": {0: 400_000, 1: 400_000, 2: 400_000}, "eval_every": 40_000, "eval_episodes": 10,
+              "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 256,
+              "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
+              "runs": [(config, scenario) for scenario in SCENARIO_IDS for config in CONFIGS]},
 }  # fmt: skip
+
+#: issue 20's goals for the last evaluation, per scenario: least route completion, most collisions, least speed / expert
+GOALS: dict[int, tuple[float, float, float]] = {0: (0.95, 0.05, 0.90), 1: (0.90, 0.05, 0.85), 2: (0.90, 0.05, 0.85)}
 
 #: per-evaluation figures: key -> Markdown column title
 FIGURES = {
     "route_completion": "route completion", "collision_rate": "collision", "off_lane_rate": "off lane",
-    "goal_rate": "goal", "time_limit_rate": "time limit", "return": "return", "length": "length",
-    "mean_speed": "speed m/s",
+    "goal_rate": "goal", "time_limit_rate": "time limit", "speed_vs_expert": "speed / expert", "return": "return",
+    "length": "decisions", "mean_speed": "speed m/s",
 }  # fmt: skip
 
 
@@ -106,18 +119,59 @@ def evaluate(model: TD3CnnClip, env: gym.Env, episodes: int, first_seed: int) ->
     """Drive ``episodes`` episodes with the deterministic policy on the seeds ``first_seed, first_seed + 1, ...``.
 
     :param model: the model
-    :param env: the evaluation env (its ``TimeLimit`` ends long episodes)
+    :param env: the evaluation env
     :param episodes: number of episodes
     :param first_seed: reset seed of the first episode
-    :return: the means over episodes of :data:`FIGURES`, and each episode's figures under ``"episodes"``
+    :return: the means over episodes of :data:`FIGURES` but ``speed_vs_expert`` (see :func:`with_expert_speed`),
+        and each episode's figures under ``"episodes"``
     """
     rows = []
     for episode in range(episodes):
         row = drive_episode(model, env, first_seed + episode)
         del row["simulator"]  # always the surrogate here
         rows.append({**row, **{f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}})
-    means = {key: statistics.fmean(row[key] for row in rows) for key in FIGURES}
+    means = {key: statistics.fmean(row[key] for row in rows) for key in FIGURES if key != "speed_vs_expert"}
     return {**means, "episodes": rows}
+
+
+def expert_reference(args: argparse.Namespace, scenario: int) -> dict[str, Any]:
+    """The scripted driver on the evaluation seeds of ``scenario`` with the same action repeat, cached in the run folder.
+
+    :param args: the flags (evaluation seeds and episodes, action repeat, run folder)
+    :param scenario: the scenario id
+    :return: the settings, the mean speed, route completion and goal rate, and each episode's figures
+    """
+    settings = {"scenario": scenario, "eval_seed": args.eval_seed, "eval_episodes": args.eval_episodes,
+                "action_repeat": args.action_repeat, "eval_max_steps": args.eval_max_steps}  # fmt: skip
+    path = args.run_dir / f"expert_scenario_{scenario}.json"
+    if path.exists() and (cached := json.loads(path.read_text()))["settings"] == settings:
+        return cached
+    env = make_env(args, scenario, args.eval_max_steps)
+    episodes = []
+    for seed in range(args.eval_seed, args.eval_seed + args.eval_episodes):
+        info = drive_expert_episode(env, seed=seed)
+        episodes.append({"seed": seed, "mean_speed": info["mean_speed"], "route_completion": info["route_completion"],
+                         "termination_reason": info["termination_reason"], "return": info["return"]})
+    env.close()
+    reference = {
+        "settings": settings, "mean_speed": statistics.fmean(e["mean_speed"] for e in episodes),
+        "route_completion": statistics.fmean(e["route_completion"] for e in episodes),
+        "goal_rate": statistics.fmean(e["termination_reason"] == "goal" for e in episodes), "episodes": episodes,
+    }  # fmt: skip
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(reference, indent=1))
+    return reference
+
+
+def make_env(args: argparse.Namespace, scenario: int, max_episode_steps: int | None = None) -> gym.Env:
+    """A surrogate env of ``scenario`` with the run's action repeat.
+
+    :param args: the flags (``action_repeat``)
+    :param scenario: the scenario id
+    :param max_episode_steps: a step limit in decisions on top of the env's own 60 s (``None``: none)
+    """
+    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    return gym.make(SCENARIO_IDS[scenario], simulator="surrogate", action_repeat=args.action_repeat, **limit)
 
 
 #: the arrays of an SB3 ReplayBuffer (and NStepReplayBuffer) that a checkpoint keeps
@@ -157,28 +211,35 @@ def load_buffer(model: TD3CnnClip, path: Path) -> None:
         buffer.pos, buffer.full = int(saved["pos"]), bool(saved["full"])
 
 
-def job_settings(args: argparse.Namespace, config: str, seed: int) -> dict[str, Any]:
-    """What a job's results depend on, besides ``--steps`` (a larger one extends a run)."""
+def job_settings(args: argparse.Namespace, config: str, scenario: int, seed: int) -> dict[str, Any]:
+    """What a job's results depend on, besides ``--ticks`` (a larger one extends a run)."""
     return {
-        "config": config, "seed": seed, "kwargs": {**COMMON, **CONFIGS[config]}, "batch_size": args.batch_size,
+        "config": config, "scenario": scenario, "seed": seed, "kwargs": {**COMMON, **CONFIGS[config]},
+        "action_repeat": args.action_repeat, "batch_size": args.batch_size,
         "buffer_size": args.buffer_size, "learning_starts": args.learning_starts, "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes, "eval_max_steps": args.eval_max_steps, "eval_seed": args.eval_seed,
         "action_noise_sigma": args.action_noise_sigma, "device": args.device,
     }  # fmt: skip
 
 
-def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
-    """Train one configuration on one seed, evaluating and checkpointing every ``--eval-every`` steps.
+def job_folder(args: argparse.Namespace, config: str, scenario: int, seed: int) -> Path:
+    """The folder of one run's evaluations and checkpoints."""
+    return args.run_dir / config / f"scenario_{scenario}" / f"seed_{seed}"
+
+
+def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> str:
+    """Train one configuration on one scenario and seed, evaluating and checkpointing every ``--eval-every`` ticks.
 
     :param args: the flags
     :param config: the configuration's name
+    :param scenario: the scenario id
     :param seed: the training seed
     :return: a line describing what was done
     """
     set_threads(args.threads)
-    folder = args.run_dir / config / f"seed_{seed}"
+    folder = job_folder(args, config, scenario, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = job_settings(args, config, seed)
+    settings = job_settings(args, config, scenario, seed)
     settings_file = folder / "job.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != json.loads(json.dumps(settings)):
         raise ValueError(
@@ -186,8 +247,8 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
             "--run-dir, or delete that folder to start it again."
         )
     settings_file.write_text(json.dumps(settings, indent=2))
-    env = gym.make(ENV_ID, simulator="surrogate")
-    eval_env = gym.make(ENV_ID, simulator="surrogate", max_episode_steps=args.eval_max_steps)
+    env, eval_env = make_env(args, scenario), make_env(args, scenario, args.eval_max_steps)
+    steps, eval_every = ticks_budget(args, scenario) // args.action_repeat, max(1, args.eval_every // args.action_repeat)
     checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
     if checkpoint.exists():
         model = TD3CnnClip.load(checkpoint, env=env, device=args.device)
@@ -216,10 +277,10 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
                 record = evaluate(model, eval_env, args.eval_episodes, args.eval_seed)
             record.update(step=step, n_updates=model._n_updates, train_s=train_seconds)
             _write_atomically(eval_file, json.dumps(record, indent=1))
-        if step >= args.steps:
+        if step >= steps:
             break
         start = time.perf_counter()
-        model.learn(min(args.eval_every, args.steps - step), reset_num_timesteps=False)
+        model.learn(min(eval_every, steps - step), reset_num_timesteps=False)
         train_seconds += time.perf_counter() - start
         if args.buffer_checkpoints:
             save_buffer(model, folder / "replay_buffer.tmp.ckpt")
@@ -229,7 +290,12 @@ def run_job(args: argparse.Namespace, config: str, seed: int) -> str:
         _write_atomically(folder / "wall.json", json.dumps({"train_s": train_seconds, "step": model.num_timesteps}))
     env.close()
     eval_env.close()
-    return f"{config} seed {seed}: {resumed} -> {model.num_timesteps} steps, training {train_seconds:.0f} s"
+    return f"{config} scenario {scenario} seed {seed}: {resumed} -> {model.num_timesteps} steps, training {train_seconds:.0f} s"
+
+
+def ticks_budget(args: argparse.Namespace, scenario: int) -> int:
+    """Simulator ticks of a run on ``scenario``: ``--ticks``, else the size's budget for the scenario."""
+    return args.ticks if args.ticks is not None else SIZES[args.size]["ticks"][scenario]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -238,55 +304,73 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def collect(args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """Every evaluation record under ``--run-dir`` for the chosen configurations and seeds, in step order."""
-    found: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    for config in args.configs:
+Found = dict[tuple[str, int], dict[int, list[dict[str, Any]]]]
+
+
+def collect(args: argparse.Namespace) -> Found:
+    """Every evaluation record under ``--run-dir`` for the chosen runs and seeds, in step order, each with its
+    ``ticks`` and its ``speed_vs_expert`` (the mean speed over the scripted driver's on the same seeds)."""
+    found: Found = {}
+    for config, scenario in args.runs:
+        expert_speed = None
         for seed in args.seeds:
-            files = sorted((args.run_dir / config / f"seed_{seed}").glob("eval_*.json"))
+            files = sorted(job_folder(args, config, scenario, seed).glob("eval_*.json"))
             records = [json.loads(f.read_text()) for f in files]
-            records = [r for r in records if r["step"] <= args.steps]
-            if records:
-                found.setdefault(config, {})[seed] = records
+            records = [r for r in records if r["step"] * args.action_repeat <= ticks_budget(args, scenario)]
+            if not records:
+                continue
+            expert_speed = expert_speed or expert_reference(args, scenario)["mean_speed"]
+            for record in records:
+                record.update(ticks=record["step"] * args.action_repeat, speed_vs_expert=record["mean_speed"] / expert_speed)
+            found.setdefault((config, scenario), {})[seed] = records
     return found
 
 
-def summarise(found: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
-    """Per configuration and evaluation step: mean, min and max over the seeds that reached that step."""
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for config, seeds in found.items():
+def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Per run and evaluation step: mean, min and max over the seeds that reached that step."""
+    curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run, seeds in found.items():
         steps = sorted({r["step"] for records in seeds.values() for r in records})
-        curves[config] = []
+        curves[run] = []
         for step in steps:
             at_step = [r for records in seeds.values() for r in records if r["step"] == step]
-            point: dict[str, Any] = {"step": step, "seeds": len(at_step)}
+            point: dict[str, Any] = {"step": step, "ticks": at_step[0]["ticks"], "seeds": len(at_step)}
             for key in (*FIGURES, "train_s"):
                 values = [r[key] for r in at_step]
                 point[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-            curves[config].append(point)
+            curves[run].append(point)
     return curves
 
 
-def plot(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    """Route completion and collision rate against env steps: mean over seeds, min-max band."""
+def goal_status(scenario: int, point: dict[str, Any]) -> str:
+    """Whether an evaluation point meets :data:`GOALS` for its scenario, naming each figure that misses."""
+    completion, collisions, speed = GOALS[scenario]
+    misses = [f"route < {completion:.0%}"] * (point["route_completion"]["mean"] < completion)
+    misses += [f"collisions > {collisions:.0%}"] * (point["collision_rate"]["mean"] > collisions)
+    misses += [f"speed < {speed:.0%}"] * (point["speed_vs_expert"]["mean"] < speed)
+    return "met" if not misses else "missed: " + ", ".join(misses)
+
+
+def plot(curves: dict[tuple[str, int], list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Route completion, collision rate and speed over the expert's against simulator ticks: mean over seeds,
+    min-max band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, key, label in zip(axes, ("route_completion", "collision_rate", "return"),
-                              ("route completion", "collision rate", "return")):  # fmt: skip
-        for config, points in curves.items():
-            steps = [p["step"] for p in points]
-            mean = [p[key]["mean"] for p in points]
-            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=config)
-            ax.fill_between(steps, [p[key]["min"] for p in points], [p[key]["max"] for p in points],
+    for ax, key in zip(axes, ("route_completion", "collision_rate", "speed_vs_expert")):
+        for (config, scenario), points in curves.items():
+            ticks = [p["ticks"] for p in points]
+            (line,) = ax.plot(ticks, [p[key]["mean"] for p in points], marker="o", markersize=3,
+                              label=f"{config}, scenario {scenario}")  # fmt: skip
+            ax.fill_between(ticks, [p[key]["min"] for p in points], [p[key]["max"] for p in points],
                             color=line.get_color(), alpha=0.15)  # fmt: skip
-        ax.set_xlabel("env steps")
-        ax.set_ylabel(f"{label} (evaluation)")
+        ax.set_xlabel("simulator ticks")
+        ax.set_ylabel(f"{FIGURES[key]} (evaluation)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(0, 1)
+    axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -300,60 +384,72 @@ def report(args: argparse.Namespace) -> None:
     found = collect(args)
     curves = summarise(found)
     run = run_description(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run_dir"}))  # no path
+    experts = {scenario: expert_reference(args, scenario) for scenario in sorted({s for _, s in curves})}
     results = {
-        "run": run, "env_id": ENV_ID, "configs": {config: {**COMMON, **CONFIGS[config]} for config in args.configs},
-        "curves": curves, "evaluations": {c: {str(s): r for s, r in seeds.items()} for c, seeds in found.items()},
+        "run": run, "configs": {config: {**COMMON, **CONFIGS[config]} for config in sorted({c for c, _ in args.runs})},
+        "experts": {str(s): e for s, e in experts.items()},
+        "curves": {f"{c}/scenario_{s}": points for (c, s), points in curves.items()},
+        "evaluations": {f"{c}/scenario_{s}": {str(seed): r for seed, r in seeds.items()} for (c, s), seeds in found.items()},
     }  # fmt: skip
     last_rows, curve_rows = [], []
-    for config, points in curves.items():
+    for (config, scenario), points in curves.items():
         last = points[-1]
         cells = [f"{last[k]['mean']:.3g} [{last[k]['min']:.3g}, {last[k]['max']:.3g}]" for k in FIGURES]
-        last_rows.append([config, last["step"], last["seeds"], *cells, f"{last['train_s']['mean'] / 60:.1f}"])
-    all_steps = sorted({p["step"] for points in curves.values() for p in points})
-    for config, points in curves.items():
-        by_step = {p["step"]: f"{p['route_completion']['mean']:.3f}" for p in points}
-        curve_rows.append([config, *(by_step.get(step, "") for step in all_steps)])
+        last_rows.append([config, scenario, last["ticks"], last["seeds"], *cells, f"{last['train_s']['mean'] / 60:.1f}",
+                          goal_status(scenario, last)])  # fmt: skip
+    for (config, scenario), points in curves.items():
+        curve_rows.append([config, scenario, ", ".join(
+            f"{p['ticks'] // 1000}k: {p['route_completion']['mean']:.2f}" for p in points)])
+    expert_rows = [[s, f"{e['mean_speed']:.2f}", f"{e['route_completion']:.3f}", f"{e['goal_rate']:.2f}"]
+                   for s, e in experts.items()]  # fmt: skip
     markdown = "\n".join([
-        f"# Learning curves on the surrogate {ENV_ID}",
+        "# Learning curves on the surrogate CarlaScenario ids",
         "",
         describe_line(run),
         f"Note: {args.note}" if args.note else "",
-        f"Each configuration: {len(args.seeds)} seed(s) x {args.steps} env steps, batch {args.batch_size}, buffer "
-        f"{args.buffer_size}, learning_starts {args.learning_starts}; evaluation every {args.eval_every} steps: "
-        f"{args.eval_episodes} deterministic episodes on seeds {args.eval_seed}.. (at most {args.eval_max_steps} "
-        "steps each). Cells: mean over seeds [min, max]. Issue 13's goal: recommended >= 0.8 route completion and "
-        "<= 0.1 collision rate at 100k steps on 3 seeds.",
+        f"{len(args.seeds)} training seed(s) per run, each action held {args.action_repeat} ticks, batch "
+        f"{args.batch_size}, buffer {args.buffer_size}, learning_starts {args.learning_starts} decisions; evaluation "
+        f"every {args.eval_every} simulator ticks: {args.eval_episodes} deterministic episodes on seeds "
+        f"{args.eval_seed}-{args.eval_seed + args.eval_episodes - 1} (never used in training). Cells: mean over seeds "
+        "[min, max]. Goals (issue 20, mean of 3 training seeds): scenario 0 route >= 95 %, collisions <= 5 %, speed "
+        ">= 90 % of the scripted driver's; scenarios 1-2 >= 90 %, <= 5 %, >= 85 %.",
         "",
         "## Last evaluation",
         "",
-        markdown_table(["config", "step", "seeds", *FIGURES.values(), "train min"], last_rows),
+        markdown_table(["config", "scenario", "ticks", "seeds", *FIGURES.values(), "train min", "goal"], last_rows),
         "",
-        "## Route completion at each evaluation (mean over seeds)",
+        "## Route completion at each evaluation (mean over seeds; ticks: route)",
         "",
-        markdown_table(["config", *map(str, all_steps)], curve_rows) if curve_rows else "(no evaluation yet)",
+        markdown_table(["config", "scenario", "route completion"], curve_rows) if curve_rows else "(no evaluation yet)",
+        "",
+        "## The scripted driver on the same seeds (the reference of speed / expert)",
+        "",
+        markdown_table(["scenario", "mean speed m/s", "route completion", "goal rate"], expert_rows),
         "",
         f"![learning curves]({args.name}.png)",
     ])  # fmt: skip
     write_results(args.output_dir, args.name, results, markdown)
     if curves:
-        title = (f"surrogate {ENV_ID}, evaluation every {args.eval_every} steps: mean over {len(args.seeds)} seeds, "
-                 f"band = min..max; {args.machine}, {run['date_utc']} UTC")  # fmt: skip
+        title = (f"surrogate, action repeat {args.action_repeat}, evaluation every {args.eval_every} ticks: mean over "
+                 f"{len(args.seeds)} seeds, band = min..max; {args.machine}, {run['date_utc']} UTC")  # fmt: skip
         plot(curves, args.output_dir / f"{args.name}.png", title)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=SIZES, default="small", help="preset of the size flags (default: small)")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="configurations to compare")
+    parser.add_argument("--size", choices=SIZES, default="cpu", help="preset of the size flags (default: cpu)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="configurations to compare (default: the size's)")
+    parser.add_argument("--scenarios", nargs="+", type=int, choices=list(SCENARIO_IDS), help="scenarios (default: the size's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds")
-    parser.add_argument("--steps", type=int, help="env steps per run")
-    parser.add_argument("--eval-every", type=int, help="env steps between evaluations")
+    parser.add_argument("--ticks", type=int, help="simulator ticks per run (default: the size's budget per scenario)")
+    parser.add_argument("--action-repeat", type=int, help="simulator ticks per decision")
+    parser.add_argument("--eval-every", type=int, help="simulator ticks between evaluations")
     parser.add_argument("--eval-episodes", type=int, help="deterministic episodes per evaluation")
-    parser.add_argument("--eval-max-steps", type=int, help="step limit of an evaluation episode (default: the env's)")
+    parser.add_argument("--eval-max-steps", type=int, help="decision limit of an evaluation episode (default: the env's 60 s)")
     parser.add_argument("--eval-seed", type=int, default=1000, help="reset seed of the first evaluation episode")
     parser.add_argument("--batch-size", type=int, help="minibatch size")
     parser.add_argument("--buffer-size", type=int, help="replay buffer capacity")
-    parser.add_argument("--learning-starts", type=int, help="random-action steps before the first update")
+    parser.add_argument("--learning-starts", type=int, help="random-action decisions before the first update")
     parser.add_argument("--action-noise-sigma", type=float, default=0.1, help="exploration noise std (CLI default)")
     parser.add_argument("--workers", type=int, help="parallel processes")
     parser.add_argument("--device", default="auto", help="torch device of every run")
@@ -362,16 +458,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="a sentence written into the Markdown (e.g. what the run cannot show)")
     parser.add_argument(
         "--buffer-checkpoints", action=argparse.BooleanOptionalAction,
-        help="checkpoint the replay buffer's filled part with the model (56 KB per 4x84x84 transition); without, a "
-        "resumed job starts from the model with an empty buffer (default: on, except --size large)",
+        help="checkpoint the replay buffer with the model; without, a resumed job starts from the model with an empty "
+        "buffer (default: on, except --size large)",
     )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rewrite the results from the run folder, train nothing")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    for key, value in SIZES[args.size].items():
-        if getattr(args, key) is None:
+    size = SIZES[args.size]
+    for key, value in size.items():
+        if key not in ("ticks", "runs") and getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("steps", "eval_every", "eval_episodes", "eval_max_steps", "batch_size", "buffer_size", "workers"):
+    if args.configs or args.scenarios:
+        args.runs = [(config, scenario) for config in args.configs or sorted({c for c, _ in size["runs"]})
+                     for scenario in args.scenarios or sorted({s for _, s in size["runs"]})]  # fmt: skip
+    else:
+        args.runs = size["runs"]
+    for key in ("eval_every", "eval_episodes", "batch_size", "buffer_size", "workers", "action_repeat",
+                *(["ticks"] if args.ticks is not None else []), *(["eval_max_steps"] if args.eval_max_steps else [])):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')}={getattr(args, key)} must be at least 1.")
     if args.learning_starts < 0:
@@ -385,9 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_threads(args.threads)  # the jobs' count, which the results' header reports (this process only waits)
     if not args.report_only:
-        jobs = [(config, seed) for config in args.configs for seed in args.seeds]
+        for scenario in sorted({s for _, s in args.runs}):
+            expert_reference(args, scenario)  # before the jobs load the cores
+        jobs = [(config, scenario, seed) for config, scenario in args.runs for seed in args.seeds]
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_job, args, config, seed) for config, seed in jobs]
+            futures = [pool.submit(run_job, args, *job) for job in jobs]
             for future in as_completed(futures):
                 print(future.result(), flush=True)
                 report(args)

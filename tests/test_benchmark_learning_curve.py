@@ -30,27 +30,31 @@ def run_benchmark(tmp_path: Path, *flags: str) -> str:
 @pytest.mark.slow
 def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
     out = run_benchmark(tmp_path)
-    assert "td3 seed 0: 0 -> 120 steps" in out
+    assert "td3 scenario 0 seed 0: 0 -> 120 steps" in out  # 480 ticks, each action held 4 ticks
     results = json.loads((tmp_path / "learning_curve.json").read_text())
-    assert set(results["curves"]) == {"td3", "recommended+shift+encoder+nstep3"}
+    assert set(results["curves"]) == {"td3/scenario_0", "recommended+shift+encoder+nstep3/scenario_0"}
     assert results["configs"]["td3"]["actor_cnn_max_grad_norm"] is None
+    expert = results["experts"]["0"]
+    assert [e["seed"] for e in expert["episodes"]] == [1000, 1001] and expert["mean_speed"] > 0
     for points in results["curves"].values():
-        assert [p["step"] for p in points] == [0, 60, 120]
+        assert [p["step"] for p in points] == [0, 60, 120] and [p["ticks"] for p in points] == [0, 240, 480]
         for point in points:
             assert 0 <= point["route_completion"]["mean"] <= 1
             rates = sum(point[f"{r}_rate"]["mean"] for r in ("collision", "off_lane", "goal", "time_limit"))
             assert rates == pytest.approx(1.0)  # every evaluation episode ends for one reason
-    updates = [r["n_updates"] for r in results["evaluations"]["td3"]["0"]]
+            assert point["speed_vs_expert"]["mean"] == pytest.approx(point["mean_speed"]["mean"] / expert["mean_speed"])
+    updates = [r["n_updates"] for r in results["evaluations"]["td3/scenario_0"]["0"]]
     assert updates[0] == 0 and updates[1] > 0 and updates[2] > updates[1]
-    episodes = results["evaluations"]["td3"]["0"][-1]["episodes"]
+    episodes = results["evaluations"]["td3/scenario_0"]["0"][-1]["episodes"]
     assert len(episodes) == 2 and all(e["length"] <= 20 for e in episodes)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
-    assert "| td3 | 120 | 1 |" in (tmp_path / "learning_curve.md").read_text()
+    markdown = (tmp_path / "learning_curve.md").read_text()
+    assert "| td3 | 0 | 480 | 1 |" in markdown and "missed: route < 95%" in markdown
 
-    # started again, a run continues from its last checkpoint (here, extended by a larger --steps)
-    assert "td3 seed 0: 120 -> 180 steps" in run_benchmark(tmp_path, "--steps", "180")
+    # started again, a run continues from its last checkpoint (here, extended by a larger --ticks)
+    assert "td3 scenario 0 seed 0: 120 -> 180 steps" in run_benchmark(tmp_path, "--ticks", "720")
     results = json.loads((tmp_path / "learning_curve.json").read_text())
-    assert [p["step"] for p in results["curves"]["td3"]] == [0, 60, 120, 180]
+    assert [p["step"] for p in results["curves"]["td3/scenario_0"]] == [0, 60, 120, 180]
 
 
 def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
@@ -58,8 +62,19 @@ def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
     import learning_curve
 
     args = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path)])
-    folder = tmp_path / "td3" / "seed_0"
+    folder = learning_curve.job_folder(args, "td3", 0, 0)
     folder.mkdir(parents=True)
-    (folder / "job.json").write_text(json.dumps({**learning_curve.job_settings(args, "td3", 0), "batch_size": 4}))
+    (folder / "job.json").write_text(json.dumps({**learning_curve.job_settings(args, "td3", 0, 0), "batch_size": 4}))
     with pytest.raises(ValueError, match="other settings"):
-        learning_curve.run_job(args, "td3", 0)
+        learning_curve.run_job(args, "td3", 0, 0)
+
+
+def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    cpu = learning_curve.parse_args([])
+    assert cpu.runs == [("recommended", 0), ("td3", 0), ("recommended", 1), ("recommended", 2)]
+    assert [learning_curve.ticks_budget(cpu, s) for s in (0, 1, 2)] == [50_000, 100_000, 100_000]
+    chosen = learning_curve.parse_args(["--configs", "td3", "--scenarios", "1", "2", "--ticks", "800"])
+    assert chosen.runs == [("td3", 1), ("td3", 2)] and learning_curve.ticks_budget(chosen, 2) == 800
