@@ -79,9 +79,10 @@ def test_the_time_limit_counts_simulator_ticks(action_repeat, ticks_per_step):
         assert (terminated, truncated, info["termination_reason"]) == (False, True, "time_limit")
 
 
-def test_the_registered_ids_truncate_after_60_s_of_ticks():
+def test_the_registered_ids_hold_each_action_4_ticks_and_truncate_after_60_s_of_ticks():
     env = gym.make(SCENARIO_IDS[0], backend_factory=lambda config: ScriptedBackend(config, [make_frame()]),
-                   image_size=SIZE, action_repeat=4)
+                   image_size=SIZE)
+    assert env.unwrapped.config.action_repeat == 4 and env.metadata["render_fps"] == 5
     env.reset()
     steps = 0
     while True:

@@ -74,7 +74,8 @@ class ReplayBackend(Backend):
 
 
 def replay_env(episodes):
-    env = DrivingEnv(backend_factory=lambda config: ReplayBackend(config, episodes), image_size=SIZE, frame_stack=1)
+    env = DrivingEnv(backend_factory=lambda config: ReplayBackend(config, episodes), image_size=SIZE, frame_stack=1,
+                     action_repeat=1)
     return Monitor(TimeLimitReason(TimeLimit(env, TIME_LIMIT)))
 
 

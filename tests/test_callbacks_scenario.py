@@ -65,7 +65,7 @@ def driving_env(goal_scenarios=(0, 1, 2)) -> DrivingEnv:
         backends.append(TwoStepBackend(config, goal_scenarios))
         return backends[-1]
 
-    env = DrivingEnv(backend_factory=factory, image_size=SIZE, frame_stack=1)
+    env = DrivingEnv(backend_factory=factory, image_size=SIZE, frame_stack=1, action_repeat=1)
     env.backends = backends
     return env
 

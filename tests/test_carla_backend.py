@@ -57,7 +57,8 @@ def server(carla: ModuleType):
 
 
 def make_env(**kwargs) -> DrivingEnv:
-    options = {"simulator": "carla", "image_size": 16, "n_npcs": 3, "seed": 0, "tm_port": TM_PORT, **kwargs}
+    options = {"simulator": "carla", "image_size": 16, "n_npcs": 3, "seed": 0, "tm_port": TM_PORT, "action_repeat": 1,
+               **kwargs}  # fmt: skip
     return DrivingEnv(**options)
 
 

@@ -68,14 +68,15 @@ class ScriptedBackend(Backend):
 
 
 def scripted_env(frames: list[Frame], **kwargs) -> DrivingEnv:
-    """A DrivingEnv on a ScriptedBackend; ``env.backends`` lists every backend it built."""
+    """A DrivingEnv on a ScriptedBackend, one tick per step unless ``action_repeat`` says otherwise; ``env.backends``
+    lists every backend it built."""
     backends = []
 
     def factory(config):
         backends.append(ScriptedBackend(config, frames))
         return backends[-1]
 
-    env = DrivingEnv(backend_factory=factory, image_size=SIZE, **kwargs)
+    env = DrivingEnv(backend_factory=factory, image_size=SIZE, **{"action_repeat": 1, **kwargs})
     env.backends = backends
     return env
 
@@ -345,7 +346,7 @@ def test_set_scenario_and_scenario_through_a_vec_env():
     vec_env.env_method("set_scenario", 1)
     vec_env.reset()
     assert vec_env.get_attr("scenario") == [1]
-    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(14.6)]
+    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(4 * 14.6)]  # four ticks per step by default
 
 
 def test_render_and_idempotent_close():

@@ -80,3 +80,28 @@ def test_train_sh_installs_what_a_yaml_config_needs() -> None:
     extras = re.search(r'source scripts/setup.sh "([^"]+)"', (SCRIPTS / "train.sh").read_text())[1].split(",")
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(requirement.lower().startswith("pyyaml") for extra in extras for requirement in optional[extra])
+
+
+@pytest.mark.slow
+def test_drive(tmp_path: Path) -> None:
+    result = run(EXAMPLES / "drive.py", cwd=tmp_path, timesteps=60)
+    assert (tmp_path / "drive_scenario0.zip").is_file()
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("seed ")] == [
+        f"seed {seed}" for seed in range(1000, 1010)]
+
+
+def test_the_recipe_file_is_what_the_learning_curve_benchmark_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sb3_td3_cnnclip.config_file import load_config_file, resolve_config
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import learning_curve
+
+    recipe = resolve_config(load_config_file(EXAMPLES / "drive.yml"), {})
+    cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS["recommended"]}
+    assert ("recommended", 0) in cpu["runs"]
+    assert recipe.max_timesteps * recipe.action_repeat == cpu["ticks"][0]
+    for key in ("action_repeat", "batch_size", "buffer_size", "learning_starts"):
+        assert getattr(recipe, key) == cpu[key], key
+    assert recipe.action_noise_sigma == learning_curve.parse_args([]).action_noise_sigma
+    for key, value in kwargs.items():
+        assert getattr(recipe, key) == value, key

@@ -34,7 +34,7 @@ SIZE = 36  # the smallest image NatureCNN accepts
 
 
 def surrogate_env(**kwargs) -> DrivingEnv:
-    return DrivingEnv(simulator="surrogate", image_size=SIZE, **kwargs)
+    return DrivingEnv(simulator="surrogate", image_size=SIZE, **{"action_repeat": 1, **kwargs})  # per-tick physics
 
 
 def drive(env: DrivingEnv, action, steps: int) -> list[tuple]:
