@@ -1,21 +1,28 @@
-"""Replay buffer memory and speed for 4x84x84 uint8 observations: SB3's ``ReplayBuffer`` (with and without
-``optimize_memory_usage``) against ``FrameStackReplayBuffer``, side by side in one run.
+"""Replay buffer memory and speed on three camera streams of 84x84 ``uint8`` images: SB3's ``ReplayBuffer`` (with
+and without ``optimize_memory_usage``) against ``FrameStackReplayBuffer``, side by side in one run.
 
-The three buffers, ``--probe-size`` transitions each, receive the same stream: ``--n-envs`` environments (each
-value in turn) stacking 4 frames like ``VecFrameStack`` (zero padding at a reset), episodes of ``--episode-length``
-steps ending in a truncation (the terminal observation as next observation, SB3's way), out of phase between the
-environments, frames drawn from a pool of random images.
-The stream runs ``1.5 x`` the capacity, so the ring has wrapped.
+The streams (``--n-envs`` environments, episodes of ``--episode-length`` steps ending in a truncation, the terminal
+observation as next observation, SB3's way, out of phase between the environments, frames drawn from a pool of
+random images), each run for ``1.5 x`` the capacity, so the ring has wrapped:
 
-- Bytes: the ``nbytes`` of every array a full buffer holds (SB3: observations, next observations unless
-  ``optimize_memory_usage``, actions, rewards, dones, timeouts; ``FrameStackReplayBuffer.nbytes``: frames, frame
-  numbers, the last next observations, actions, rewards, dones, timeouts), for buffers of the probe size and of
-  twice that, filled the same way: bytes per transition = the difference / the probe size, fixed bytes = the rest
-  (0 for SB3; a margin of frames and the last stacks for the frame store), extrapolated to ``--sizes`` (SB3's
-  default ``buffer_size`` is 1,000,000).
-- ``add()``: seconds per call, timed over blocks of ``--block`` calls once the ring has wrapped (the first pass
-  also commits the pages of ``np.zeros`` arrays, for SB3 and for the frame store alike), the buffers taking the same
-  block in turn, their order rotating; median of the paired ratios against SB3's ``ReplayBuffer``.
+- ``gray4``: 4 stacked grayscale frames like ``VecFrameStack`` (zero padding at a reset): consecutive observations
+  share 3 frames;
+- ``rgb``: one RGB image (3, 84, 84), no frame stacking: the next observation shares no frame with the observation
+  (the following observation is the next one);
+- ``unshared``: 4 frames, every observation and next observation drawn afresh: no frame is shared anywhere.
+
+``optimize_memory_usage=True`` takes next observations from the following slot (SB3 requires
+``handle_timeout_termination=False`` with it): on ``rgb`` and ``unshared`` it does not keep what the others keep.
+
+- Memory (tracemalloc, one env, each buffer built and filled alone): the bytes allocated after the fill (held) and
+  the most allocated at once (peak).
+- Bytes per transition: the ``nbytes`` of every array a full buffer holds, for buffers of the probe size and of twice
+  that, filled the same way: bytes per transition = the difference / the probe size, fixed bytes = the rest,
+  extrapolated to ``--sizes`` (SB3's default ``buffer_size`` is 1,000,000).
+- ``add()``: every call timed, the buffers taking the same block of ``--block`` calls in turn, their order rotating:
+  the slowest call of the whole fill (first pass included: it commits the pages of new arrays, and a buffer that
+  grew by copying would stall there), and the median once the ring has wrapped, with the median of the paired
+  ratios of block means against SB3's ``ReplayBuffer``.
 - ``sample(256)``: rounds of ``--sample-calls`` calls per buffer, alternated, ``--rounds`` rounds; median of the
   paired ratios against SB3's ``ReplayBuffer``.
 
@@ -28,6 +35,8 @@ import argparse
 import inspect
 import statistics
 import time
+import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,23 +58,26 @@ SB3_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones"
 #: the variants, in table order
 VARIANTS = ("ReplayBuffer", "ReplayBuffer(optimize_memory_usage=True)", "FrameStackReplayBuffer")
 
+#: the streams: frames per observation, and whether consecutive observations share frames (see the docstring)
+STREAMS = {"gray4": 4, "rgb": 3, "unshared": 4}
 
-def make_buffers(size: int, observation_space: spaces.Box, n_envs: int) -> dict[str, ReplayBuffer]:
-    """The three buffers of the comparison.
 
+def make_buffer(variant: str, size: int, kind: str, n_envs: int) -> ReplayBuffer:
+    """One buffer of the comparison.
+
+    :param variant: one of ``VARIANTS``
     :param size: capacity in transitions (all envs together, as SB3 counts it)
-    :param observation_space: the observation space
+    :param kind: the stream, a key of ``STREAMS`` (it sets the observation shape)
     :param n_envs: number of environments
-    :return: the buffers by variant name
+    :return: the buffer
     """
+    observation_space = spaces.Box(0, 255, (STREAMS[kind], 84, 84), np.uint8)
     action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
     common = dict(buffer_size=size, observation_space=observation_space, action_space=action_space, device="cpu",
                   n_envs=n_envs)  # fmt: skip
-    return {
-        VARIANTS[0]: ReplayBuffer(**common),
-        VARIANTS[1]: ReplayBuffer(**common, optimize_memory_usage=True, handle_timeout_termination=False),
-        VARIANTS[2]: FrameStackReplayBuffer(**common),
-    }
+    if variant == VARIANTS[1]:
+        return ReplayBuffer(**common, optimize_memory_usage=True, handle_timeout_termination=False)
+    return (FrameStackReplayBuffer if variant == VARIANTS[2] else ReplayBuffer)(**common)
 
 
 def buffer_nbytes(buffer: ReplayBuffer) -> int:
@@ -79,56 +91,88 @@ def buffer_nbytes(buffer: ReplayBuffer) -> int:
     return sum(getattr(buffer, name).nbytes for name in SB3_ARRAYS if getattr(buffer, name, None) is not None)
 
 
-def stream(n_envs: int, shape: tuple[int, ...], episode_length: int, steps: int, seed: int = 0):
-    """Yield the arguments of ``add()`` for ``steps`` steps of ``n_envs`` frame-stacking environments.
+def stream(kind: str, n_envs: int, episode_length: int, steps: int, pool: np.ndarray) -> Iterator[tuple]:
+    """Yield the arguments of ``add()`` for ``steps`` steps of ``n_envs`` camera environments.
 
-    Every env runs episodes of ``episode_length`` steps (the envs out of phase); an episode ends in a truncation.
-
+    :param kind: the stream, a key of ``STREAMS``
     :param n_envs: number of environments
-    :param shape: the stack shape, frames on the first axis
-    :param episode_length: steps per episode
+    :param episode_length: steps per episode (the envs out of phase); an episode ends in a truncation
     :param steps: number of ``add()`` calls
-    :param seed: seed of the frame pool
+    :param pool: the frames drawn from, shape ``(frames, 1, 84, 84)``
     """
-    rng = np.random.default_rng(seed)
-    pool = rng.integers(0, 256, (97, 1, *shape[1:]), dtype=np.uint8)
-    obs = np.zeros((n_envs, *shape), np.uint8)
+    depth = STREAMS[kind]
     phase = np.arange(n_envs) * episode_length // n_envs
     action = np.zeros((n_envs, 2), np.float32)
     reward = np.zeros(n_envs, np.float32)
+    drawn = 0
+
+    def fresh(frames: int) -> np.ndarray:  # (n_envs, frames, 84, 84), the next frames of the pool
+        nonlocal drawn
+        drawn += n_envs * frames
+        return pool[np.arange(drawn - n_envs * frames, drawn) % len(pool)].reshape(n_envs, frames, 84, 84)
+
+    obs = fresh(depth)
     for step in range(steps):
         starting = (step + phase) % episode_length == 0
-        obs[starting] = 0
-        obs[starting, -1:] = pool[step % len(pool)]
-        next_obs = np.concatenate([obs[:, 1:], pool[(step * 7 + np.arange(n_envs)) % len(pool)]], axis=1)
+        if kind == "unshared":
+            obs = fresh(depth)
+        elif starting.any():  # a reset: a new observation, zero-padded when stacked
+            obs[starting] = fresh(depth)[starting]
+            obs[starting, : depth - 1] *= kind != "gray4"
+        next_obs = np.concatenate([obs[:, 1:], fresh(1)], axis=1) if kind == "gray4" else fresh(depth)
         done = (step + phase) % episode_length == episode_length - 1
         infos = [{"TimeLimit.truncated": bool(d)} for d in done]
         yield obs, next_obs, action, reward, done.astype(np.float32), infos
-        obs = next_obs
+        obs = next_obs.copy()
 
 
-def measure(args: argparse.Namespace, n_envs: int) -> dict[str, Any]:
-    """Fill the three buffers side by side, then time ``add()`` and ``sample()``.
+def traced_memory(args: argparse.Namespace, kind: str, variant: str, pool: np.ndarray) -> dict[str, float]:
+    """Build and fill one buffer alone (one env) under tracemalloc.
 
     :param args: the flags
-    :param n_envs: number of environments
-    :return: per variant: bytes per transition, GB at each size, seconds per add and per sample
+    :param kind: the stream
+    :param variant: the buffer
+    :param pool: the frames of the stream
+    :return: the bytes held after the fill and the peak, in MB
     """
-    observation_space = spaces.Box(0, 255, tuple(args.shape), np.uint8)
-    buffers = make_buffers(args.probe_size, observation_space, n_envs)
+    tracemalloc.start()
+    try:
+        buffer = make_buffer(variant, args.probe_size, kind, 1)
+        for transition in stream(kind, 1, args.episode_length, args.probe_size * 3 // 2, pool):
+            buffer.add(*transition)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {"held_mb": held / 1e6, "peak_mb": peak / 1e6}
+
+
+def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) -> dict[str, Any]:
+    """Fill the three buffers side by side, then time ``sample()``; measure the bytes per transition.
+
+    :param args: the flags
+    :param kind: the stream
+    :param n_envs: number of environments
+    :param pool: the frames of the stream
+    :return: per variant: bytes per transition, GB at each size, ``add()`` and ``sample()`` times
+    """
+    buffers = {name: make_buffer(name, args.probe_size, kind, n_envs) for name in VARIANTS}
     names = list(buffers)
-    add_times: dict[str, list[float]] = {name: [] for name in names}
+    calls: dict[str, list[float]] = {name: [] for name in names}  # seconds of every add() call
     per_env = args.probe_size // n_envs
-    transitions = stream(n_envs, tuple(args.shape), args.episode_length, per_env * 3 // 2)
+    transitions = stream(kind, n_envs, args.episode_length, per_env * 3 // 2, pool)
     for block_index in range(per_env * 3 // 2 // args.block):
         block = [next(transitions) for _ in range(args.block)]
         shift = block_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
             for transition in block:
+                start = time.perf_counter()
                 buffers[name].add(*transition)
-            if block_index * args.block >= per_env:  # the ring has wrapped: no first-touch page faults
-                add_times[name].append((time.perf_counter() - start) / args.block)
+                calls[name].append(time.perf_counter() - start)
+    wrapped = {name: times[per_env:] for name, times in calls.items()}  # once the ring has wrapped
+    block_means = {
+        name: [statistics.fmean(times[i : i + args.block]) for i in range(0, len(times), args.block)]
+        for name, times in wrapped.items()
+    }
     sample_times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         shift = round_ % len(names)
@@ -138,83 +182,106 @@ def measure(args: argparse.Namespace, n_envs: int) -> dict[str, Any]:
                 buffers[name].sample(args.batch_size)
             sample_times[name].append((time.perf_counter() - start) / args.sample_calls)
     # The bytes of each buffer at the probe size and at twice that (filled the same way): the slope is the cost of a
-    # transition, the rest a fixed cost (SB3's arrays have none; the frame store has a margin and the last stacks).
-    larger = make_buffers(2 * args.probe_size, observation_space, n_envs)
-    for transition in stream(n_envs, tuple(args.shape), args.episode_length, per_env * 3):
-        larger[VARIANTS[2]].add(*transition)
+    # transition, the rest a fixed cost (SB3's arrays have none; the frame store has the last stacks).
+    larger = make_buffer(VARIANTS[2], 2 * args.probe_size, kind, n_envs)
+    for transition in stream(kind, n_envs, args.episode_length, per_env * 3, pool):
+        larger.add(*transition)
     reference = VARIANTS[0]
     reference_per_transition = buffer_nbytes(buffers[reference]) / args.probe_size
     rows = {}
     for name, buffer in buffers.items():
-        per_transition = (buffer_nbytes(larger[name]) - buffer_nbytes(buffer)) / args.probe_size
+        larger_bytes = buffer_nbytes(larger) if name == VARIANTS[2] else 2 * buffer_nbytes(buffer)
+        per_transition = (larger_bytes - buffer_nbytes(buffer)) / args.probe_size
         fixed = buffer_nbytes(buffer) - per_transition * args.probe_size
         rows[name] = {
             "bytes_per_transition": per_transition,
             "fixed_bytes": fixed,
             "memory_ratio_vs_replay_buffer": per_transition / reference_per_transition,
             "gb_at_size": {str(size): (fixed + per_transition * size) / 1e9 for size in args.sizes},
-            "add_us_median": statistics.median(add_times[name]) * 1e6,
-            "add_ratio_vs_replay_buffer": median_ratio(add_times[name], add_times[reference]),
+            "add_us_median": statistics.median(wrapped[name]) * 1e6,
+            "add_ms_slowest": max(calls[name]) * 1e3,
+            "add_ratio_vs_replay_buffer": median_ratio(block_means[name], block_means[reference]),
             "sample_ms_median": statistics.median(sample_times[name]) * 1e3,
             "sample_ratio_vs_replay_buffer": median_ratio(sample_times[name], sample_times[reference]),
         }
-    del larger
-    rows[VARIANTS[2]]["frames_per_env"] = len(buffers[VARIANTS[2]].frame_stores[None].frames)
+    rows[VARIANTS[2]]["blocks"] = sum(len(store.blocks) for store in buffers[VARIANTS[2]].frame_stores.values())
     return rows
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    """Summarise the results as a Markdown table.
+    """Summarise the results as Markdown tables.
 
     :param results: the results of :func:`main`
     :return: the Markdown text
     """
     flags = results["run"]["flags"]
     sizes = flags["sizes"]
-    headers = ["buffer", "bytes/transition", "vs ReplayBuffer", "fixed MB", *(f"GB at {s:,}" for s in sizes),
-               "add() µs", "add() ratio", "sample(256) ms", "sample ratio"]  # fmt: skip
     lines = [
-        f"# Replay buffer memory and speed, observations {tuple(flags['shape'])} uint8, 2 float32 actions",
+        "# Replay buffer memory and speed, 84x84 uint8 camera streams, 2 float32 actions",
         "",
         describe_line(results["run"]),
         f"Episodes of {flags['episode_length']} steps ending in a truncation, buffers of {flags['probe_size']:,} "
-        f"transitions filled 1.5 times. SB3's default buffer_size is {results['sb3_default_buffer_size']:,}. "
-        "GB = 1e9 bytes, for a full buffer. add(): after the ring wrapped, median of blocks of "
-        f"{flags['block']} calls; sample(): median of {flags['rounds']} rounds of {flags['sample_calls']} calls; "
-        "ratios against ReplayBuffer measured in the same run, calls alternated.",
+        f"transitions filled 1.5 times. Streams: gray4 = 4 stacked grayscale frames (consecutive observations share "
+        "3), rgb = (3, 84, 84) without stacking (the next observation shares no frame with the observation), "
+        "unshared = 4 frames, every observation and next observation drawn afresh. optimize_memory_usage=True "
+        "takes next observations from the following slot: on rgb and unshared it does not keep what the others "
+        f"keep. SB3's default buffer_size is {results['sb3_default_buffer_size']:,}.",
+        "",
+        "## Memory (tracemalloc, one env, each buffer built and filled alone)",
+        "",
     ]
-    for n_envs, variants in results["n_envs"].items():
-        rows = [
-            [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"], v["fixed_bytes"] / 1e6,
-             *(v["gb_at_size"][str(s)] for s in sizes), v["add_us_median"], v["add_ratio_vs_replay_buffer"],
-             v["sample_ms_median"], v["sample_ratio_vs_replay_buffer"]]  # fmt: skip
-            for name, v in variants.items()
-        ]
-        lines += ["", f"## {n_envs} env(s)", "", markdown_table(headers, rows)]
+    headers = ["stream", "buffer", "held MB", "peak MB", "peak / ReplayBuffer's peak"]
+    rows = []
+    for kind, variants in results["traced"].items():
+        reference = variants[VARIANTS[0]]["peak_mb"]
+        rows += [[kind, name, v["held_mb"], v["peak_mb"], v["peak_mb"] / reference] for name, v in variants.items()]
+    lines += [markdown_table(headers, rows), ""]
+    lines += [
+        "## Bytes and speed",
+        "",
+        "GB = 1e9 bytes, for a full buffer (nbytes). add(): the slowest call of the whole fill, the median once the "
+        f"ring wrapped, and the median ratio of block means; sample(): median of {flags['rounds']} rounds of "
+        f"{flags['sample_calls']} calls; ratios against ReplayBuffer measured in the same run, calls alternated.",
+    ]
+    headers = ["buffer", "bytes/transition", "vs ReplayBuffer", "fixed MB", *(f"GB at {s:,}" for s in sizes),
+               "slowest add() ms", "add() µs", "add() ratio", "sample(256) ms", "sample ratio"]  # fmt: skip
+    for kind, by_envs in results["streams"].items():
+        for n_envs, variants in by_envs.items():
+            rows = [
+                [name, int(round(v["bytes_per_transition"])), v["memory_ratio_vs_replay_buffer"],
+                 v["fixed_bytes"] / 1e6, *(v["gb_at_size"][str(s)] for s in sizes), v["add_ms_slowest"],
+                 v["add_us_median"], v["add_ratio_vs_replay_buffer"], v["sample_ms_median"],
+                 v["sample_ratio_vs_replay_buffer"]]  # fmt: skip
+                for name, v in variants.items()
+            ]
+            lines += ["", f"### {kind}, {n_envs} env(s)", "", markdown_table(headers, rows)]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--probe-size", type=int, default=8000, help="capacity of the buffers actually built")
+    parser.add_argument("--probe-size", type=int, default=4000, help="capacity of the buffers actually built")
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[1_000_000, 200_000, 100_000, 50_000], help="capacities to report"
     )
-    parser.add_argument("--shape", type=int, nargs=3, default=[4, 84, 84], help="observation shape (uint8)")
-    parser.add_argument("--episode-length", type=int, default=100, help="steps per episode of the stream")
+    parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS), help="camera streams")
+    parser.add_argument("--episode-length", type=int, default=100, help="steps per episode of the streams")
     parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 4], help="environments adding to the buffers")
-    parser.add_argument("--block", type=int, default=20, help="add() calls timed together, per buffer in turn")
+    parser.add_argument("--block", type=int, default=20, help="add() calls per buffer in turn")
     parser.add_argument("--batch-size", type=int, default=256, help="sample() batch size")
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of sample() calls")
-    parser.add_argument("--sample-calls", type=int, default=10, help="sample() calls per buffer per round")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of sample() calls")
+    parser.add_argument("--sample-calls", type=int, default=5, help="sample() calls per buffer per round")
     add_common_args(parser, threads=1)
     args = parser.parse_args()
     set_threads(args.threads)
+    pool = np.random.default_rng(0).integers(0, 256, (97, 1, 84, 84), dtype=np.uint8)
     results = {
         "run": run_description(args),
-        "observation_shape": args.shape,
         "sb3_default_buffer_size": SB3_DEFAULT_BUFFER_SIZE,
-        "n_envs": {str(n_envs): measure(args, n_envs) for n_envs in args.n_envs},
+        "traced": {kind: {name: traced_memory(args, kind, name, pool) for name in VARIANTS} for kind in args.streams},
+        "streams": {
+            kind: {str(n_envs): measure(args, kind, n_envs, pool) for n_envs in args.n_envs} for kind in args.streams
+        },
     }
     json_path, md_path = write_results(args.output_dir, "replay_memory", results, to_markdown(results))
     print(to_markdown(results))

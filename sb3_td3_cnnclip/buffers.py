@@ -30,59 +30,57 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 
-#: frames reserved beyond the need, so that the ring's room is recounted about once every this many steps
-ROOM_MARGIN = 64
+#: a ring's blocks hold this fraction of the buffer's transitions in frames (1 / BLOCKS_PER_BUFFER each)
+BLOCKS_PER_BUFFER = 256
 
 
 class FrameStore:
     """The stacked image observations of one array (the Box observation, or one key of a Dict), each frame once.
 
-    Frames live in a ring ``frames[capacity, n_envs, *frame_shape]`` and are numbered per environment from 0 on;
-    frame ``i`` of environment ``e`` sits at ``frames[i % capacity, e]``. ``obs_refs[pos, e]`` and
-    ``next_refs[pos, e]`` are one past the numbers of the newest frames of the transition's two stacks (-1: slot
-    empty).
+    Frames are numbered per environment from 0 on. Each environment has a ring of frames, frame ``i`` at position
+    ``i`` modulo its length: at least ``2 * n_stack`` frames per transition, the most its live transitions can need
+    (an observation and a next observation that share no frame), so a frame still needed is never overwritten. The
+    ring is held in blocks of ``block_frames`` frames (``buffer_size / BLOCKS_PER_BUFFER``): a block is allocated
+    when the ring reaches a part that has none, and reused, by any environment, once it holds no frame still needed.
+    The memory follows the frames in use (about one per transition for stacked frames, ``n_stack`` without
+    stacking); it never exceeds the rings, the frames of SB3's arrays rounded up to a block; growing allocates one
+    block and copies nothing.
+    ``obs_refs[pos, e]`` and ``next_refs[pos, e]`` are one past the numbers of the newest frames of the transition's
+    two stacks (-1: slot empty).
     Transitions are written in SB3's order (``observations[pos] = obs`` then ``next_observations[pos] = next_obs``,
     all environments at once, ``pos`` advancing around the ring), so frame numbers grow with ``pos`` and the oldest
-    live transition holds the oldest frame still needed. When a write would overwrite a frame still needed, the
-    ring grows.
+    live transition holds the oldest frame still needed.
 
     :param buffer_size: transitions per environment
     :param n_envs: number of environments
     :param stack_shape: the shape of one observation, stack axis first
     :param dtype: the observation dtype
     :param n_stack: frames per observation (``stack_shape[0]`` is ``n_stack`` times the channels of a frame)
-    :param episode_length_hint: frames are reserved for episodes of at least this many steps; each episode start
-        costs ``n_stack`` frames, so shorter episodes make the ring grow (by an eighth or more at a time)
     """
 
     def __init__(
-        self,
-        buffer_size: int,
-        n_envs: int,
-        stack_shape: tuple[int, ...],
-        dtype: np.dtype,
-        n_stack: int,
-        episode_length_hint: int,
+        self, buffer_size: int, n_envs: int, stack_shape: tuple[int, ...], dtype: np.dtype, n_stack: int
     ) -> None:
         self.n_stack = n_stack
         self.stack_shape = (n_envs, *stack_shape)
-        self.channels = stack_shape[0] // n_stack
-        # frames of the transitions, of the episode starts, of two more stacks, and a margin that spares
-        # recounting the room at every step
-        capacity = buffer_size + math.ceil(buffer_size * n_stack / episode_length_hint) + 2 * n_stack + ROOM_MARGIN
-        self.frames = np.zeros((capacity, n_envs, self.channels, *stack_shape[1:]), dtype=dtype)
+        self.frame_shape = (stack_shape[0] // n_stack, *stack_shape[1:])
+        self.dtype = np.dtype(dtype)
+        self.block_frames = math.ceil(buffer_size / BLOCKS_PER_BUFFER)
+        n_parts = math.ceil(2 * n_stack * buffer_size / self.block_frames)  # the ring: the most frames it can need
+        #: the allocated blocks, shape ``(block_frames, *frame_shape)`` each
+        self.blocks: list[np.ndarray] = []
+        #: per environment and part of its ring, the index of the block that holds it in ``blocks`` (-1: none)
+        self.block_ids = np.full((n_envs, n_parts), -1, dtype=np.int64)
+        self.free: list[int] = []  # indices of the blocks that hold no frame still needed
         self.obs_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
         self.next_refs = np.full((buffer_size, n_envs), -1, dtype=np.int64)
         #: frames written so far, per environment (the number of the next frame)
         self.heads = np.zeros(n_envs, dtype=np.int64)
-        #: the last next observations (``None``: none yet), which the next observations may continue: the array
-        #: that SB3's ``add()`` passed, a fresh copy it does not modify
-        self.last_next: np.ndarray | None = None
-        self._room = 0  # frames each environment can surely write before the ring must be checked again
+        self._last_next: bytes | None = None  # the bytes of the last next observations, until the observations come
         self._obs: bytes | None = None  # the bytes of the observations just set, until their next observations come
+        self._first_new = self.heads - n_stack  # the oldest frame of the transition being written, per environment
         self._offsets = np.arange(-n_stack, 0)
-        self._envs = np.arange(n_envs)
-        self._stack_bytes = self.frames[0, 0].nbytes * n_stack
+        self._stack_bytes = self.dtype.itemsize * math.prod(stack_shape)
         self._starts = range(0, n_envs * self._stack_bytes, self._stack_bytes)  # where each environment's bytes begin
         self.observations = StackedView(self, "obs")
         self.next_observations = StackedView(self, "next")
@@ -90,14 +88,16 @@ class FrameStore:
     @property
     def nbytes(self) -> int:
         """Bytes of all the arrays the store holds."""
-        arrays = (self.frames, self.obs_refs, self.next_refs, self.heads)
-        return sum(array.nbytes for array in arrays) + (0 if self.last_next is None else self.last_next.nbytes)
+        arrays = (*self.blocks, self.block_ids, self.obs_refs, self.next_refs, self.heads)
+        return sum(array.nbytes for array in arrays) + len(self._last_next or b"") + len(self._obs or b"")
 
     def reset(self) -> None:
-        """Forget every transition (the frames are overwritten as new ones come)."""
+        """Forget every transition (the blocks are kept, for the frames to come)."""
         self.obs_refs.fill(-1)
         self.next_refs.fill(-1)
-        self.last_next = self._obs = None
+        self.block_ids.fill(-1)
+        self.free = list(range(len(self.blocks)))
+        self._last_next = self._obs = None
 
     def set_obs(self, pos: int, obs: np.ndarray) -> None:
         """Store the observations of the transitions at ``pos``.
@@ -106,12 +106,15 @@ class FrameStore:
         :param obs: observations, shape ``(n_envs, *stack_shape)``
         """
         obs = self._as_stacks(obs)
-        data = obs.tobytes()  # bytes compare with memcmp, several times faster than np.array_equal
-        if self.last_next is None or not data.startswith(memoryview(self.last_next).cast("B")):
-            continues = np.zeros(len(obs), bool) if self.last_next is None else _rows_equal(obs, self.last_next)
-            self._write(pos, obs, np.where(continues, 0, self.n_stack))
+        self._first_new = self.heads - self.n_stack  # the last next observations' frames, which obs may continue
+        data = memoryview(obs).cast("B")  # bytes compare with memcmp, several times faster than np.array_equal
+        for env, start in enumerate(self._starts):
+            stack = data[start : start + self._stack_bytes]
+            if self._last_next is None or not self._last_next.startswith(stack, start):
+                self._append(pos, env, obs[env])
         self.obs_refs[pos] = self.heads
-        self._obs = data
+        self._last_next = None  # freed before the copy: add() holds one copy of its arguments at a time
+        self._obs = obs.tobytes()
 
     def set_next(self, pos: int, next_obs: np.ndarray) -> None:
         """Store the next observations of the transitions at ``pos``, right after :meth:`set_obs`.
@@ -120,21 +123,20 @@ class FrameStore:
         frame, any other one all of its frames.
 
         :param pos: the slot in the buffer
-        :param next_obs: next observations, shape ``(n_envs, *stack_shape)``, not modified afterwards
+        :param next_obs: next observations, shape ``(n_envs, *stack_shape)``
         """
         if self._obs is None:
             raise RuntimeError("next_observations[pos] was set before observations[pos]; set the observation first.")
         next_obs = self._as_stacks(next_obs)
         data = memoryview(next_obs).cast("B")
         stack, frame = self._stack_bytes, self._stack_bytes // self.n_stack
-        # per environment, whether the next observation's older frames are the observation's newer ones
-        continues = [self._obs.startswith(data[start : start + stack - frame], start + frame) for start in self._starts]
-        if all(continues):
-            self._append_newest(pos, next_obs)
-        else:
-            self._write(pos, next_obs, np.where(continues, 1, self.n_stack))
+        for env, start in enumerate(self._starts):
+            # whether the next observation's older frames are the observation's newer ones
+            continues = self._obs.startswith(data[start : start + stack - frame], start + frame)
+            self._append(pos, env, next_obs[env, -self.frame_shape[0] :] if continues else next_obs[env])
         self.next_refs[pos] = self.heads
-        self.last_next, self._obs = next_obs, None
+        self._obs = None
+        self._last_next = next_obs.tobytes()
 
     def stacks(self, refs: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
         """Rebuild the stacks whose newest frames are those before ``refs`` of ``env_indices``.
@@ -143,75 +145,62 @@ class FrameStore:
         :param env_indices: environments, shape ``(batch,)``
         :return: the stacks, shape ``(batch, *stack_shape)``
         """
-        indices = (refs[:, None] + self._offsets) % len(self.frames)
-        return self.frames[indices, env_indices[:, None]].reshape(len(refs), *self.stack_shape[1:])
+        numbers = (refs[:, None] + self._offsets).ravel()
+        ids = self.block_ids[env_indices.repeat(self.n_stack), numbers // self.block_frames % self.block_ids.shape[1]]
+        frames = np.empty((len(numbers), *self.frame_shape), self.dtype)
+        for i, (block, offset) in enumerate(zip(ids.tolist(), (numbers % self.block_frames).tolist())):
+            frames[i] = self.blocks[block][offset]  # a frame at a time: faster than a fancy index per block
+        return frames.reshape(len(refs), *self.stack_shape[1:])
 
     def _as_stacks(self, obs: np.ndarray) -> np.ndarray:
         """The observations as a C-contiguous array of the store's dtype and shape ``(n_envs, *stack_shape)``."""
         obs = np.ascontiguousarray(obs)
-        if obs.dtype == self.frames.dtype and obs.shape == self.stack_shape:  # SB3's add() passes such arrays
+        if obs.dtype == self.dtype and obs.shape == self.stack_shape:  # SB3's add() passes such arrays
             return obs
-        return obs.astype(self.frames.dtype).reshape(self.stack_shape)
+        return obs.astype(self.dtype).reshape(self.stack_shape)
 
-    def _append_newest(self, pos: int, stacks: np.ndarray) -> None:
-        """Append the newest frame of each environment's stack (the common case of :meth:`_write`).
-
-        :param pos: the slot being written
-        :param stacks: stacks, shape ``(n_envs, *stack_shape)``
-        """
-        if self._room < 1:
-            self._make_room(pos, 1)
-        if len(self.heads) == 1:  # integer indexing and scalar arithmetic cost a fraction of array operations
-            self.frames[self.heads[0] % len(self.frames), 0] = stacks[0, -self.channels :]
-            self.heads[0] += 1
-        else:
-            self.frames[self.heads % len(self.frames), self._envs] = stacks[:, -self.channels :]
-            self.heads += 1
-        self._room -= 1
-
-    def _write(self, pos: int, stacks: np.ndarray, counts: np.ndarray) -> None:
-        """Append the newest ``counts[e]`` frames of ``stacks[e]`` to the ring of each environment ``e``.
+    def _append(self, pos: int, env: int, frames: np.ndarray) -> None:
+        """Append frames to the ring of an environment, allocating a block for each part of the ring that has none.
 
         :param pos: the slot being written
-        :param stacks: stacks, shape ``(n_envs, *stack_shape)``
-        :param counts: frames to write per environment (0 to ``n_stack``), shape ``(n_envs,)``
+        :param env: the environment
+        :param frames: the frames, concatenated on the first axis, shape ``(count * channels, *frame_shape[1:])``
         """
-        most = int(counts.max())
-        if self._room < most:
-            self._make_room(pos, most)
-        frames = stacks.reshape(len(stacks), self.n_stack, *self.frames.shape[2:])
-        for n in np.unique(counts[counts > 0]):
-            group = np.flatnonzero(counts == n)
-            numbers = self.heads[group, None] + np.arange(n)
-            self.frames[numbers % len(self.frames), group[:, None]] = frames[group, self.n_stack - n :]
-            self.heads[group] += n
-        self._room -= most
+        for frame in frames.reshape(-1, *self.frame_shape):
+            number = int(self.heads[env])
+            part = number // self.block_frames % self.block_ids.shape[1]
+            if self.block_ids[env, part] < 0:
+                self._release(pos)
+                self.block_ids[env, part] = self.free.pop() if self.free else self._new_block()
+            self.blocks[self.block_ids[env, part]][number % self.block_frames] = frame
+            self.heads[env] = number + 1
 
-    def _make_room(self, pos: int, count: int) -> None:
-        """Make sure that each environment can write ``count`` frames without overwriting a frame still needed,
-        growing the ring if not; then recount ``_room``.
+    def _new_block(self) -> int:
+        """Allocate a block (its pages are committed as frames are written) and return its index in ``blocks``."""
+        self.blocks.append(np.empty((self.block_frames, *self.frame_shape), self.dtype))
+        return len(self.blocks) - 1
 
-        Needed are the frames of the live transitions and of the last next observations (the next observations may
-        continue them). The oldest live transition is the one after ``pos`` once the buffer is full, else the first.
+    def _release(self, pos: int) -> None:
+        """Free the blocks, of every environment, that hold no frame still needed.
+
+        Needed are the frames of the live transitions and of the transition being written, from the last next
+        observations on (its observations may continue them). The oldest live transition is the one after ``pos``
+        once the buffer is full, else the first.
 
         :param pos: the slot being written
-        :param count: frames about to be written per environment (at most)
         """
-        oldest = self.heads - (0 if self.last_next is None else self.n_stack)
+        oldest = self._first_new
         following = (pos + 1) % len(self.obs_refs)
         for slot in (following, 0):
             if self.obs_refs[slot, 0] >= 0:
                 oldest = np.minimum(oldest, self.obs_refs[slot] - self.n_stack)
                 break
-        capacity = len(self.frames)
-        needed = int((self.heads + count - oldest).max())
-        if needed > capacity:
-            grown = np.zeros((max(needed, capacity + capacity // 8), *self.frames.shape[1:]), self.frames.dtype)
-            numbers = self.heads - capacity + np.arange(capacity)[:, None]  # the frames in the ring, per environment
-            kept, envs = np.nonzero(numbers >= 0)
-            grown[numbers[kept, envs] % len(grown), envs] = self.frames[numbers[kept, envs] % capacity, envs]
-            self.frames = grown
-        self._room = int((oldest + len(self.frames) - self.heads).min())
+        first, last = oldest // self.block_frames, (self.heads - 1) // self.block_frames  # frame number // block
+        n_parts = self.block_ids.shape[1]
+        live = (np.arange(n_parts) - first[:, None]) % n_parts <= (last - first)[:, None]
+        dead = (self.block_ids >= 0) & ~live
+        self.free += self.block_ids[dead].tolist()
+        self.block_ids[dead] = -1
 
 
 class StackedView:
@@ -252,8 +241,12 @@ class FrameStackReplayBuffer(ReplayBuffer):
 
     Stacked are the ``uint8`` image observations (SB3's ``is_image_space``), channel-first, the stack axis being
     the first one: the Box observation, or each image key of a Dict observation (the other keys are stored in
-    full, as SB3 does). At (4, 84, 84) with episodes of at least 100 steps a transition costs about 7,400 bytes
-    instead of 56,468 (``benchmarks/results/replay_memory.md``).
+    full, as SB3 does). At (4, 84, 84) with episodes of 100 steps a transition costs about 7,400 bytes instead of
+    56,468; without frame stacking about half of SB3's (the next observation is the following one). On any stream
+    the frames held are at most those of SB3's arrays (rounded up to a block): a stream that shares no frame costs
+    SB3's memory plus 16 bytes per transition (where the stacks are) and a table of blocks. The buffer grows by one
+    block of ``buffer_size / BLOCKS_PER_BUFFER`` frames at a time and copies nothing
+    (``benchmarks/results/replay_memory.md``).
 
     :param buffer_size: Max number of element in the buffer
     :param observation_space: Observation space (an image Box, or a Dict with at least one image key)
@@ -266,11 +259,9 @@ class FrameStackReplayBuffer(ReplayBuffer):
         https://github.com/DLR-RM/stable-baselines3/issues/284
     :param n_stack: frames per observation; the first axis of an image holds ``n_stack`` frames of equal channels.
         ``None``: one channel per frame (``VecFrameStack`` of grayscale frames). With the wrong value the buffer stays
-        exact but saves nothing.
+        exact but saves less.
     :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions)
     :param gamma: discount factor of the n-step returns
-    :param episode_length_hint: frames are reserved for episodes of at least this many steps (each episode start
-        stores a whole stack); shorter episodes make the frame ring grow (by an eighth or more at a time)
     """
 
     def __init__(
@@ -285,7 +276,6 @@ class FrameStackReplayBuffer(ReplayBuffer):
         n_stack: int | None = None,
         n_steps: int = 1,
         gamma: float = 0.99,
-        episode_length_hint: int = 100,
     ) -> None:
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
         if optimize_memory_usage:
@@ -299,8 +289,6 @@ class FrameStackReplayBuffer(ReplayBuffer):
             raise ValueError(
                 f"n_steps={n_steps} with Dict observations is not supported (neither is it by SB3's NStepReplayBuffer)."
             )
-        if episode_length_hint < 1:
-            raise ValueError(f"episode_length_hint={episode_length_hint!r} must be at least 1.")
         self.buffer_size = max(buffer_size // n_envs, 1)
         self.optimize_memory_usage = False
         self.handle_timeout_termination = handle_timeout_termination
@@ -310,10 +298,10 @@ class FrameStackReplayBuffer(ReplayBuffer):
         keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
         #: one frame store per stacked image array (key ``None``: the Box observation)
         self.frame_stores = {
-            key: FrameStore(self.buffer_size, n_envs, space.shape, space.dtype, _n_stack(key, space, n_stack),
-                            episode_length_hint)
-            for key, space in keyed.items() if is_image_space(space, check_channels=False)
-        }  # fmt: skip
+            key: FrameStore(self.buffer_size, n_envs, space.shape, space.dtype, _n_stack(key, space, n_stack))
+            for key, space in keyed.items()
+            if is_image_space(space, check_channels=False)
+        }
         if not self.frame_stores:
             raise ValueError(
                 f"FrameStackReplayBuffer stacks uint8 image observations (SB3's is_image_space), but the observation "
@@ -419,12 +407,3 @@ def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:
         raise ValueError(f"n_stack={n_stack!r} must divide the first axis of {where}, shape {space.shape}.")
     return n_stack
 
-
-def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per environment (first axis), whether ``a`` and ``b`` are equal everywhere.
-
-    :param a: an array of shape ``(n_envs, ...)``
-    :param b: an array of the same shape
-    :return: a bool array of shape ``(n_envs,)``
-    """
-    return (a == b).reshape(len(a), -1).all(axis=1)
