@@ -19,10 +19,11 @@ random images), each run for ``1.5 x`` the capacity, so the ring has wrapped:
 - Bytes per transition: the ``nbytes`` of every array a full buffer holds, for buffers of the probe size and of twice
   that, filled the same way: bytes per transition = the difference / the probe size, fixed bytes = the rest,
   extrapolated to ``--sizes`` (SB3's default ``buffer_size`` is 1,000,000).
-- ``add()``: every call timed, the buffers taking the same block of ``--block`` calls in turn, their order rotating:
-  the slowest call of the whole fill (first pass included: it commits the pages of new arrays, and a buffer that
-  grew by copying would stall there), and the median once the ring has wrapped, with the median of the paired
-  ratios of block means against SB3's ``ReplayBuffer``.
+- ``add()``: the CPU time of every call (``time.thread_time``, about 1 µs of it the clock itself: on a shared
+  machine a call's wall time also counts the other processes that preempt it), the buffers taking the same block of
+  ``--block`` calls in turn, their order rotating: the slowest call of the whole fill (first pass included: it
+  commits the pages of new arrays, and a buffer that grew by copying would stall there), and the median once the
+  ring has wrapped, with the median of the paired ratios of block means against SB3's ``ReplayBuffer``.
 - ``sample(256)``: rounds of ``--sample-calls`` calls per buffer, alternated, ``--rounds`` rounds; median of the
   paired ratios against SB3's ``ReplayBuffer``.
 
@@ -157,7 +158,7 @@ def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) 
     """
     buffers = {name: make_buffer(name, args.probe_size, kind, n_envs) for name in VARIANTS}
     names = list(buffers)
-    calls: dict[str, list[float]] = {name: [] for name in names}  # seconds of every add() call
+    calls: dict[str, list[float]] = {name: [] for name in names}  # CPU seconds of every add() call
     per_env = args.probe_size // n_envs
     transitions = stream(kind, n_envs, args.episode_length, per_env * 3 // 2, pool)
     for block_index in range(per_env * 3 // 2 // args.block):
@@ -165,9 +166,9 @@ def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) 
         shift = block_index % len(names)
         for name in names[shift:] + names[:shift]:
             for transition in block:
-                start = time.perf_counter()
+                start = time.thread_time()  # CPU time: a preemption by another process is not the buffer's
                 buffers[name].add(*transition)
-                calls[name].append(time.perf_counter() - start)
+                calls[name].append(time.thread_time() - start)
     wrapped = {name: times[per_env:] for name, times in calls.items()}  # once the ring has wrapped
     block_means = {
         name: [statistics.fmean(times[i : i + args.block]) for i in range(0, len(times), args.block)]
@@ -239,9 +240,10 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Bytes and speed",
         "",
-        "GB = 1e9 bytes, for a full buffer (nbytes). add(): the slowest call of the whole fill, the median once the "
-        f"ring wrapped, and the median ratio of block means; sample(): median of {flags['rounds']} rounds of "
-        f"{flags['sample_calls']} calls; ratios against ReplayBuffer measured in the same run, calls alternated.",
+        "GB = 1e9 bytes, for a full buffer (nbytes). add(): CPU time per call (thread_time), the slowest of the whole "
+        "fill, the median once the ring wrapped, and the median ratio of block means; sample(): wall time, median of "
+        f"{flags['rounds']} rounds of {flags['sample_calls']} calls; ratios against ReplayBuffer measured in the same "
+        "run, calls alternated.",
     ]
     headers = ["buffer", "bytes/transition", "vs ReplayBuffer", "fixed MB", *(f"GB at {s:,}" for s in sizes),
                "slowest add() ms", "add() µs", "add() ratio", "sample(256) ms", "sample ratio"]  # fmt: skip
