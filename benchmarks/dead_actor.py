@@ -41,7 +41,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from sb3_td3_cnnclip import TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
-from sb3_td3_cnnclip.td3_cnnclip import SATURATION_EPS
+from sb3_td3_cnnclip.cnnclip import SATURATION_EPS
 
 NAME = "dead_actor"
 #: gradient limits of the ``td3`` configuration (measure, never clip)

@@ -1,8 +1,9 @@
 """Per-update statistics kept on the device during ``train()`` and read back in one transfer, then logged.
 
-``TD3CnnClip.train()`` collects each gradient step's statistics (losses, Q values, feature norms, group norms) as
-0-dim tensors in a dict and hands it to :meth:`UpdateStatsAccumulator.add`; :meth:`UpdateStatsAccumulator.read`
-stacks all of them once and returns plain floats, so an update waits for no host-device transfer of its own.
+An algorithm's ``train()`` (:class:`~sb3_td3_cnnclip.cnnclip.CnnClipMixin`) collects each gradient step's statistics
+(losses, Q values, feature norms, group norms) as 0-dim tensors in a dict and hands it to
+:meth:`UpdateStatsAccumulator.add`; :meth:`UpdateStatsAccumulator.read` stacks all of them once and returns plain
+floats, so an update waits for no host-device transfer of its own.
 Values are read as float64: a float32 value converts exactly, so each float is what ``tensor.item()`` would give.
 :func:`record_update` then aggregates one update's floats into the SB3 logger.
 """
@@ -46,12 +47,15 @@ class UpdateStatsAccumulator:
                 for stats in pending]  # fmt: skip
 
 
-def record_update(logger: Logger, stats: dict[str, float], group_names: Sequence[str]) -> None:
+def record_update(
+    logger: Logger, stats: dict[str, float], group_names: Sequence[str], networks: Sequence[str] = ("critic", "actor")
+) -> None:
     """Aggregate one update's statistics into the logger: means with ``record_mean``, maxima and counts by hand.
 
     :param logger: the model's logger
     :param stats: the update's statistics (see the README's list of ``update_stats`` keys)
     :param group_names: the names of the model's parameter groups, e.g. ``"critic_cnn"``
+    :param networks: the names of the model's optimizers, whose non-finite skips are counted
     """
     for name in group_names:
         before = stats.get(f"{name}_before", np.nan)
@@ -72,7 +76,7 @@ def record_update(logger: Logger, stats: dict[str, float], group_names: Sequence
         record_max(logger, "train/actor_loss_abs", abs(stats["actor_loss"]), mean=False)
     if "actor_mlp_before" in stats:
         logger.record_mean("train/actor_mlp_zero_grad_frac", float(stats["actor_mlp_before"] == 0.0))
-    for network in ("critic", "actor"):
+    for network in networks:
         key = f"train/{network}_nonfinite_skips"
         logger.record(key, logger.name_to_value.get(key, 0) + stats.get(f"{network}_skipped", 0.0))
 

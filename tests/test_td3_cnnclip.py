@@ -14,7 +14,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import NatureCNN
 
-from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip, td3_cnnclip
+from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip, cnnclip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.grad_clip import ParamGroup, clip_and_step, group_norm
 from sb3_td3_cnnclip.report import load_scalars
@@ -407,7 +407,7 @@ def test_logged_values_are_aggregates_of_independent_recomputations(tmp_path, mo
     expected: dict[int, dict[str, float]] = {}  # update -> independent figures
 
     cnn = {id(p): f"{net}_cnn" for net in ("actor", "critic") for p in getattr(model, net).features_extractor.parameters()}
-    clip_and_step = td3_cnnclip.clip_and_step
+    clip_and_step = cnnclip.clip_and_step
 
     def recording_clip(optimizer, groups, *args, **kwargs):  # BEFORE in float64 from the raw gradients, where over the limit
         network = "actor" if optimizer is model.actor.optimizer else "critic"
@@ -420,7 +420,7 @@ def test_logged_values_are_aggregates_of_independent_recomputations(tmp_path, mo
                 expected[model._n_updates][f"{group}_before"] = math.sqrt(square)
         return clip_and_step(optimizer, groups, *args, **kwargs)
 
-    monkeypatch.setattr(td3_cnnclip, "clip_and_step", recording_clip)
+    monkeypatch.setattr(cnnclip, "clip_and_step", recording_clip)
     sample = model.replay_buffer.sample
     batches = {}
 

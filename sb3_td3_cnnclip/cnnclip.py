@@ -1,0 +1,465 @@
+"""What every algorithm of the package adds to its SB3 / sb3-contrib base, whatever the algorithm's own losses.
+
+:class:`CnnClipMixin` holds the parameter groups (CNN / MLP of the actor and of the critic), the clip of each group
+with its exact norms measured before ``optimizer.step()``, the non-finite skip, the per-update statistics kept on the
+device and read once per ``train()`` call, the dead-actor signals, and the update's options (each batch preprocessed
+once, ``channels_last``, ``bf16_encoders``, random shift, the critic-trained encoder, ``torch.compile``). An
+algorithm class puts it before its base (``class TD3CnnClip(CnnClipMixin, TD3)``) and writes only its ``train()``
+and its losses, with one :meth:`CnnClipMixin._clip_and_step` per network.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common import preprocessing
+from stable_baselines3.common.policies import BaseModel, BasePolicy, ContinuousCritic
+from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
+from torch import nn
+
+from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
+from sb3_td3_cnnclip.buffers import default_replay_buffer_class
+from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
+from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
+from sb3_td3_cnnclip.policies import DetachedEncoder, use_critic_encoder
+from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
+
+#: an action this close to a bound of [-1, 1] counts as saturated
+SATURATION_EPS = 1e-3
+#: features extractors whose forward works on convolution outputs of any memory layout (``channels_last=None``)
+LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, BoundedCombinedExtractor, DetachedEncoder)
+
+
+class _OutputCapture:
+    """Keeps a reference to the last output (or, with ``capture_input``, input) of a module.
+
+    :param module: the module to watch
+    :param capture_input: capture the module's first input instead of its output (the pre-tanh of a ``Tanh``)
+    :param keep_graph: keep the value in the autograd graph (for a loss term); the owner must then reset
+        ``value`` to ``None`` after use, since a module holding a non-leaf tensor cannot be deep-copied
+    """
+
+    def __init__(self, module: nn.Module, capture_input: bool = False, keep_graph: bool = False) -> None:
+        self.value: th.Tensor | None = None
+        self.capture_input = capture_input
+        self.keep_graph = keep_graph
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple[th.Tensor, ...], output: th.Tensor) -> None:
+        value = inputs[0] if self.capture_input else output
+        self.value = value if self.keep_graph else value.detach()
+
+
+class CnnClipMixin:
+    """
+    Per-group gradient clipping with honest logs, and the update's options, for an SB3 off-policy actor-critic.
+
+    ``train()`` clips the gradients of four parameter groups with distinct limits and logs each group's total L2
+    norm before and after clipping, measured before ``optimizer.step()``. The CNN group of a network is the
+    parameters of its features extractor, the MLP group everything else its optimizer updates. Groups without
+    parameters (``MlpPolicy``'s CNN, the critic's CNN with ``share_features_extractor=True``) are neither clipped nor
+    logged. With all four limits ``None``, ``pre_tanh_penalty=0`` and ``channels_last=False`` (and the other options
+    at their defaults) the updates are exactly those of the base algorithm, bit for bit.
+
+    The keywords below are this mixin's; every other parameter is the base algorithm's (see its docstring).
+
+    :param actor_cnn_max_grad_norm: limit of the actor CNN's gradient norm (``None``: measure, do not clip)
+    :param actor_mlp_max_grad_norm: limit of the actor MLP's gradient norm (``None``: measure, do not clip)
+    :param critic_cnn_max_grad_norm: limit of the critic CNN's gradient norm (``None``: measure, do not clip)
+    :param critic_mlp_max_grad_norm: limit of the critic MLP's gradient norm (``None``: measure, do not clip)
+    :param on_nonfinite_grad: ``"skip"`` (zero the gradients, skip that optimizer step, count it) or ``"raise"``
+        (:class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError`) when a gradient is NaN or infinite
+    :param actor_lr_scale: the actor's learning rate is this times the learning-rate schedule's (the critic's);
+        below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is the base algorithm.
+    :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
+        keeps the actor's output out of tanh saturation; the pre-tanh is that of the actor's deterministic (mean)
+        action. 0.0 is the base algorithm's actor loss; each class documents its default and the measurement behind it.
+    :param random_shift_pad: random-shift augmentation (DrQ's ``image_pad``): each image observation and next
+        observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
+        border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is the base algorithm.
+    :param critic_trained_encoder: the DrQ-v2 encoder arrangement
+        (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss
+        only, whose features the actor reads without gradient. The actor-CNN group is then empty (neither clipped
+        nor logged) and ``critic_cnn_max_grad_norm`` limits the only CNN. False is the base algorithm.
+    :param compile_update: run the update's loss functions (forward and backward) through ``torch.compile`` (on
+        CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs, and Adam ``fused=True`` unless ``optimizer_kwargs``
+        says otherwise), where the class supports it. The same functions run eagerly when False. The first updates
+        pay the compilation (tens of seconds on a CPU, see the README); results equal the eager path's within float
+        rounding, not bit for bit. False is the base algorithm.
+    :param channels_last: keep the networks' convolution weights in ``torch.channels_last`` memory layout, which
+        oneDNN runs faster on a CPU than the default layout (see the README for the measured update time). The
+        arithmetic is the base algorithm's; only the order of the convolutions' float sums differs, so the weights
+        match within float rounding, not bit for bit. ``None`` (default): on when the model is on the CPU and every
+        features extractor is SB3's ``NatureCNN`` / ``CombinedExtractor`` or this package's bounded ones (a custom
+        extractor that calls ``.view()`` on a convolution's output would fail in that layout: pass True to opt in).
+        False is the base algorithm.
+    :param bf16_encoders: run the features extractors (the CNNs) in ``train()`` under
+        ``torch.autocast(dtype=torch.bfloat16)``: their convolutions and linear layers compute in bfloat16, which
+        CPUs with AMX / AVX512-BF16 and GPUs with bfloat16 tensor cores run much faster, and their features are cast
+        back to float32 for the MLP heads. Weights, gradients, their norms and clipping, Adam, the losses and the
+        Q-values stay float32; ``predict()`` and rollouts stay float32. Reduced precision: the updates equal
+        float32's only within bfloat16 rounding (see the README for the tolerance tested). False is the base algorithm.
+    :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
+        with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
+        ``train()`` sees every update
+    """
+
+    #: the actor and critic classes whose forward ``train()`` runs from a batch preprocessed once (the base's own)
+    preprocessed_actor_class: type[BasePolicy]
+    preprocessed_critic_class: type[BaseModel] = ContinuousCritic
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str,
+        learning_rate: Any,
+        buffer_size: int,
+        *args: Any,
+        actor_cnn_max_grad_norm: float | None = 1.0,
+        actor_mlp_max_grad_norm: float | None = 1.0,
+        critic_cnn_max_grad_norm: float | None = 10.0,
+        critic_mlp_max_grad_norm: float | None = 10.0,
+        on_nonfinite_grad: str = "skip",
+        actor_lr_scale: float = 1.0,
+        pre_tanh_penalty: float = 0.0,
+        random_shift_pad: int = 0,
+        critic_trained_encoder: bool = False,
+        compile_update: bool = False,
+        channels_last: bool | None = None,
+        bf16_encoders: bool = False,
+        stats_history: int = 1000,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            policy, env, learning_rate, buffer_size, *args, _init_setup_model=False, **kwargs
+        )
+        self.actor_cnn_max_grad_norm = actor_cnn_max_grad_norm
+        self.actor_mlp_max_grad_norm = actor_mlp_max_grad_norm
+        self.critic_cnn_max_grad_norm = critic_cnn_max_grad_norm
+        self.critic_mlp_max_grad_norm = critic_mlp_max_grad_norm
+        self.on_nonfinite_grad = on_nonfinite_grad
+        self.actor_lr_scale = actor_lr_scale
+        self.pre_tanh_penalty = pre_tanh_penalty
+        self.random_shift_pad = random_shift_pad
+        self.critic_trained_encoder = critic_trained_encoder
+        self.compile_update = compile_update
+        self.channels_last = channels_last
+        self.bf16_encoders = bf16_encoders
+        self.stats_history = stats_history
+        #: optimizer steps skipped for a non-finite gradient since the model was created, per network
+        self.nonfinite_skips = {"actor": 0, "critic": 0}
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        # Validated here rather than in __init__ so that limits passed to load() or custom_objects are checked too.
+        for name in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp"):
+            key = f"{name}_max_grad_norm"
+            setattr(self, key, check_max_norm(key, getattr(self, key)))
+        if self.on_nonfinite_grad not in NONFINITE_ACTIONS:
+            raise ValueError(f"on_nonfinite_grad={self.on_nonfinite_grad!r} is unknown; choose one of {NONFINITE_ACTIONS}.")
+        for key, smallest, base in (("actor_lr_scale", "positive", 1.0), ("pre_tanh_penalty", "non-negative", 0.0)):
+            value = getattr(self, key)
+            valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not valid or value < 0 or (value == 0 and smallest == "positive"):
+                raise ValueError(f"{key}={value!r} must be a {smallest} finite number (the base algorithm: {base}).")
+        self._check_learning_options()
+        if self.replay_buffer_class is None:
+            self.replay_buffer_class = default_replay_buffer_class(
+                self.observation_space, self.n_steps, self.optimize_memory_usage
+            )
+            if self.replay_buffer_class is not None and self.n_steps > 1:  # as SB3 sets up its NStepReplayBuffer
+                self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
+        self._check_compile_update()
+        with warnings.catch_warnings():
+            if self.replay_buffer_kwargs.get("n_steps") == self.n_steps:  # SB3's "n_steps is ignored" is untrue here
+                warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom")
+            super()._setup_model()  # type: ignore[misc]
+        if self.critic_trained_encoder:
+            self._use_critic_encoder()
+        self._channels_last_active = self._use_channels_last()
+        if self._channels_last_active:  # in place: the optimizers keep the same parameter objects
+            self.policy.to(memory_format=th.channels_last)
+        self._find_preprocessing()
+        self._check_bf16_encoders()
+        self._build_groups()
+        if self.pre_tanh_penalty > 0 and self._pre_tanh is None:
+            raise ValueError(
+                f"pre_tanh_penalty needs the actor's pre-tanh, which {type(self).__name__} finds in SB3's actors; this "
+                f"policy's actor ({type(self.actor).__name__}) has none where it looks. Use pre_tanh_penalty=0."
+            )
+        #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
+        self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
+        self._stats = UpdateStatsAccumulator()
+
+    def _use_critic_encoder(self) -> None:
+        """Set up ``critic_trained_encoder=True`` (see :func:`~sb3_td3_cnnclip.policies.use_critic_encoder`)."""
+        use_critic_encoder(self.policy)
+
+    def _pre_tanh_module(self) -> tuple[nn.Module, bool] | None:
+        """Where the actor's pre-tanh (of its deterministic action) is: a module and whether it is that module's
+        input (``True``) or output (``False``); ``None`` when the actor has none."""
+        raise NotImplementedError
+
+    def _check_compile_update(self) -> None:
+        """Validate ``compile_update``; on CUDA, give the optimizers fused Adam unless ``optimizer_kwargs`` chose."""
+        if not isinstance(self.compile_update, bool):
+            raise ValueError(f"compile_update={self.compile_update!r} must be True or False.")
+        if self.compile_update and not th._dynamo.is_dynamo_supported():
+            raise RuntimeError(
+                f"compile_update=True needs torch.compile, which torch {th.__version__} does not support on this "
+                "Python or platform. Use compile_update=False (the same update, run eagerly)."
+            )
+        if self.compile_update and self.device.type == "cuda":
+            optimizer_kwargs = {"fused": True, **self.policy_kwargs.get("optimizer_kwargs", {})}
+            self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": optimizer_kwargs}
+
+    def _use_channels_last(self) -> bool:
+        """Validate ``channels_last`` and resolve ``None`` for this model's device and features extractors."""
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last={self.channels_last!r} must be None (automatic), True or False.")
+        if self.channels_last is not None:
+            return self.channels_last
+        extractors = (self.actor.features_extractor, self.critic.features_extractor)
+        return self.device.type == "cpu" and all(type(e) in LAYOUT_AGNOSTIC_EXTRACTORS for e in extractors)
+
+    def _find_preprocessing(self) -> None:
+        """Decide whether ``train()`` preprocesses each batch once.
+
+        SB3's networks preprocess their input in every call (``preprocess_obs``: ``uint8`` images to floats in
+        [0, 1], ``.float()`` or one-hot for the other entries), four or five times per batch in an update (the
+        networks on the next observations, on the observations, the critic's features for the actor loss), each
+        image a fresh batch-sized float tensor. With the base algorithm's own actor and critic classes
+        (``preprocessed_actor_class``, ``preprocessed_critic_class``), ``train()`` preprocesses each batch once
+        instead, the very same values, and runs the networks from their features extractors on
+        (:meth:`_features`, :meth:`_critic_forward` and the class's actor forward). Other actor or critic classes
+        keep SB3's per-call path.
+        """
+        actors = [net for net in (self.actor, getattr(self, "actor_target", None)) if net is not None]
+        critics = (self.critic, self.critic_target)
+        self._preprocess_once = all(type(net) is self.preprocessed_actor_class for net in actors) and all(
+            type(net) is self.preprocessed_critic_class for net in critics
+        )
+        #: the image entries (``[None]``: the whole Box) that SB3 normalises, normalised here once per batch
+        normalizes = self.policy.normalize_images
+        self._normalize_keys = image_keys(self.observation_space, preprocessing.is_image_space) if normalizes else []
+
+    def _check_bf16_encoders(self) -> None:
+        """Validate ``bf16_encoders`` for this model's networks and device."""
+        if not isinstance(self.bf16_encoders, bool):
+            raise ValueError(f"bf16_encoders={self.bf16_encoders!r} must be True or False.")
+        if not self.bf16_encoders:
+            return
+        if not self._preprocess_once:
+            raise ValueError(
+                f"bf16_encoders=True runs SB3's {self.preprocessed_actor_class.__name__} and "
+                f"{self.preprocessed_critic_class.__name__} from their features extractors; this policy's actor "
+                f"({type(self.actor).__name__}) or critic ({type(self.critic).__name__}) is of another class. "
+                "Use bf16_encoders=False."
+            )
+        if self.device.type == "cuda" and not th.cuda.is_bf16_supported():
+            raise ValueError(f"bf16_encoders=True: the GPU {th.cuda.get_device_name(self.device)} has no bfloat16 "
+                             "support. Use bf16_encoders=False.")  # fmt: skip
+        if self.device.type == "cpu" and not th.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn(
+                "bf16_encoders=True on a CPU without bfloat16 instructions (AVX512-BF16 / AMX): torch emulates "
+                "bfloat16 there, which is likely slower than float32. Consider bf16_encoders=False.",
+                stacklevel=2,
+            )
+
+    def _preprocess(self, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+        """SB3's ``preprocess_obs`` of a batch, with normalised images in the convolutions' memory layout."""
+        space = self.observation_space
+        if isinstance(space, spaces.Dict):
+            return {key: self._preprocess_entry(value, space[key], key) for key, value in observations.items()}
+        return self._preprocess_entry(observations, space, None)
+
+    def _preprocess_entry(self, observations: th.Tensor, space: spaces.Space, key: str | None) -> th.Tensor:
+        if key not in self._normalize_keys:
+            return preprocessing.preprocess_obs(observations, space, normalize_images=self.policy.normalize_images)
+        if self._channels_last_active:
+            observations = observations.contiguous(memory_format=th.channels_last)
+        return observations.to(th.float32, copy=True).div_(255.0)  # SB3's obs.float() / 255.0, with one allocation
+
+    def _features(self, net: BaseModel, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
+        """``net.extract_features(observations, net.features_extractor)`` for a batch from :meth:`_prepare_batch`."""
+        if not self._preprocess_once:
+            return net.extract_features(observations, net.features_extractor)
+        if not self.bf16_encoders:
+            return net.features_extractor(observations)
+        with th.autocast(self.device.type, dtype=th.bfloat16):
+            features = net.features_extractor(observations)
+        return features.float()
+
+    def _critic_heads(self, critic: BaseModel, qvalue_input: th.Tensor) -> Any:
+        """The critic's Q-networks on ``cat([features, actions])``, as its ``forward`` returns them (a tuple of Q
+        values for SB3's ``ContinuousCritic``)."""
+        return tuple(q_net(qvalue_input) for q_net in critic.q_networks)
+
+    def _critic_forward(
+        self, critic: BaseModel, observations: th.Tensor | dict[str, th.Tensor], actions: th.Tensor
+    ) -> Any:
+        """``critic(observations, actions)`` for a batch from :meth:`_prepare_batch` (the critic's ``forward``,
+        without recording a graph for the features under ``no_grad``)."""
+        if not self._preprocess_once:
+            return critic(observations, actions)
+        with th.set_grad_enabled(th.is_grad_enabled() and not critic.share_features_extractor):
+            features = self._features(critic, observations)
+        return self._critic_heads(critic, th.cat([features, actions], dim=1))
+
+    def _compiled(self, loss_fn: Callable[..., tuple[th.Tensor, dict[str, th.Tensor]]]) -> Callable:
+        """``loss_fn`` through ``torch.compile``; on CUDA as CUDA graphs, whose outputs are copied out of the graph's
+        memory before the next replay overwrites them."""
+        # SB3's preprocess_obs asks is_image_space(observation_space) on every forward; its numpy comparisons would
+        # break the graph at each network call. The answer depends only on the space, which a model keeps.
+        th._dynamo.assume_constant_result(preprocessing.is_image_space)
+        if self.device.type != "cuda":
+            return th.compile(loss_fn)
+        graphed = th.compile(loss_fn, mode="reduce-overhead")
+
+        def run(*args: Any) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+            th.compiler.cudagraph_mark_step_begin()
+            loss, stats = graphed(*args)
+            return loss, {key: value.clone() for key, value in stats.items()}
+
+        return run
+
+    def _check_learning_options(self) -> None:
+        """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""
+        if not isinstance(self.critic_trained_encoder, bool):
+            raise ValueError(f"critic_trained_encoder={self.critic_trained_encoder!r} must be True or False.")
+        pad = self.random_shift_pad
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(
+                f"random_shift_pad={pad!r} must be a non-negative int (pixels; 4 in DrQ, 0 is the base algorithm)."
+            )
+        #: the observation entries random_shift_pad shifts ([None] for an image Box)
+        self._shift_keys = image_keys(self.observation_space) if pad > 0 else []
+        space = self.observation_space
+        sides = [min((space if key is None else space[key]).shape[1:]) for key in self._shift_keys]
+        if pad > 0 and not sides:
+            raise ValueError(
+                f"random_shift_pad={pad} shifts images, but the observation space {space} has no 3-D (channels, "
+                "height, width) Box. Use random_shift_pad=0."
+            )
+        if sides and pad >= min(sides):
+            raise ValueError(f"random_shift_pad={pad} must be smaller than the images' sides ({min(sides)} pixels).")
+
+    def _prepare_batch(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
+        """Random-shift the images of the observations and of the next observations, with independent offsets (DrQ,
+        when ``random_shift_pad > 0``), then preprocess them once (see :meth:`_find_preprocessing`)."""
+
+        def prepare(observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor | dict[str, th.Tensor]:
+            if self.random_shift_pad > 0:
+                observations = shift_observations(observations, self._shift_keys, self.random_shift_pad)
+            return self._preprocess(observations) if self._preprocess_once else observations
+
+        return replay_data._replace(
+            observations=prepare(replay_data.observations), next_observations=prepare(replay_data.next_observations)
+        )
+
+    def _build_groups(self) -> None:
+        """Partition the optimizers' parameters into the four groups and watch the features and the pre-tanh."""
+        self._actor_groups = split_cnn_mlp(
+            "actor", self.actor.optimizer, self.actor.features_extractor,
+            self.actor_cnn_max_grad_norm, self.actor_mlp_max_grad_norm,
+        )  # fmt: skip
+        self._critic_groups = split_cnn_mlp(
+            "critic", self.critic.optimizer, self.critic.features_extractor,
+            self.critic_cnn_max_grad_norm, self.critic_mlp_max_grad_norm,
+        )  # fmt: skip
+        #: every group measured, in the order they are logged
+        self._groups: list[ParamGroup] = [*self._critic_groups, *self._actor_groups]
+        self._actor_features = _OutputCapture(self.actor.features_extractor)
+        self._critic_features = _OutputCapture(self.critic.features_extractor)
+        found = self._pre_tanh_module()
+        self._pre_tanh = None
+        if found is not None:
+            module, is_input = found
+            self._pre_tanh = _OutputCapture(module, capture_input=is_input, keep_graph=self.pre_tanh_penalty > 0)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [  # noqa: RUF005
+            *super()._excluded_save_params(),  # type: ignore[misc]
+            "_actor_groups", "_critic_groups", "_groups", "_actor_features", "_critic_features", "_pre_tanh",
+            "update_stats", "_stats",
+        ]  # fmt: skip
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        if self.actor_lr_scale != 1.0:
+            for group in self.actor.optimizer.param_groups:
+                group["lr"] *= self.actor_lr_scale
+            self.logger.record("train/actor_learning_rate", self.actor.optimizer.param_groups[0]["lr"])
+
+    def _critic_stats(
+        self, first_q: th.Tensor, q_values: Sequence[th.Tensor], critic_loss: th.Tensor
+    ) -> dict[str, th.Tensor]:
+        """The critic's statistics of one update, as 0-dim tensors.
+
+        :param first_q: the first critic's estimates on the replay actions (the critic an actor loss reads)
+        :param q_values: every estimate of every critic on the replay actions
+        :param critic_loss: the critic loss
+        :return: ``q_replay`` (mean of ``first_q``), ``q_abs_max``, ``critic_feature_norm``, ``critic_loss``
+        """
+        with th.no_grad():
+            return {
+                "q_replay": first_q.mean(),
+                "q_abs_max": th.stack([q.abs().max() for q in q_values]).max(),
+                "critic_feature_norm": self._critic_features.value.float().flatten(1).norm(dim=1).mean(),
+                "critic_loss": critic_loss.detach(),
+            }
+
+    def _actor_stats(self, actions: th.Tensor) -> dict[str, th.Tensor]:
+        """The dead-actor signals of the actor's forward just run, as 0-dim tensors.
+
+        :param actions: the actor's deterministic actions, squashed into [-1, 1]
+        :return: ``actor_saturation`` (fraction of action elements within ``SATURATION_EPS`` of a bound),
+            ``actor_feature_norm`` and, when the actor has one, ``actor_pre_tanh_abs`` (mean ``|pre-tanh|``)
+        """
+        with th.no_grad():
+            stats = {
+                "actor_saturation": (actions.abs() > 1.0 - SATURATION_EPS).float().mean(),
+                "actor_feature_norm": self._actor_features.value.float().flatten(1).norm(dim=1).mean(),
+            }
+            if self._pre_tanh is not None:
+                stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean()
+        return stats
+
+    def _pre_tanh_penalty_loss(self) -> th.Tensor:
+        """``pre_tanh_penalty * mean(pre_tanh ** 2)`` of the actor's forward just run (call when the penalty is on)."""
+        penalty = self.pre_tanh_penalty * self._pre_tanh.value.pow(2).mean()
+        self._pre_tanh.value = None  # release the graph (see _OutputCapture)
+        return penalty
+
+    def _clip_and_step(
+        self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict
+    ) -> None:
+        """Clip, measure and step one network, writing its group norms (and a skip, if any) into ``stats``."""
+        norms, stepped = clip_and_step(optimizer, groups, self.on_nonfinite_grad)
+        for name, (before, after) in norms.items():
+            stats[f"{name}_before"] = before
+            if after is not None:
+                stats[f"{name}_after"] = after
+        if not stepped:
+            self.nonfinite_skips[network] += 1
+            stats[f"{network}_skipped"] = 1.0
+
+    def _read_update_stats(self, gradient_steps: int) -> list[dict[str, float]]:
+        """Read this call's statistics, append them to ``update_stats`` (enlarged to hold them) and log them."""
+        if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
+            self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
+        updates = self._stats.read()
+        group_names = [group.name for group in self._groups]
+        for stats in updates:
+            self.update_stats.append(stats)
+            record_update(self.logger, stats, group_names, list(self.nonfinite_skips))
+        return updates
