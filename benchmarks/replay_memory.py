@@ -21,9 +21,11 @@ random images), each run for ``1.5 x`` the capacity, so the ring has wrapped:
   extrapolated to ``--sizes`` (SB3's default ``buffer_size`` is 1,000,000).
 - ``add()``: the CPU time of every call (``time.thread_time``, about 1 µs of it the clock itself: on a shared
   machine a call's wall time also counts the other processes that preempt it), the buffers taking the same block of
-  ``--block`` calls in turn, their order rotating: the slowest call of the whole fill (first pass included: it
-  commits the pages of new arrays, and a buffer that grew by copying would stall there), and the median once the
-  ring has wrapped, with the median of the paired ratios of block means against SB3's ``ReplayBuffer``.
+  ``--block`` calls in turn, their order rotating, the least of ``--repeats`` fills for each call (a stall that
+  the buffer causes recurs at the same call, a hiccup of the machine does not): the slowest call of the whole fill
+  (first pass included: it commits the pages of new arrays, and a buffer that grew by copying would stall there),
+  and the median once the ring has wrapped, with the median of the paired ratios of block means against SB3's
+  ``ReplayBuffer``.
 - ``sample(256)``: rounds of ``--sample-calls`` calls per buffer, alternated, ``--rounds`` rounds; median of the
   paired ratios against SB3's ``ReplayBuffer``.
 
@@ -147,21 +149,21 @@ def traced_memory(args: argparse.Namespace, kind: str, variant: str, pool: np.nd
     return {"held_mb": held / 1e6, "peak_mb": peak / 1e6}
 
 
-def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) -> dict[str, Any]:
-    """Fill the three buffers side by side, then time ``sample()``; measure the bytes per transition.
+def timed_fill(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) -> tuple[dict, dict]:
+    """Build the three buffers and fill them side by side, timing every ``add()`` call.
 
     :param args: the flags
     :param kind: the stream
     :param n_envs: number of environments
     :param pool: the frames of the stream
-    :return: per variant: bytes per transition, GB at each size, ``add()`` and ``sample()`` times
+    :return: the buffers, and the CPU seconds of their ``add()`` calls, by variant
     """
     buffers = {name: make_buffer(name, args.probe_size, kind, n_envs) for name in VARIANTS}
     names = list(buffers)
-    calls: dict[str, list[float]] = {name: [] for name in names}  # CPU seconds of every add() call
-    per_env = args.probe_size // n_envs
-    transitions = stream(kind, n_envs, args.episode_length, per_env * 3 // 2, pool)
-    for block_index in range(per_env * 3 // 2 // args.block):
+    calls: dict[str, list[float]] = {name: [] for name in names}
+    steps = args.probe_size // n_envs * 3 // 2
+    transitions = stream(kind, n_envs, args.episode_length, steps, pool)
+    for block_index in range(steps // args.block):
         block = [next(transitions) for _ in range(args.block)]
         shift = block_index % len(names)
         for name in names[shift:] + names[:shift]:
@@ -169,6 +171,27 @@ def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) 
                 start = time.thread_time()  # CPU time: a preemption by another process is not the buffer's
                 buffers[name].add(*transition)
                 calls[name].append(time.thread_time() - start)
+    return buffers, calls
+
+
+def measure(args: argparse.Namespace, kind: str, n_envs: int, pool: np.ndarray) -> dict[str, Any]:
+    """Fill the three buffers side by side ``--repeats`` times, then time ``sample()``; measure the bytes per
+    transition. Each ``add()`` call's time is its least over the repeats: a stall that the buffer causes recurs at the
+    same call, a machine's hiccup does not.
+
+    :param args: the flags
+    :param kind: the stream
+    :param n_envs: number of environments
+    :param pool: the frames of the stream
+    :return: per variant: bytes per transition, GB at each size, ``add()`` and ``sample()`` times
+    """
+    repeats = []
+    for _ in range(args.repeats):
+        buffers, calls = timed_fill(args, kind, n_envs, pool)
+        repeats.append(calls)
+    names = list(buffers)
+    calls = {name: np.min([r[name] for r in repeats], axis=0).tolist() for name in names}
+    per_env = args.probe_size // n_envs
     wrapped = {name: times[per_env:] for name, times in calls.items()}  # once the ring has wrapped
     block_means = {
         name: [statistics.fmean(times[i : i + args.block]) for i in range(0, len(times), args.block)]
@@ -240,8 +263,9 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Bytes and speed",
         "",
-        "GB = 1e9 bytes, for a full buffer (nbytes). add(): CPU time per call (thread_time), the slowest of the whole "
-        "fill, the median once the ring wrapped, and the median ratio of block means; sample(): wall time, median of "
+        f"GB = 1e9 bytes, for a full buffer (nbytes). add(): CPU time per call (thread_time), least of "
+        f"{flags['repeats']} fills: the slowest of the whole fill, the median once the ring wrapped, and the median "
+        "ratio of block means; sample(): wall time, median of "
         f"{flags['rounds']} rounds of {flags['sample_calls']} calls; ratios against ReplayBuffer measured in the same "
         "run, calls alternated.",
     ]
@@ -270,6 +294,7 @@ def main() -> None:
     parser.add_argument("--episode-length", type=int, default=100, help="steps per episode of the streams")
     parser.add_argument("--n-envs", type=int, nargs="+", default=[1, 4], help="environments adding to the buffers")
     parser.add_argument("--block", type=int, default=20, help="add() calls per buffer in turn")
+    parser.add_argument("--repeats", type=int, default=3, help="fills, each add() call's least time kept")
     parser.add_argument("--batch-size", type=int, default=256, help="sample() batch size")
     parser.add_argument("--rounds", type=int, default=20, help="rounds of sample() calls")
     parser.add_argument("--sample-calls", type=int, default=5, help="sample() calls per buffer per round")

@@ -170,18 +170,27 @@ class FrameStore:
             number = int(self.heads[env])
             part = number // self.block_frames % self.block_ids.shape[1]
             if self.block_ids[env, part] < 0:
-                self._release(pos)
-                self.block_ids[env, part] = self.free.pop() if self.free else self._new_block()
+                self.block_ids[env, part] = self._take_block(pos)
             self.blocks[self.block_ids[env, part]][number % self.block_frames] = frame
             self.heads[env] = number + 1
 
-    def _new_block(self) -> int:
-        """Allocate a block (its pages are committed as frames are written) and return its index in ``blocks``."""
-        self.blocks.append(np.empty((self.block_frames, *self.frame_shape), self.dtype))
-        return len(self.blocks) - 1
+    def _take_block(self, pos: int) -> int:
+        """A block for a part of a ring: a free one; else, once the blocks that hold no frame still needed are freed,
+        one of them; else a new one (its pages are committed as frames are written).
+
+        :param pos: the slot being written
+        :return: the index of the block in ``blocks``
+        """
+        if not self.free:
+            self._release(pos)
+        if not self.free:
+            self.blocks.append(np.empty((self.block_frames, *self.frame_shape), self.dtype))
+            return len(self.blocks) - 1
+        return self.free.pop()
 
     def _release(self, pos: int) -> None:
-        """Free the blocks, of every environment, that hold no frame still needed.
+        """Free the blocks, of every environment, that hold no frame still needed (the parts of the rings outside the
+        frames from the oldest needed to the newest).
 
         Needed are the frames of the live transitions and of the transition being written, from the last next
         observations on (its observations may continue them). The oldest live transition is the one after ``pos``
@@ -197,8 +206,9 @@ class FrameStore:
                 break
         first, last = oldest // self.block_frames, (self.heads - 1) // self.block_frames  # frame number // block
         n_parts = self.block_ids.shape[1]
-        live = (np.arange(n_parts) - first[:, None]) % n_parts <= (last - first)[:, None]
-        dead = (self.block_ids >= 0) & ~live
+        behind = np.arange(n_parts) - (first % n_parts)[:, None]  # how far each part is after the oldest one needed
+        behind[behind < 0] += n_parts
+        dead = (self.block_ids >= 0) & (behind > (last - first)[:, None])
         self.free += self.block_ids[dead].tolist()
         self.block_ids[dead] = -1
 
