@@ -353,6 +353,16 @@ class CnnClipMixin:
         if sides and pad >= min(sides):
             raise ValueError(f"random_shift_pad={pad} must be smaller than the images' sides ({min(sides)} pixels).")
 
+    def _sample_batch(self, batch_size: int) -> tuple[ReplayBufferSamples, th.Tensor | float]:
+        """Sample a batch from the replay buffer, prepared for the networks (:meth:`_prepare_batch`).
+
+        :param batch_size: the number of transitions
+        :return: the batch and its discounts (``replay_data.discounts`` of n-step replay, else ``gamma``)
+        """
+        replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        return self._prepare_batch(replay_data), discounts
+
     def _prepare_batch(self, replay_data: ReplayBufferSamples) -> ReplayBufferSamples:
         """Random-shift the images of the observations and of the next observations, with independent offsets (DrQ,
         when ``random_shift_pad > 0``), then preprocess them once (see :meth:`_find_preprocessing`)."""

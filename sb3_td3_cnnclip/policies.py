@@ -10,9 +10,10 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.td3.policies import CnnPolicy, MultiInputPolicy, TD3Policy
+from stable_baselines3.td3.policies import CnnPolicy, MultiInputPolicy
 from torch import nn
 
 from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
@@ -110,15 +111,16 @@ class DetachedEncoder(nn.Module):
         """Load nothing: the encoder's owner loads the encoder; the keys under ``prefix`` are a copy of its state."""
 
 
-def use_critic_encoder(policy: TD3Policy) -> None:
-    """Give a TD3 policy the DrQ-v2 encoder arrangement: one image encoder, trained by the critic's loss only.
+def use_critic_encoder(policy: BasePolicy) -> None:
+    """Give an actor-critic policy the DrQ-v2 encoder arrangement: one image encoder, trained by the critic's loss only.
 
     The actor reads the critic's encoder through a :class:`DetachedEncoder` (its loss never reaches the encoder),
-    the target actor reads the target critic's, and the actor's optimizer is rebuilt on the actor's own
-    parameters (its MLP). The actor's encoder, built by SB3, is dropped. This is the opposite of SB3's
+    the target actor (TD3's; SAC has none) reads the target critic's, and the actor's optimizer is rebuilt on the
+    actor's own parameters (its MLP). The actor's encoder, built by SB3, is dropped. This is the opposite of SB3's
     ``share_features_extractor=True``, where the actor's loss trains the shared encoder and the critic's does not.
 
-    :param policy: a TD3 policy with separate actor and critic encoders (``share_features_extractor=False``)
+    :param policy: a TD3, SAC or TQC policy with separate actor and critic encoders
+        (``share_features_extractor=False``)
     """
     if policy.share_features_extractor:
         raise ValueError(
@@ -131,7 +133,8 @@ def use_critic_encoder(policy: TD3Policy) -> None:
             f"{type(policy.critic.features_extractor).__name__} has none. Use critic_trained_encoder=False."
         )
     policy.actor.features_extractor = DetachedEncoder(policy.critic.features_extractor)
-    policy.actor_target.features_extractor = DetachedEncoder(policy.critic_target.features_extractor)
+    if hasattr(policy, "actor_target"):
+        policy.actor_target.features_extractor = DetachedEncoder(policy.critic_target.features_extractor)
     policy.actor.optimizer = policy.optimizer_class(
         policy.actor.parameters(), lr=policy.actor.optimizer.param_groups[0]["lr"], **policy.optimizer_kwargs
     )

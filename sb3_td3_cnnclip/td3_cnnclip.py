@@ -95,11 +95,8 @@ class TD3CnnClip(CnnClipMixin, TD3):
             for _ in range(gradient_steps):
                 self._n_updates += 1
                 stats: dict[str, th.Tensor | float] = {"n_updates": self._n_updates}
-                # Sample replay buffer
-                replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore
-                # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-                discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-                replay_data = self._prepare_batch(replay_data)
+                # Sample replay buffer (for n-step replay, discounts are gamma**n_steps when no early termination)
+                replay_data, discounts = self._sample_batch(batch_size)
                 # Target policy noise, drawn here so that a compiled update draws the same numbers
                 noise = replay_data.actions.clone().data.normal_(0, self.target_policy_noise)
 
