@@ -5,9 +5,10 @@ Importing the package registers the ``CarlaScenario{0,1,2}-v0`` Gymnasium enviro
 
 from sb3_td3_cnnclip import envs  # noqa: F401  (registers the CarlaScenario environments)
 from sb3_td3_cnnclip.buffers import FrameStackReplayBuffer
+from sb3_td3_cnnclip.ddpg_cnnclip import DDPGCnnClip
 from sb3_td3_cnnclip.grad_clip import NonFiniteGradientError
 from sb3_td3_cnnclip.sac_cnnclip import SACCnnClip
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
 
-__all__ = ["FrameStackReplayBuffer", "NonFiniteGradientError", "SACCnnClip", "TD3CnnClip"]
+__all__ = ["DDPGCnnClip", "FrameStackReplayBuffer", "NonFiniteGradientError", "SACCnnClip", "TD3CnnClip"]
 __version__ = "0.1.0"

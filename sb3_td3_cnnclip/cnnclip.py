@@ -14,7 +14,7 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from gymnasium import spaces
@@ -80,7 +80,7 @@ class CnnClipMixin:
         below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is the base algorithm.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
         keeps the actor's output out of tanh saturation; the pre-tanh is that of the actor's deterministic (mean)
-        action. 0.0 is the base algorithm's actor loss; each class documents its default and the measurement behind it.
+        action. 0.0 is the base algorithm's actor loss. ``None``: the class's ``default_pre_tanh_penalty``.
     :param random_shift_pad: random-shift augmentation (DrQ's ``image_pad``): each image observation and next
         observation of a sampled batch is shifted by its own random integer offsets in ``[-pad, pad]`` pixels,
         border replicated (:mod:`sb3_td3_cnnclip.augmentation`), before the networks see it. 0 is the base algorithm.
@@ -111,6 +111,9 @@ class CnnClipMixin:
         ``train()`` sees every update
     """
 
+    #: ``pre_tanh_penalty`` when none is given: the base algorithm's actor loss, unless a measurement of the
+    #: algorithm's dead-actor rate set another value (see each class)
+    default_pre_tanh_penalty: ClassVar[float] = 0.0
     #: the actor and critic classes whose forward ``train()`` runs from a batch preprocessed once (the base's own)
     preprocessed_actor_class: type[BasePolicy]
     preprocessed_critic_class: type[BaseModel] = ContinuousCritic
@@ -128,7 +131,7 @@ class CnnClipMixin:
         critic_mlp_max_grad_norm: float | None = 10.0,
         on_nonfinite_grad: str = "skip",
         actor_lr_scale: float = 1.0,
-        pre_tanh_penalty: float = 0.0,
+        pre_tanh_penalty: float | None = None,
         random_shift_pad: int = 0,
         critic_trained_encoder: bool = False,
         compile_update: bool = False,
@@ -147,7 +150,7 @@ class CnnClipMixin:
         self.critic_mlp_max_grad_norm = critic_mlp_max_grad_norm
         self.on_nonfinite_grad = on_nonfinite_grad
         self.actor_lr_scale = actor_lr_scale
-        self.pre_tanh_penalty = pre_tanh_penalty
+        self.pre_tanh_penalty = self.default_pre_tanh_penalty if pre_tanh_penalty is None else pre_tanh_penalty
         self.random_shift_pad = random_shift_pad
         self.critic_trained_encoder = critic_trained_encoder
         self.compile_update = compile_update

@@ -35,8 +35,8 @@ class SoftCnnClipMixin(CnnClipMixin):
     :param learning_rate: learning rate of the three optimizers (SAC's default)
     :param buffer_size: replay buffer capacity (200_000, as :class:`~sb3_td3_cnnclip.TD3CnnClip`, where SAC's
         1_000_000 image transitions would not fit a laptop)
-    :param pre_tanh_penalty: 0.0 (the base algorithm's actor loss): the measurement that set TD3CnnClip's default
-        was made on TD3 and is not carried over to another algorithm without one of its own
+    :param pre_tanh_penalty: defaults to 0.0 (the base algorithm's actor loss): the measurement that set
+        TD3CnnClip's default was made on TD3 and is not carried over to another algorithm without one of its own
     """
 
     def __init__(

@@ -32,9 +32,9 @@ class TD3CnnClip(CnnClipMixin, TD3):
         that ``TD3CnnClip`` uses for image observations when ``replay_buffer_class`` is ``None`` (see
         :func:`~sb3_td3_cnnclip.buffers.default_replay_buffer_class`; its samples are SB3's).
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (the pre-tanh is the
-        input of the final ``tanh`` of ``actor.mu``). The default 0.01 kept the actor alive on every seed measured,
-        where TD3 on images saturated its tanh and stopped learning (``benchmarks/results/dead_actor.md``).
-        0.0 is TD3's actor loss.
+        input of the final ``tanh`` of ``actor.mu``). The default (``default_pre_tanh_penalty``, 0.01) kept the actor
+        alive on every seed measured, where TD3 on images saturated its tanh and stopped learning
+        (``benchmarks/results/dead_actor.md``). 0.0 is TD3's actor loss.
     :param compile_update: run the critic and actor losses (forward and backward) through ``torch.compile`` (see
         :class:`~sb3_td3_cnnclip.cnnclip.CnnClipMixin`). False is TD3.
     """
@@ -44,6 +44,7 @@ class TD3CnnClip(CnnClipMixin, TD3):
         "BoundedCnnPolicy": BoundedCnnPolicy,
         "BoundedMultiInputPolicy": BoundedMultiInputPolicy,
     }
+    default_pre_tanh_penalty = 0.01
     preprocessed_actor_class = Actor
 
     def __init__(
@@ -53,10 +54,9 @@ class TD3CnnClip(CnnClipMixin, TD3):
         learning_rate: float | Schedule = 1e-3,
         buffer_size: int = 200_000,
         *args: Any,
-        pre_tanh_penalty: float = 0.01,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, env, learning_rate, buffer_size, *args, pre_tanh_penalty=pre_tanh_penalty, **kwargs)
+        super().__init__(policy, env, learning_rate, buffer_size, *args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3 import SAC, TD3
+from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_td3_cnnclip import SACCnnClip, TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.policies import DetachedEncoder
 
@@ -23,7 +23,7 @@ LIMITS = ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_
 #: the documented setting whose updates are exactly the base algorithm's
 EXACT = {**dict.fromkeys(LIMITS), "pre_tanh_penalty": 0.0, "channels_last": False}
 #: each class and its base algorithm
-BASES = {TD3CnnClip: TD3, SACCnnClip: SAC}
+BASES = {TD3CnnClip: TD3, SACCnnClip: SAC, DDPGCnnClip: DDPG}
 ALGOS = list(BASES)
 #: policy -> (env factory, policy_kwargs)
 POLICIES = {
@@ -224,3 +224,11 @@ def test_sac_critic_trained_encoder_is_trained_by_the_critic_only():
     model.learn(60)
     assert reached and set(reached) == {"before the critic's step"}  # the critic's loss only, never the actor's
     assert any(not th.equal(b, p) for b, p in zip(before, encoder.parameters()))
+
+
+def test_ddpg_keeps_ddpgs_settings_and_its_own_penalty_default():
+    model = make_model(DDPGCnnClip)
+    assert (model.policy_delay, model.target_noise_clip, len(model.critic.q_networks)) == (1, 0.0, 1)
+    assert model.pre_tanh_penalty == 0.0 and make_model(TD3CnnClip).pre_tanh_penalty == 0.01
+    with pytest.raises(TypeError, match="policy_delay"):
+        make_model(DDPGCnnClip, policy_delay=2)  # as DDPG itself
