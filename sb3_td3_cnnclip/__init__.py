@@ -9,6 +9,7 @@ from sb3_td3_cnnclip.ddpg_cnnclip import DDPGCnnClip
 from sb3_td3_cnnclip.grad_clip import NonFiniteGradientError
 from sb3_td3_cnnclip.sac_cnnclip import SACCnnClip
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.tqc_cnnclip import TQCCnnClip
 
-__all__ = ["DDPGCnnClip", "FrameStackReplayBuffer", "NonFiniteGradientError", "SACCnnClip", "TD3CnnClip"]
+__all__ = ["DDPGCnnClip", "FrameStackReplayBuffer", "NonFiniteGradientError", "SACCnnClip", "TD3CnnClip", "TQCCnnClip"]
 __version__ = "0.1.0"

@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from sb3_contrib import TQC
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.policies import DetachedEncoder
 
@@ -23,7 +24,7 @@ LIMITS = ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_
 #: the documented setting whose updates are exactly the base algorithm's
 EXACT = {**dict.fromkeys(LIMITS), "pre_tanh_penalty": 0.0, "channels_last": False}
 #: each class and its base algorithm
-BASES = {TD3CnnClip: TD3, SACCnnClip: SAC, DDPGCnnClip: DDPG}
+BASES = {TD3CnnClip: TD3, SACCnnClip: SAC, DDPGCnnClip: DDPG, TQCCnnClip: TQC}
 ALGOS = list(BASES)
 #: policy -> (env factory, policy_kwargs)
 POLICIES = {
@@ -102,7 +103,7 @@ def test_after_norm_at_step_time_is_within_the_limit(algo):
         np.testing.assert_allclose(logged, seen[name], rtol=1e-6)  # group_norm is within 1e-7 of float64
         assert max(seen[name]) <= limits[f"{name}_max_grad_norm"]
         assert sum(s[f"{name}_after"] < s[f"{name}_before"] for s in stats if f"{name}_after" in s) > 0  # clipped
-    if algo is SACCnnClip:  # the entropy coefficient is measured, never clipped: its gradient steps as it came
+    if algo in (SACCnnClip, TQCCnnClip):  # the entropy coefficient is measured, never clipped: its gradient steps as it came
         logged = [s["ent_coef_before"] for s in stats]
         np.testing.assert_allclose(logged, seen["ent_coef"], rtol=1e-6)
         assert [s["ent_coef_after"] for s in stats] == logged
@@ -232,3 +233,15 @@ def test_ddpg_keeps_ddpgs_settings_and_its_own_penalty_default():
     assert model.pre_tanh_penalty == 0.0 and make_model(TD3CnnClip).pre_tanh_penalty == 0.01
     with pytest.raises(TypeError, match="policy_delay"):
         make_model(DDPGCnnClip, policy_delay=2)  # as DDPG itself
+
+
+def test_tqc_critic_statistics_read_the_quantiles():
+    model = make_model(TQCCnnClip).learn(60)
+    batch = fixed_batch(model)
+    with th.no_grad():  # the weights of the coming critic loss (the entropy step before it leaves the critic alone)
+        quantiles = model.critic(batch.observations, batch.actions)
+    assert quantiles.shape == (16, 2, 25)
+    model.train(gradient_steps=1, batch_size=16)
+    stats = model.update_stats[-1]
+    assert stats["q_replay"] == pytest.approx(quantiles[:, 0].mean().item(), rel=1e-5)
+    assert stats["q_abs_max"] == pytest.approx(quantiles.abs().max().item(), rel=1e-5)
