@@ -1,12 +1,12 @@
-"""A ``TD3CnnClip`` policy saved alone with SB3's policy API (``policy.save`` then ``type(policy).load``) reloads and
-acts as the original, for every option that changes the policy's modules (the policy class, the critic-trained
-encoder, the convolutions' memory layout)."""
+"""A policy of the package's algorithms saved alone with SB3's policy API (``policy.save`` then ``type(policy).load``)
+reloads and acts as the original, for every option that changes the policy's modules (the policy class, the
+critic-trained encoder, the convolutions' memory layout)."""
 
 import numpy as np
 import pytest
 import torch as th
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
 SMALL = {"net_arch": [16], "features_extractor_kwargs": {"features_dim": 16}}
@@ -14,23 +14,26 @@ SMALL_DICT = {"net_arch": [16], "features_extractor_kwargs": {"cnn_output_dim": 
 
 
 @pytest.mark.parametrize(
-    ("policy", "kwargs"),
+    ("algo", "policy", "kwargs"),
     [
-        ("CnnPolicy", {"channels_last": False}),
-        ("CnnPolicy", {"channels_last": True}),
-        ("CnnPolicy", {"critic_trained_encoder": True, "channels_last": False}),
-        ("CnnPolicy", {"critic_trained_encoder": True, "channels_last": True}),
-        ("BoundedCnnPolicy", {"critic_trained_encoder": True}),
-        ("MultiInputPolicy", {"critic_trained_encoder": True}),
-        ("BoundedMultiInputPolicy", {"critic_trained_encoder": True}),
+        (TD3CnnClip, "CnnPolicy", {"channels_last": False}),
+        (TD3CnnClip, "CnnPolicy", {"channels_last": True}),
+        (TD3CnnClip, "CnnPolicy", {"critic_trained_encoder": True, "channels_last": False}),
+        (TD3CnnClip, "CnnPolicy", {"critic_trained_encoder": True, "channels_last": True}),
+        (TD3CnnClip, "BoundedCnnPolicy", {"critic_trained_encoder": True}),
+        (TD3CnnClip, "MultiInputPolicy", {"critic_trained_encoder": True}),
+        (TD3CnnClip, "BoundedMultiInputPolicy", {"critic_trained_encoder": True}),
+        (DDPGCnnClip, "CnnPolicy", {"critic_trained_encoder": True}),
+        (SACCnnClip, "CnnPolicy", {"critic_trained_encoder": True}),
+        (TQCCnnClip, "CnnPolicy", {"critic_trained_encoder": True}),
     ],
 )
-def test_policy_saved_alone_reloads_and_predicts_the_same_actions(tmp_path, policy, kwargs):
+def test_policy_saved_alone_reloads_and_predicts_the_same_actions(tmp_path, algo, policy, kwargs):
     dict_obs = "MultiInput" in policy
     env = ToyImageEnv(dict_obs=dict_obs)
     policy_kwargs = SMALL_DICT if dict_obs else SMALL
-    model = TD3CnnClip(policy, env, policy_kwargs=policy_kwargs, buffer_size=200, learning_starts=30, batch_size=8,
-                       seed=0, device="cpu", **kwargs)  # fmt: skip
+    model = algo(policy, env, policy_kwargs=policy_kwargs, buffer_size=200, learning_starts=30, batch_size=8, seed=0,
+                 device="cpu", **kwargs)  # fmt: skip
     model.learn(60)  # the encoders move away from their initial weights
     model.policy.save(tmp_path / "policy.pth")
     loaded = type(model.policy).load(tmp_path / "policy.pth", device="cpu")
