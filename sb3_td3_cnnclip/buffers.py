@@ -30,7 +30,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples, Repla
 from stable_baselines3.common.vec_env import VecNormalize
 
 
-#: a ring's blocks hold this fraction of the buffer's transitions in frames (1 / BLOCKS_PER_BUFFER each)
+#: a block of a frame ring holds ``buffer_size / BLOCKS_PER_BUFFER`` frames (rounded up)
 BLOCKS_PER_BUFFER = 256
 
 
