@@ -134,7 +134,7 @@ class TimedModel:
             "train_freq": model.train_freq.frequency,
             "gradient_steps": model.gradient_steps,
             "buffer_size": model.buffer_size,
-            "full_buffer_gb": buffer_nbytes(model.replay_buffer) / 1e9,  # allocated for the whole capacity
+            "full_buffer_gb": buffer_nbytes(model.replay_buffer) / 1e9,  # allocated now: SB3 all, FrameStack its blocks
             "setup_s": self.setup_seconds,
             "measured_steps": sum(c[0] for c in self.chunks),
             "measured_updates": sum(c[1] for c in self.chunks),
