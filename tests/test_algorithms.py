@@ -62,6 +62,18 @@ def test_exact_setting_is_the_base_algorithm_bit_for_bit(algo, policy):
     assert reference.logger.name_to_value["train/critic_loss"] == model.logger.name_to_value["train/critic_loss"]
 
 
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda algo: algo.__name__)
+def test_exact_setting_with_n_step_returns_is_the_base_algorithm_bit_for_bit(algo):
+    """n-step targets from the package's frame-stack buffer against SB3's NStepReplayBuffer."""
+    reference = make_model(BASES[algo], n_steps=3).learn(70)
+    model = make_model(algo, n_steps=3, **EXACT).learn(70)
+    assert type(reference.replay_buffer).__name__ == "NStepReplayBuffer"
+    want, got = algorithm_tensors(reference), algorithm_tensors(model)
+    assert model._n_updates == reference._n_updates == 30
+    for key in want:
+        assert th.equal(want[key], got[key]), key
+
+
 def norms_at_step(model) -> dict[str, list[float]]:
     """Each group's gradient norm in float64, recorded every time an optimizer is about to step; the groups are
     rebuilt here from the networks' modules (CNN: the features extractor's parameters), not from the code under test.
