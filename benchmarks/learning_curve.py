@@ -430,7 +430,7 @@ def report(args: argparse.Namespace) -> None:
     ])  # fmt: skip
     write_results(args.output_dir, args.name, results, markdown)
     if curves:
-        title = (f"surrogate, action repeat {args.action_repeat}, evaluation every {args.eval_every} ticks: mean over "
+        title = (f"surrogate, action repeat {args.action_repeat}, evaluation every {args.eval_every} ticks: mean over up to "
                  f"{len(args.seeds)} seeds, band = min..max; {args.machine}, {run['date_utc']} UTC")  # fmt: skip
         plot(curves, args.output_dir / f"{args.name}.png", title)
 
