@@ -65,7 +65,7 @@ class TrainConfig:
     servers: str = option("", "CARLA server of each env: host:port,host:port,... (empty: --host, and --port + i x --port-stride)")
     worker_timeout: float = option(120.0, "seconds to wait for an env worker's answer (--n-envs above 1) before the run ends with an error naming its server; raise it for CARLA servers slow to load a map", POSITIVE)
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
-    action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; 4 learned to drive scenario 0, 1 did not)", POSITIVE)
+    action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
     policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features, MultiInput* observe image + kinematics", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
