@@ -19,7 +19,7 @@ require("highway_env")
 def test_all_callbacks_on_the_surrogate(tmp_path):
     env = make_vec_env(
         "CarlaScenario0-v0", n_envs=1, seed=0, monitor_kwargs=dict(info_keywords=("scenario",)),
-        env_kwargs=dict(simulator="surrogate", image_size=36, frame_stack=2, max_episode_steps=50),
+        env_kwargs=dict(simulator="surrogate", image_size=36, frame_stack=2, max_episode_steps=50, action_repeat=1),
     )  # fmt: skip
     model = TD3CnnClip(
         "BoundedCnnPolicy", env, learning_rate=1e-4, batch_size=16, buffer_size=1000, learning_starts=50, seed=0,
