@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-.venv/bin/python}
+[[ $python == /* ]] || python=$(pwd)/$python  # the tests run from the sdist's directory
 ci=$(pwd)/.ci
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -23,6 +23,8 @@ batch, buffer and warm-up of the size):
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
 - ``+bf16``: ``bf16_encoders=True`` (the update's CNNs in bfloat16: does reduced precision change learning?);
+- ``+scripted``: ``warmup_actions="scripted"`` (the warm-up's decisions driven by the scripted driver plus the
+  exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -78,13 +80,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "encoder": {"critic_trained_encoder": True},
     "nstep3": {"n_steps": 3},
     "bf16": {"bf16_encoders": True},
+    "scripted": {"warmup_actions": "scripted"},
 }
 #: configuration name -> TD3CnnClip keyword arguments (besides COMMON and the size's)
 CONFIGS: dict[str, dict[str, Any]] = {
     "td3": {**NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {"pre_tanh_penalty": 0.01},
 }
-for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
+for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
@@ -449,7 +452,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-seed", type=int, default=1000, help="reset seed of the first evaluation episode")
     parser.add_argument("--batch-size", type=int, help="minibatch size")
     parser.add_argument("--buffer-size", type=int, help="replay buffer capacity")
-    parser.add_argument("--learning-starts", type=int, help="random-action decisions before the first update")
+    parser.add_argument("--learning-starts", type=int, help="warm-up decisions before the first update")
     parser.add_argument("--action-noise-sigma", type=float, default=0.1, help="exploration noise std (CLI default)")
     parser.add_argument("--workers", type=int, help="parallel processes")
     parser.add_argument("--device", default="auto", help="torch device of every run")

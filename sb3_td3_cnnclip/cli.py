@@ -200,7 +200,7 @@ def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> TD3CnnClip:
         critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm, actor_lr_scale=config.actor_lr_scale,
         pre_tanh_penalty=config.pre_tanh_penalty, n_steps=config.n_steps, random_shift_pad=config.random_shift_pad,
         critic_trained_encoder=config.critic_trained_encoder, compile_update=config.compile_update,
-        bf16_encoders=config.bf16_encoders,
+        bf16_encoders=config.bf16_encoders, warmup_actions=config.warmup_actions,
         on_nonfinite_grad="raise" if config.debug else "skip", seed=config.seed, device=config.device,
         verbose=config.verbose,
     )  # fmt: skip

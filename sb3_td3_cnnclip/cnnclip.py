@@ -16,9 +16,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common import preprocessing
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BaseModel, BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
@@ -33,6 +35,8 @@ from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
 
 #: an action this close to a bound of [-1, 1] counts as saturated
 SATURATION_EPS = 1e-3
+#: the values of ``warmup_actions``
+WARMUP_ACTIONS = ("random", "scripted")
 #: features extractors whose forward works on convolution outputs of any memory layout (``channels_last=None``)
 LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, BoundedCombinedExtractor, DetachedEncoder)
 
@@ -106,6 +110,11 @@ class CnnClipMixin:
         back to float32 for the MLP heads. Weights, gradients, their norms and clipping, Adam, the losses and the
         Q-values stay float32; ``predict()`` and rollouts stay float32. Reduced precision: the updates equal
         float32's only within bfloat16 rounding (see the README for the tolerance tested). False is the base algorithm.
+    :param warmup_actions: where the actions of the warm-up (the first ``learning_starts`` steps, before any
+        update) come from: ``"random"`` (uniform over the action space, the base algorithm) or ``"scripted"`` (the
+        env's own scripted driver, ``env.scripted_action()``, plus the ``action_noise``; the surrogate
+        ``CarlaScenario`` envs have one, see :mod:`sb3_td3_cnnclip.envs.expert`): demonstrations in the replay
+        buffer on the same budget of simulator steps. ``"random"`` is the base algorithm.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -137,6 +146,7 @@ class CnnClipMixin:
         compile_update: bool = False,
         channels_last: bool | None = None,
         bf16_encoders: bool = False,
+        warmup_actions: str = "random",
         stats_history: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
@@ -156,6 +166,7 @@ class CnnClipMixin:
         self.compile_update = compile_update
         self.channels_last = channels_last
         self.bf16_encoders = bf16_encoders
+        self.warmup_actions = warmup_actions
         self.stats_history = stats_history
         #: optimizer steps skipped for a non-finite gradient since the model was created, per network
         self.nonfinite_skips = {"actor": 0, "critic": 0}
@@ -175,6 +186,10 @@ class CnnClipMixin:
             if not valid or value < 0 or (value == 0 and smallest == "positive"):
                 raise ValueError(f"{key}={value!r} must be a {smallest} finite number (the base algorithm: {base}).")
         self._check_learning_options()
+        if self.warmup_actions not in WARMUP_ACTIONS:
+            raise ValueError(f"warmup_actions={self.warmup_actions!r} is unknown; choose one of {WARMUP_ACTIONS}.")
+        if self.warmup_actions == "scripted" and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(f"warmup_actions='scripted' needs a Box action space, not {self.action_space}.")
         if self.replay_buffer_class is None:
             self.replay_buffer_class = default_replay_buffer_class(
                 self.observation_space, self.n_steps, self.optimize_memory_usage
@@ -334,6 +349,29 @@ class CnnClipMixin:
             return loss, {key: value.clone() for key, value in stats.items()}
 
         return run
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.warmup_actions == "scripted" and self.env is not None and not self.env.has_attr("scripted_action"):
+            raise ValueError(
+                "warmup_actions='scripted' needs envs with a scripted driver (a scripted_action() method, as the "
+                "surrogate CarlaScenario envs have); this model's env has none. Use warmup_actions='random'."
+            )
+        return super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The base algorithm's exploration action, except during a ``warmup_actions="scripted"`` warm-up, where it
+        is the env's scripted driver's plus ``action_noise``.
+
+        :return: the action for the env and the scaled action that the replay buffer stores
+        """
+        if self.warmup_actions == "random" or self.num_timesteps >= learning_starts:
+            return super()._sample_action(learning_starts, action_noise, n_envs)  # type: ignore[misc]
+        scaled_action = self.policy.scale_action(np.stack(self.env.env_method("scripted_action")))
+        if action_noise is not None:
+            scaled_action = np.clip(scaled_action + action_noise(), -1, 1)
+        return self.policy.unscale_action(scaled_action), scaled_action
 
     def _check_learning_options(self) -> None:
         """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sb3_td3_cnnclip.cnnclip import WARMUP_ACTIONS
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
 from sb3_td3_cnnclip.vec_env import env_addresses
@@ -78,7 +79,8 @@ class TrainConfig:
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
     buffer_size: int = option(200_000, "replay buffer capacity (200_000 is ~1.5 GB when full at 4x84x84)", POSITIVE)
-    learning_starts: int = option(200, "random-action steps before the first gradient step", NON_NEGATIVE)
+    learning_starts: int = option(200, "warm-up steps (actions from --warmup-actions) before the first gradient step", NON_NEGATIVE)
+    warmup_actions: str = option("random", "actions of the warm-up: random (uniform) or scripted (the surrogate's scripted driver plus the exploration noise: demonstrations)", choices=WARMUP_ACTIONS)
     policy_delay: int = option(2, "critic updates per actor update", POSITIVE)
     train_freq: int = option(1, "environment steps between training phases", POSITIVE)
     gradient_steps: int = option(1, "gradient steps per training phase", POSITIVE)

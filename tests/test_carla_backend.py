@@ -354,3 +354,14 @@ def test_action_repeat_ticks_the_world_that_many_times_per_step(server, carla):
     assert server.entries("control")[controls:] == [(ego(server).id, 0.5, 0.25, 0.0)] * 4  # before every tick
     env.close()
     assert_nothing_left(server, carla)
+
+
+def test_scripted_warmup_on_carla_says_it_needs_the_surrogate(server, carla):
+    env = make_env()
+    env.reset(seed=0)
+    try:
+        with pytest.raises(NotImplementedError, match="simulator='surrogate'"):
+            env.scripted_action()
+    finally:
+        env.close()
+    assert_nothing_left(server, carla)

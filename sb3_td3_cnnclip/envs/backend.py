@@ -77,3 +77,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every simulator resource. Must be idempotent: Gymnasium's checker calls it twice."""
+
+    def scripted_action(self) -> np.ndarray:
+        """The action a scripted driver takes in the current state (the warm-up of ``warmup_actions="scripted"``).
+
+        :return: ``float32`` array ``(steering, throttle_brake)`` in ``[-1, 1]``
+        """
+        raise NotImplementedError(
+            f"The {self.name} backend has no scripted driver: warmup_actions='scripted' needs the surrogate "
+            "(simulator='surrogate'). Use warmup_actions='random' here."
+        )

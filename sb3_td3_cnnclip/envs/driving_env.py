@@ -268,6 +268,14 @@ class DrivingEnv(gym.Env):
         info.update({f"reward/{name}": value for name, value in summed.items()}, ticks=tick)
         return self._observation(frame), float(sum(summed.values())), reason is not None, truncated, info
 
+    def scripted_action(self) -> np.ndarray:
+        """The backend's scripted driver's action for the current state (:meth:`Backend.scripted_action`): on the
+        surrogate, the :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver`. ``warmup_actions="scripted"`` calls it
+        through ``VecEnv.env_method``."""
+        if self._frame is None:
+            raise RuntimeError("DrivingEnv.scripted_action() was called before reset(); call reset() first.")
+        return self.backend.scripted_action()
+
     def render(self) -> np.ndarray | None:
         """The newest camera frame as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``), else ``None``."""
         if self.render_mode != "rgb_array":

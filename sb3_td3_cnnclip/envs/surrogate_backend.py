@@ -210,6 +210,12 @@ class SurrogateBackend(Backend):
         observation, *_ = self.env.step(np.array([throttle_brake, steering], dtype=np.float32))
         return self._frame(observation)
 
+    def scripted_action(self) -> np.ndarray:
+        """The :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver`'s action (lane keeping, IDM at the speed limit)."""
+        from sb3_td3_cnnclip.envs.expert import ExpertDriver  # it imports this module
+
+        return ExpertDriver(self).act()
+
     def close(self) -> None:
         """Close highway-env (idempotent)."""
         if not self.closed:

@@ -1,0 +1,99 @@
+"""``warmup_actions="scripted"``: the warm-up's actions come from the env's scripted driver (demonstrations)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3.common.noise import ActionNoise
+
+from sb3_td3_cnnclip import SACCnnClip, TD3CnnClip
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+from tests.conftest import require
+
+SMALL_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [32, 32]}
+
+
+def fast(**kwargs) -> dict:
+    """Small-model keywords; a new policy_kwargs each time (SAC writes ``use_sde`` into the dict it is given)."""
+    return {"buffer_size": 300, "batch_size": 8, "seed": 0, "policy_kwargs": dict(SMALL_CNN), **kwargs}
+
+
+class ScriptedToyEnv(ToyImageEnv):
+    """``ToyImageEnv`` with actions in ``[-2, 2]`` and a scripted driver whose action follows the frame's brightness;
+    it records every action it proposed and every action it received."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action_space = spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.proposed: list[np.ndarray] = []
+        self.received: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        self._last, info = super().reset(seed=seed, options=options)
+        return self._last, info
+
+    def step(self, action):
+        self.received.append(np.array(action))
+        self._last, *rest = super().step(action)
+        return (self._last, *rest)
+
+    def scripted_action(self) -> np.ndarray:
+        brightness = self._last.mean() / 255.0
+        self.proposed.append(np.array([4.0 * brightness - 2.0, 1.0 - brightness], np.float32))
+        return self.proposed[-1]
+
+
+class ConstantNoise(ActionNoise):
+    def __call__(self) -> np.ndarray:
+        return np.array([0.3, -0.3])
+
+
+@pytest.mark.parametrize("algorithm", [TD3CnnClip, SACCnnClip])
+def test_the_warmup_drives_the_scripted_actions_and_stores_them_scaled(algorithm):
+    env = ScriptedToyEnv()
+    model = algorithm("CnnPolicy", env, **fast(learning_starts=30, warmup_actions="scripted"))
+    model.learn(45)
+    assert len(env.proposed) == 30  # the warm-up only; then the policy acts
+    np.testing.assert_allclose(np.array(env.received[:30]), np.array(env.proposed), atol=1e-6)
+    stored = model.replay_buffer.actions[:30, 0]
+    np.testing.assert_allclose(stored, np.array(env.proposed) / 2.0, atol=1e-6)  # [-2, 2] scaled into [-1, 1]
+
+
+def test_the_warmup_adds_the_action_noise_in_the_scaled_space_and_clips():
+    env = ScriptedToyEnv()
+    model = TD3CnnClip("CnnPolicy", env, **fast(learning_starts=20, warmup_actions="scripted", action_noise=ConstantNoise()))
+    model.learn(20)
+    expected = np.clip(np.array(env.proposed) / 2.0 + [0.3, -0.3], -1.0, 1.0)
+    np.testing.assert_allclose(model.replay_buffer.actions[:20, 0], expected, atol=1e-6)
+    np.testing.assert_allclose(np.array(env.received), expected * 2.0, atol=1e-6)
+
+
+def test_random_warmup_asks_no_scripted_action():
+    env = ScriptedToyEnv()
+    TD3CnnClip("CnnPolicy", env, **fast(learning_starts=20)).learn(25)
+    assert env.proposed == []
+
+
+def test_unknown_warmup_and_an_env_without_a_scripted_driver_are_clear_errors():
+    with pytest.raises(ValueError, match="warmup_actions='expert' is unknown"):
+        TD3CnnClip("CnnPolicy", ToyImageEnv(), **fast(warmup_actions="expert"))
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), **fast(warmup_actions="scripted"))
+    with pytest.raises(ValueError, match="scripted_action"):
+        model.learn(10)
+
+
+def test_the_surrogates_scripted_action_is_the_expert_drivers():
+    require("highway_env")
+    from sb3_td3_cnnclip.envs.expert import ExpertDriver
+
+    env = gym.make("CarlaScenario0-v0", simulator="surrogate", image_size=36)
+    try:
+        env.reset(seed=5)
+        for _ in range(5):
+            action = env.unwrapped.scripted_action()
+            np.testing.assert_array_equal(action, ExpertDriver(env.unwrapped.backend).act())
+            env.step(action)
+    finally:
+        env.close()
