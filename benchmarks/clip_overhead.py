@@ -1,19 +1,23 @@
-"""Time per gradient step of TD3CnnClip against plain SB3 TD3 (CnnPolicy, 4x84x84 uint8 observations).
+"""Time per gradient step of TD3CnnClip (or ``--algo``'s class) against its base algorithm (CnnPolicy, 4x84x84 uint8).
 
 The variants start from the same weights (same seed, checked), share one pre-filled replay buffer and get the same
 batches and noise (the random generators are re-seeded before each timed call). Their ``train()`` calls alternate
 (the order rotates every repeat), so load from other processes hits all of them alike; each variant's time is
-divided by plain TD3's time from the same repeat and the median of those ratios is reported.
+divided by the base algorithm's time from the same repeat and the median of those ratios is reported.
 
-Variants: ``td3`` (``stable_baselines3.TD3``), ``clip`` (``TD3CnnClip`` with its default limits, which may not fire
+``--algo`` (``td3``, ``sac``, ``ddpg``, ``tqc``) picks the pair: ``TD3CnnClip`` and SB3's ``TD3`` (the default),
+``SACCnnClip`` and SB3's ``SAC``, ``DDPGCnnClip`` and SB3's ``DDPG``, ``TQCCnnClip`` and sb3-contrib's ``TQC``; the
+results of another algorithm than TD3 go to ``clip_overhead_<algo>.{json,md}``.
+
+Variants: ``base`` (the base algorithm: ``stable_baselines3.TD3`` for TD3), ``clip`` (the package's class with its default limits, which may not fire
 on these random batches: the clipped fraction is reported), ``clip_every_step`` (every limit 1e-8, so every group is
-clipped and its norm measured again on every update: the worst case) and ``measure_only`` (``TD3CnnClip`` with every
+clipped and its norm measured again on every update: the worst case) and ``measure_only`` (the package's class with every
 limit ``None``: norms and statistics measured, nothing clipped), ``compiled`` (default limits,
 ``compile_update=True``: the fast path) and ``clip_default_layout`` (default limits, ``channels_last=False``: the
 convolution weights in torch's default layout, to show what the ``channels_last`` default gains on a CPU),
 ``clip_channels_last`` (default limits, ``channels_last=True``, which is off by default on CUDA), ``bf16``
 (default limits, ``bf16_encoders=True``: the CNNs in bfloat16 autocast) and ``compiled_bf16`` (both options). Every
-``TD3CnnClip`` variant runs with ``pre_tanh_penalty=0`` (its default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
+variant of the package's class runs with ``pre_tanh_penalty=0`` (TD3CnnClip's default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
 warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
 compiled once, for that static shape, as in training) are timed too and reported as the first-call cost.
 
@@ -21,7 +25,7 @@ compiled once, for that static shape, as in training) are timed too and reported
 ``torch.cuda.synchronize()``. The load average (``os.getloadavg``) before and after each batch size is recorded:
 on a shared machine the interleaved ratios are the figures to quote, not the absolute times.
 
-With ``--profile-steps N`` the ``clip`` and ``td3`` variants are also run under cProfile for N steps at the first
+With ``--profile-steps N`` the ``clip`` and ``base`` variants are also run under cProfile for N steps at the first
 batch size; the time spent in this package's functions, and the top functions by own time, go into the results.
 
 Run: ``python benchmarks/clip_overhead.py --batch-sizes 64 256 --threads 1 --device cpu``
@@ -42,17 +46,24 @@ import numpy as np
 import torch as th
 from common import add_common_args, describe_line, markdown_table, median_ratio, run_description, set_threads
 from common import write_results
-from stable_baselines3 import TD3
+from sb3_contrib import TQC
+from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
-#: the clipping limits of each TD3CnnClip variant (``td3`` is plain SB3 TD3)
+#: the base algorithm and the package's class of each ``--algo``
+ALGOS: dict[str, tuple[type[OffPolicyAlgorithm], type[OffPolicyAlgorithm]]] = {
+    "td3": (TD3, TD3CnnClip), "sac": (SAC, SACCnnClip), "ddpg": (DDPG, DDPGCnnClip), "tqc": (TQC, TQCCnnClip),
+}
+#: the keywords of each variant of the package's class (``base`` is the base algorithm)
 VARIANTS: dict[str, dict[str, Any] | None] = {
-    "td3": None,
+    "base": None,
     "clip": {},
     "clip_every_step": {
         "actor_cnn_max_grad_norm": 1e-8,
@@ -74,28 +85,30 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def make_models(seed: int, buffer_size: int, device: str, names: list[str]) -> dict[str, TD3]:
+def make_models(algo: str, seed: int, buffer_size: int, device: str, names: list[str]) -> dict[str, OffPolicyAlgorithm]:
     """Build the variants on a 4x84x84 toy image env from the same seed and check their weights are identical.
 
+    :param algo: the key of :data:`ALGOS`
     :param seed: the models' seed
     :param buffer_size: replay buffer capacity
     :param device: the models' device
-    :param names: the variants to build (``"td3"`` always comes first, as the reference)
+    :param names: the variants to build (``"base"`` always comes first, as the reference)
     :return: the models by variant name
     """
-    models: dict[str, TD3] = {}
-    for name in ["td3", *(n for n in names if n != "td3")]:
+    base, package_class = ALGOS[algo]
+    models: dict[str, OffPolicyAlgorithm] = {}
+    for name in ["base", *(n for n in names if n != "base")]:
         limits = VARIANTS[name]
         env = DummyVecEnv([lambda: ToyImageEnv(size=84, channels=4)])
-        cls, kwargs = (TD3, {}) if limits is None else (TD3CnnClip, {"pre_tanh_penalty": 0.0, **limits})
+        cls, kwargs = (base, {}) if limits is None else (package_class, {"pre_tanh_penalty": 0.0, **limits})
         model = cls("CnnPolicy", env, buffer_size=buffer_size, seed=seed, device=device, **kwargs)
         model.set_logger(Logger(folder=None, output_formats=[]))
         models[name] = model
-    reference = models["td3"].policy.state_dict()
+    reference = models["base"].policy.state_dict()
     for name, model in models.items():
         state = model.policy.state_dict()
         if state.keys() != reference.keys() or not all(th.equal(state[k], reference[k]) for k in reference):
-            raise RuntimeError(f"Variant {name!r} did not start from the same weights as 'td3' with seed={seed}.")
+            raise RuntimeError(f"Variant {name!r} did not start from the same weights as 'base' with seed={seed}.")
     return models
 
 
@@ -113,7 +126,7 @@ def fill_buffer(buffer: ReplayBuffer, seed: int) -> None:
     buffer.pos, buffer.full = 0, True
 
 
-def timed_train(model: TD3, gradient_steps: int, batch_size: int, seed: int) -> tuple[float, float]:
+def timed_train(model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int, seed: int) -> tuple[float, float]:
     """Run ``model.train`` once with re-seeded generators and time it.
 
     :param model: the model
@@ -131,7 +144,7 @@ def timed_train(model: TD3, gradient_steps: int, batch_size: int, seed: int) -> 
     return (time.perf_counter() - wall) / gradient_steps, (time.process_time() - cpu) / gradient_steps
 
 
-def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeats: int, warmup: int) -> dict[str, Any]:
+def measure(models: dict[str, OffPolicyAlgorithm], batch_size: int, gradient_steps: int, repeats: int, warmup: int) -> dict[str, Any]:
     """Time the variants' ``train()`` calls interleaved, rotating the order every repeat.
 
     :param models: the models by variant name
@@ -139,7 +152,7 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
     :param gradient_steps: gradient steps per timed call
     :param repeats: timed calls per variant
     :param warmup: untimed calls per variant before timing
-    :return: per variant the per-step times (ms) and the median ratios against ``td3``
+    :return: per variant the per-step times (ms) and the median ratios against ``base``
     """
     names = list(models)
     load_before = os.getloadavg()
@@ -147,7 +160,7 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
     warmup_s = dict.fromkeys(names, 0.0)
     for repeat in range(warmup):
         for name in names:
-            steps = max(gradient_steps, models[name].policy_delay)  # an actor update too: compiles both losses
+            steps = max(gradient_steps, getattr(models[name], "policy_delay", 1))  # an actor update too: compiles both losses
             wall_s, _ = timed_train(models[name], steps, batch_size, seed=-repeat % 2**31)
             warmup_s[name] += wall_s * steps
     wall: dict[str, list[float]] = {name: [] for name in names}
@@ -172,14 +185,14 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
             "cpu_ms_per_step": cpu[name],
             "median_wall_ms": statistics.median(wall[name]),
             "median_cpu_ms": statistics.median(cpu[name]),
-            "median_wall_ratio_vs_td3": median_ratio(wall[name], wall["td3"]),
-            "median_cpu_ratio_vs_td3": median_ratio(cpu[name], cpu["td3"]),
-            "wall_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(wall[name], wall["td3"])]),
-            "cpu_ratio_vs_td3_quartiles": quartiles([a / b for a, b in zip(cpu[name], cpu["td3"])]),
-            "median_cpu_overhead_ms_vs_td3": statistics.median(a - b for a, b in zip(cpu[name], cpu["td3"])),
+            "median_wall_ratio_vs_base": median_ratio(wall[name], wall["base"]),
+            "median_cpu_ratio_vs_base": median_ratio(cpu[name], cpu["base"]),
+            "wall_ratio_vs_base_quartiles": quartiles([a / b for a, b in zip(wall[name], wall["base"])]),
+            "cpu_ratio_vs_base_quartiles": quartiles([a / b for a, b in zip(cpu[name], cpu["base"])]),
+            "median_cpu_overhead_ms_vs_base": statistics.median(a - b for a, b in zip(cpu[name], cpu["base"])),
             "warmup_wall_s": warmup_s[name],
         }
-        if isinstance(models[name], TD3CnnClip):
+        if isinstance(models[name], CnnClipMixin):
             timed = list(models[name].update_stats)[-repeats * gradient_steps :]
             result["variants"][name]["clip_fraction"] = clip_fractions(timed)
     return result
@@ -188,7 +201,7 @@ def measure(models: dict[str, TD3], batch_size: int, gradient_steps: int, repeat
 def clip_fractions(update_stats: list[dict[str, float]]) -> dict[str, float]:
     """Fraction of the updates on which each group's gradient was clipped (its norm after below its norm before).
 
-    :param update_stats: ``TD3CnnClip.update_stats`` entries
+    :param update_stats: ``update_stats`` entries of the package's class
     :return: the fraction per group, over the updates that measured that group
     """
     fractions = {}
@@ -199,7 +212,7 @@ def clip_fractions(update_stats: list[dict[str, float]]) -> dict[str, float]:
     return fractions
 
 
-def profile(model: TD3, gradient_steps: int, batch_size: int, top: int) -> dict[str, Any]:
+def profile(model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int, top: int) -> dict[str, Any]:
     """Run ``train`` under cProfile and summarise where the time goes.
 
     :param model: the model
@@ -207,7 +220,7 @@ def profile(model: TD3, gradient_steps: int, batch_size: int, top: int) -> dict[
     :param batch_size: minibatch size
     :param top: number of functions to list by own time
     :return: total ms per step; this package's functions by cumulative ms per step; what the package's
-        ``clip_and_step`` calls, by cumulative ms per step (``optimizer.step`` among them, which TD3 pays too);
+        ``clip_and_step`` calls, by cumulative ms per step (``optimizer.step`` among them, which the base algorithm pays too);
         and the top functions by own time
     """
     profiler = cProfile.Profile()
@@ -265,27 +278,28 @@ def to_markdown(results: dict[str, Any]) -> str:
     rows = []
     for batch in results["batches"]:
         for name, v in batch["variants"].items():
-            wall_q, cpu_q = v["wall_ratio_vs_td3_quartiles"], v["cpu_ratio_vs_td3_quartiles"]
+            wall_q, cpu_q = v["wall_ratio_vs_base_quartiles"], v["cpu_ratio_vs_base_quartiles"]
             rows.append([
-                batch["batch_size"], name, v["median_wall_ms"], v["median_wall_ratio_vs_td3"],
-                f"{wall_q[0]:.3f}-{wall_q[1]:.3f}", v["median_cpu_ratio_vs_td3"], f"{cpu_q[0]:.3f}-{cpu_q[1]:.3f}",
-                v["median_cpu_overhead_ms_vs_td3"], v["warmup_wall_s"],
+                batch["batch_size"], name, v["median_wall_ms"], v["median_wall_ratio_vs_base"],
+                f"{wall_q[0]:.3f}-{wall_q[1]:.3f}", v["median_cpu_ratio_vs_base"], f"{cpu_q[0]:.3f}-{cpu_q[1]:.3f}",
+                v["median_cpu_overhead_ms_vs_base"], v["warmup_wall_s"],
                 " / ".join(f"{f:.0%}" for f in v["clip_fraction"].values()) if "clip_fraction" in v else "",
             ])  # fmt: skip
     headers = [
-        "batch", "variant", "median ms/step (wall)", "ratio vs td3 (wall)", "wall IQR", "ratio vs td3 (CPU)",
+        "batch", "variant", "median ms/step (wall)", "ratio vs base (wall)", "wall IQR", "ratio vs base (CPU)",
         "CPU IQR", "CPU overhead ms/step", "warm-up s (first call)", "clipped: critic cnn / mlp, actor cnn / mlp",
     ]  # fmt: skip
     flags = results["run"]["flags"]
+    base, package_class = ALGOS[flags.get("algo", "td3")]
     text = [
-        "# Clipping overhead: TD3CnnClip vs SB3 TD3 (CnnPolicy, 4x84x84 uint8)",
+        f"# Clipping overhead: {package_class.__name__} vs {base.__name__} (CnnPolicy, 4x84x84 uint8)",
         "",
         describe_line(results["run"]),
         f"Device: {results['run']['device']}; load average (1 min) before and after each batch size: " + ", ".join(
             f"batch {b['batch_size']}: {b['load_average_1_5_15_min']['before'][0]:.1f} to "
             f"{b['load_average_1_5_15_min']['after'][0]:.1f}" for b in results["batches"]) + ".",
         f"{flags['repeats']} interleaved repeats of {flags['gradient_steps']} gradient steps per variant; ratios "
-        "are medians (and interquartile ranges) of the per-repeat ratios to td3; CPU = process time (one thread).",
+        "are medians (and interquartile ranges) of the per-repeat ratios to base; CPU = process time (one thread).",
         "",
         markdown_table(headers, rows),
     ]
@@ -294,7 +308,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         total = prof["total_ms_per_step"]
         text += ["", f"cProfile of `{name}` at batch {batch}: {total:.1f} ms/step under the profiler."]
         if prof["clip_and_step_callees"]:
-            text += ["What `grad_clip.clip_and_step` calls (optimizer.step is paid by TD3 too), cumulative ms/step:",
+            text += ["What `grad_clip.clip_and_step` calls (the base algorithm pays optimizer.step too), cumulative ms/step:",
                      ""]  # fmt: skip
             text.append(markdown_table(
                 ["function", "calls/step", "cumulative ms/step"],
@@ -309,7 +323,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256], help="minibatch sizes to time")
     parser.add_argument("--device", default="cpu", help='device of every model: "cpu", "cuda" or "auto"')
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="variants to time (td3, the reference, is always timed)")
+                        help="variants to time (base, the reference, is always timed)")
+    parser.add_argument("--algo", choices=list(ALGOS), default="td3", help="the algorithm whose pair is timed")
     parser.add_argument("--gradient-steps", type=int, default=2, help="gradient steps per timed train() call")
     parser.add_argument("--repeats", type=int, default=40, help="timed calls per variant and batch size")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
@@ -320,8 +335,8 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
 
-    models = make_models(args.seed, args.buffer_size, args.device, args.variants)
-    buffer = models["td3"].replay_buffer
+    models = make_models(args.algo, args.seed, args.buffer_size, args.device, args.variants)
+    buffer = models["base"].replay_buffer
     assert isinstance(buffer, ReplayBuffer)
     fill_buffer(buffer, args.seed)
     for model in models.values():
@@ -335,7 +350,7 @@ def main() -> None:
         results["profile"] = {
             name: profile(models[name], args.profile_steps, args.batch_sizes[0], top=25) for name in models
         }
-    json_path, md_path = write_results(args.output_dir, "clip_overhead", results, to_markdown(results))
+    json_path, md_path = write_results(args.output_dir, "clip_overhead" + ("" if args.algo == "td3" else f"_{args.algo}"), results, to_markdown(results))
     print(to_markdown(results))
     print(f"wrote {json_path} and {md_path}")
 

@@ -9,12 +9,15 @@ the actor's feature norm, max |Q|, and the returns (last training episodes, and 
 A configuration is ``+``-joined parts, each ``name`` or ``name=value``:
 
 - ``td3``: plain TD3 (``TD3CnnClip`` with every limit ``None``: its updates are exactly SB3 TD3's, measured only);
+- ``sac``, ``ddpg``, ``tqc``: the same with ``SACCnnClip``, ``DDPGCnnClip``, ``TQCCnnClip`` (plain SAC, DDPG and
+  TQC unless other parts are added; SAC and TQC explore with their own stochastic policy, without action noise);
 - ``clip``: the seed report's gradient limits (actor CNN 1.0, actor MLP 1.0, critic CNN 10.0, critic MLP 10.0);
 - ``bounded``: ``"BoundedCnnPolicy"`` (NatureCNN + LayerNorm + tanh, features in [-1, 1]);
 - ``actor_lr=S``: ``actor_lr_scale=S`` (the actor's learning rate is S times the critic's);
 - ``penalty=C``: ``pre_tanh_penalty=C`` (``C * mean(pre_tanh ** 2)`` added to the actor loss).
 
-Example: ``--configs td3 clip bounded bounded+clip penalty=0.01``.
+The other parts apply to TD3 unless ``sac``, ``ddpg`` or ``tqc`` is one of them.
+Example: ``--configs td3 clip bounded bounded+clip penalty=0.01 sac sac+clip+penalty=0.01``.
 Each run goes to its own process (``--workers`` at a time, one torch thread each). With ``--merge`` the runs are
 added to those already in the result file (same settings and seed: replaced), so a large study can be run in parts.
 
@@ -39,17 +42,20 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.cnnclip import SATURATION_EPS
 
 NAME = "dead_actor"
+#: the class of each algorithm part
+ALGOS: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "ddpg": DDPGCnnClip, "tqc": TQCCnnClip}
 #: gradient limits of the ``td3`` configuration (measure, never clip)
 NO_CLIP = dict.fromkeys(
     ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm")
 )
 #: the configuration parts and whether they take a value
-PARTS = {"td3": False, "clip": False, "bounded": False, "actor_lr": True, "penalty": True}
+PARTS = {"td3": False, "sac": False, "ddpg": False, "tqc": False, "clip": False, "bounded": False, "actor_lr": True, "penalty": True}
 #: an actor whose final saturation reaches this is counted dead even with a non-zero gradient
 SATURATED = 0.5
 
@@ -65,10 +71,12 @@ def parse_config(config: str) -> dict[str, float | bool]:
         name, _, value = part.partition("=")
         if name not in PARTS or PARTS[name] != bool(value):
             raise ValueError(
-                f"Configuration part {part!r} of {config!r} is unknown: use td3, clip, bounded, actor_lr=<scale> or "
+                f"Configuration part {part!r} of {config!r} is unknown: use td3, sac, ddpg, tqc, clip, bounded, actor_lr=<scale> or "
                 "penalty=<coef>, joined by '+'."
             )
         parts[name] = float(value) if value else True
+    if sum(name in parts for name in ALGOS) > 1:
+        raise ValueError(f"Configuration {config!r} names more than one of {list(ALGOS)}.")
     return parts
 
 
@@ -83,7 +91,7 @@ def make_env(env_id: str) -> gym.Env:
     return Monitor(gym.make("CarlaScenario0-v0", simulator="surrogate"))
 
 
-def make_model(settings: dict[str, Any], seed: int) -> TD3CnnClip:
+def make_model(settings: dict[str, Any], seed: int) -> CnnClipMixin:
     """Build the model a run's settings describe.
 
     :param settings: the run's settings (see :func:`main`)
@@ -93,8 +101,9 @@ def make_model(settings: dict[str, Any], seed: int) -> TD3CnnClip:
     parts = parse_config(settings["config"])
     env = make_env(settings["env"])
     n_actions = env.action_space.shape[0]
-    noise = settings["action_noise"]
-    return TD3CnnClip(
+    algo = next((name for name in ALGOS if name in parts), "td3")
+    noise = settings["action_noise"] if algo in ("td3", "ddpg") else 0.0
+    return ALGOS[algo](
         "BoundedCnnPolicy" if parts.get("bounded") else "CnnPolicy",
         env,
         learning_rate=settings["lr"],

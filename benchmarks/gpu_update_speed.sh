@@ -13,16 +13,16 @@
 #   log.txt                 everything printed, with the card's name first
 #   tests.txt               the CUDA checks: the fused group norm, the compiled update (CUDA graphs) against eager,
 #                           channels_last and bf16 on CUDA, the host's waits per update, the device replay buffer
-#   b256/                   clip_overhead.{json,md}: time per update vs SB3 TD3: td3 / clip / clip_channels_last /
+#   b256/                   clip_overhead.{json,md}: time per update vs SB3 TD3: base (SB3 TD3) / clip / clip_channels_last /
 #                           compiled / bf16 / compiled_bf16
 #   learn.json              learn(LEARN_STEPS) wall time per path (LEARN_PATHS, of td3, clip (TD3CnnClip's defaults),
 #                           compiled+device_buffer, compiled+bf16+device_buffer), on CarlaScenario0-v0 when highway-env
 #                           imports there, else on the 4x84x84 toy image env (the file names the env)
-#   b64/                    as b256/, td3 / clip / bf16 (last: the stage most likely cut by the time limit)
+#   b64/                    as b256/, base / clip / bf16 (last: the stage most likely cut by the time limit)
 # Each stage has its own time limit (TEST_TIMEOUT + 180 + 240 + 120 s); on an H200 the whole script took 400 s with
 # the defaults and 245 s with TEST_TIMEOUT=120 REPEATS=10 LEARN_PATHS=compiled+device_buffer, within a 600 s call.
 # Environment: LEARN_STEPS (5000), LEARN_PATHS (td3 clip compiled+bf16+device_buffer), REPEATS (15),
-# STEPS_PER_CALL (20), B256_VARIANTS (td3 clip clip_channels_last compiled bf16 compiled_bf16), TEST_TIMEOUT (150 s).
+# STEPS_PER_CALL (20), B256_VARIANTS (base clip clip_channels_last compiled bf16 compiled_bf16), TEST_TIMEOUT (150 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +64,7 @@ tail -3 "$OUT/tests.txt"
 echo "== time per update, batch 256"
 timeout 180 python benchmarks/clip_overhead.py --device cuda --batch-sizes 256 --repeats "$REPEATS" \
     --gradient-steps "$STEPS_PER_CALL" \
-    --variants ${B256_VARIANTS:-td3 clip clip_channels_last compiled bf16 compiled_bf16} --machine "$CARD" \
+    --variants ${B256_VARIANTS:-base clip clip_channels_last compiled bf16 compiled_bf16} --machine "$CARD" \
     --output-dir "$OUT/b256" | tail -9 || echo "batch 256 FAILED"
 
 echo "== learn($LEARN_STEPS)"
@@ -105,6 +105,6 @@ for name, (cls, kwargs) in paths.items():
 EOF
 echo "== time per update, batch 64"
 timeout 120 python benchmarks/clip_overhead.py --device cuda --batch-sizes 64 --repeats "$REPEATS" \
-    --gradient-steps "$STEPS_PER_CALL" --variants td3 clip bf16 --machine "$CARD" --output-dir "$OUT/b64" | tail -6 \
+    --gradient-steps "$STEPS_PER_CALL" --variants base clip bf16 --machine "$CARD" --output-dir "$OUT/b64" | tail -6 \
     || echo "batch 64 FAILED"
 echo "== done"
