@@ -1,9 +1,9 @@
 """The command line: ``sb3-td3-cnnclip train | evaluate | report | sweep`` (also ``python -m sb3_td3_cnnclip``).
 
-``train`` writes one run directory ``<log_dir>/<run_name>_<n>/`` holding the TensorBoard events, ``progress.csv``,
-``config.json`` (the resolved options, the simulator that actually ran, the reward bound, library versions),
-``model.zip`` and ``result.json`` (how the run ended); ``--debug`` adds ``debug/`` with one TensorBoard point per
-gradient update. ``report`` checks such a directory; ``evaluate`` drives a saved model.
+This module parses the arguments and dispatches; the session it runs (the envs, the model, the run directory,
+loading and driving a saved model) is :mod:`sb3_td3_cnnclip.session`. ``train`` writes one run directory
+``<log_dir>/<run_name>_<n>/`` (see :func:`~sb3_td3_cnnclip.session.run_train`); ``report`` checks such a directory;
+``evaluate`` drives a saved model.
 """
 
 from __future__ import annotations
@@ -11,33 +11,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import secrets
 import sys
 import typing
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import stable_baselines3
-import torch
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
-from stable_baselines3.common.logger import HumanOutputFormat, KVWriter, Logger, configure
-from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.utils import get_latest_run_id
-from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
-from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
 from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
-from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError, SimulatorUnavailableError
-from sb3_td3_cnnclip.evaluation import drive_episode
-from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE, RunDirError, check_run, write_plots
-from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
-from sb3_td3_cnnclip.vec_env import EnvWorkerError, make_carla_vec_env, parse_servers
+from sb3_td3_cnnclip.envs import MissingExtraError, SimulatorUnavailableError
+from sb3_td3_cnnclip.report import RunDirError, check_run, write_plots
+from sb3_td3_cnnclip.session import ModelFileError, model_file, run_config, run_evaluate, run_train
+from sb3_td3_cnnclip.vec_env import EnvWorkerError, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
 INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "action_repeat")
@@ -59,15 +46,6 @@ SWEEP_DESCRIPTION = (
     "below the median), in a study that every worker started with the same --study and --storage shares. The best "
     "configuration is written as a YAML file for train --config."
 )
-#: written by ExplosionEarlyStopping in the run directory when it stops training
-EXPLOSION_FILE = "explosion.json"
-#: the model file of a run directory
-MODEL_FILE = "model.zip"
-
-
-class ModelFileError(ValueError):
-    """``evaluate`` was given a file that is not a saved TD3 model."""
-
 
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
 USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError, EnvWorkerError)
@@ -118,275 +96,11 @@ def add_options(
             )  # fmt: skip
 
 
-class EveryNthDump(KVWriter):
-    """Passes every ``n``-th logger dump on to another writer, e.g. SB3's stdout table: the logs can then be dumped
-    to TensorBoard at every episode while the terminal (and its progress bar) stays readable.
-
-    :param writer: the writer that receives every ``n``-th dump
-    :param n: dumps between two that are passed on
-    """
-
-    def __init__(self, writer: KVWriter, n: int) -> None:
-        self.writer = writer
-        self.n = n
-        self._dumps = 0
-
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        self._dumps += 1
-        if self._dumps % self.n == 0:
-            self.writer.write(key_values, key_excluded, step)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def make_logger(config: TrainConfig, run_dir: Path) -> Logger:
-    """The run's logger: TensorBoard and ``progress.csv`` at every dump, SB3's table on stdout every
-    ``table_interval`` dumps.
-
-    :param config: the options
-    :param run_dir: the run directory
-    :return: the logger
-    """
-    logger = configure(str(run_dir), ["csv", "tensorboard"])
-    if config.table_interval:
-        logger.output_formats.append(EveryNthDump(HumanOutputFormat(sys.stdout), config.table_interval))
-    return logger
-
-
-def make_env(config: TrainConfig, render_mode: str | None = None) -> gym.Env:
-    """The scenario's environment, observing a Dict for the MultiInput policies.
-
-    :param config: the options (scenario, simulator and server)
-    :param render_mode: ``None`` or ``"rgb_array"``
-    :return: the environment
-    """
-    return gym.make(
-        SCENARIO_IDS[config.scenario], render_mode=render_mode, simulator=config.simulator, host=config.host,
-        port=config.port, tm_port=config.tm_port, **config.env_kwargs(),
-    )  # fmt: skip
-
-
-def make_train_env(config: TrainConfig) -> VecEnv:
-    """The ``config.n_envs`` training envs of the scenario, each on its own server and Traffic Manager port.
-
-    :param config: the options (scenario, simulator, servers, n_envs, seed, worker_timeout)
-    :return: the VecEnv (see :func:`~sb3_td3_cnnclip.vec_env.make_carla_vec_env`)
-    """
-    return make_carla_vec_env(
-        config.scenario, config.n_envs, servers=config.servers, host=config.host, port=config.port,
-        tm_port=config.tm_port, port_stride=config.port_stride, simulator=config.simulator, seed=config.seed,
-        env_kwargs=config.env_kwargs(), worker_timeout=config.worker_timeout,
-    )  # fmt: skip
-
-
-def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> TD3CnnClip:
-    """The TD3CnnClip model the options describe.
-
-    :param config: the options
-    :param env: the training environment
-    :return: the model
-    """
-    n_actions = env.action_space.shape[0]
-    sigma = config.action_noise_sigma
-    noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
-    return TD3CnnClip(
-        config.policy, env, learning_rate=config.learning_rate, buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
-        train_freq=config.train_freq, gradient_steps=config.gradient_steps, action_noise=noise,
-        policy_delay=config.policy_delay, target_policy_noise=config.target_policy_noise,
-        target_noise_clip=config.target_noise_clip, actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm,
-        actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm, critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm,
-        critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm, actor_lr_scale=config.actor_lr_scale,
-        pre_tanh_penalty=config.pre_tanh_penalty, n_steps=config.n_steps, random_shift_pad=config.random_shift_pad,
-        critic_trained_encoder=config.critic_trained_encoder, compile_update=config.compile_update,
-        bf16_encoders=config.bf16_encoders, warmup_actions=config.warmup_actions,
-        on_nonfinite_grad="raise" if config.debug else "skip", seed=config.seed, device=config.device,
-        verbose=config.verbose,
-    )  # fmt: skip
-
-
-def make_callbacks(config: TrainConfig, run_dir: Path) -> CallbackList:
-    """The callbacks the options switch on.
-
-    :param config: the options
-    :param run_dir: the run directory
-    :return: the callbacks, in one list
-    """
-    callbacks: list[BaseCallback] = []
-    if config.curriculum:
-        stages = list(range(config.scenario, max(SCENARIO_IDS) + 1))
-        callbacks.append(ScenarioCallback(stages, seed=config.seed, advance_every=max(1, config.max_timesteps // len(stages)), verbose=1))
-    if config.early_stop:
-        callbacks.append(ExplosionEarlyStopping(log_dir=str(run_dir)))
-    if config.metrics:
-        callbacks.append(DrivingMetricsCallback())
-    if config.debug:
-        callbacks.append(UpdateStatsWriter(run_dir / DEBUG_SUBDIR))
-    if config.progress_bar:
-        callbacks.append(ProgressBarCallback())
-    return CallbackList(callbacks)
-
-
-def claim_run_dir(log_dir: str | Path, run_name: str) -> Path:
-    """Create the next free run directory ``<log_dir>/<run_name>_<n>`` and return it.
-
-    The directory is created without ``exist_ok``: of several runs started together into one log directory, each
-    gets its own (one that finds ``<n>`` taken tries ``<n + 1>``).
-
-    :param log_dir: the log directory (created if missing)
-    :param run_name: the run name
-    :return: the new, empty run directory
-    """
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    number = get_latest_run_id(str(log_dir), run_name) + 1
-    while True:
-        run_dir = Path(log_dir) / f"{run_name}_{number}"
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            number += 1
-
-
-def run_train(config: TrainConfig) -> tuple[Path, str]:
-    """Train as the options say and save everything in a new run directory.
-
-    :param config: the options (a ``None`` seed is drawn here and recorded)
-    :return: the run directory and how the run ended (``completed``, ``stopped_early`` or ``interrupted``)
-    """
-    if config.seed is None:
-        config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    env = make_train_env(config)
-    model = make_model(config, env)
-    run_dir = claim_run_dir(config.log_dir, config.run_name)
-    model.set_logger(make_logger(config, run_dir))
-    saved = {
-        "config": dataclasses.asdict(config),
-        "env": {"id": SCENARIO_IDS[config.scenario], "simulator": env.get_attr("simulator_name")[0],
-                "max_abs_reward": env.get_attr("max_abs_reward")[0], "n_envs": env.num_envs},
-        "versions": {"sb3_td3_cnnclip": sb3_td3_cnnclip.__version__, "stable_baselines3": stable_baselines3.__version__,
-                     "torch": torch.__version__, "gymnasium": gym.__version__},
-    }  # fmt: skip
-    (run_dir / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
-    print(f"Run directory: {run_dir}\nSimulator: {saved['env']['simulator']}\nConfiguration (saved to {run_dir / CONFIG_FILE}):")
-    for name, value in saved["config"].items():
-        print(f"  {name} = {value}")
-    callback = make_callbacks(config, run_dir)
-    status = "error"
-    try:
-        model.learn(config.max_timesteps, callback=callback, log_interval=config.log_interval)
-        stopped = (run_dir / EXPLOSION_FILE).is_file() or model.num_timesteps < config.max_timesteps
-        status = "stopped_early" if stopped else "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        if status in ("error", "interrupted"):
-            try:  # SB3 skips it when learn() raises: flush the writers, close the progress bar
-                callback.on_training_end()
-            except Exception as error:  # noqa: BLE001 (the run must still be saved; the first error is the one to see)
-                print(f"Warning: the callbacks' end of training failed ({type(error).__name__}: {error})", file=sys.stderr)
-        if model.logger.name_to_value:  # the updates since the last dump
-            model.dump_logs()
-        model.logger.close()
-        model.save(run_dir / MODEL_FILE)
-        result = {"status": status, "num_timesteps": model.num_timesteps, "n_updates": model._n_updates,
-                  "nonfinite_skips": model.nonfinite_skips, "model": str(run_dir / MODEL_FILE)}  # fmt: skip
-        explosion = run_dir / EXPLOSION_FILE
-        if explosion.is_file():
-            result["stop_reason"] = json.loads(explosion.read_text())["reason"]
-        (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
-        env.close()
-        print(f"Training {status} at timestep {model.num_timesteps}; model saved to {run_dir / MODEL_FILE}")
-    if "stop_reason" in result:
-        print(f"Stopped early: {result['stop_reason']} (details in {run_dir / EXPLOSION_FILE})")
-    print(f"Check the run with: sb3-td3-cnnclip report {run_dir}")
-    return run_dir, status
-
-
-def model_file(path: str | Path) -> Path:
-    """The saved model a path names: the file itself, or the ``model.zip`` of a run directory.
-
-    :param path: a model file or a run directory
-    :return: the model file (it exists)
-    """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"Run directory {str(path)!r} has no {MODEL_FILE}; train saves it when the run ends.")
-        return path / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"Model {str(path)!r} does not exist; pass a run directory or its {MODEL_FILE}.")
-    return path
-
-
-def load_model(path: Path, device: str) -> TD3CnnClip:
-    """Load a model saved by ``TD3CnnClip`` or SB3's ``TD3``, after checking that the file is one.
-
-    :param path: the model file
-    :param device: the torch device
-    :return: the model
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
-    except (zipfile.BadZipFile, KeyError, ValueError) as error:
-        raise ModelFileError(
-            f"{str(path)!r} is not a model saved by Stable-Baselines3 ({error}); pass a run directory or its {MODEL_FILE}."
-        ) from error
-    if "policy_delay" not in data:
-        raise ModelFileError(f"{str(path)!r} holds a Stable-Baselines3 model but not a TD3 one (no policy_delay in it).")
-    return TD3CnnClip.load(path, device=device)
-
-
-def _run_config(model_path: Path) -> dict[str, Any]:
-    """The options saved beside a model by ``train`` (empty when the model was saved elsewhere)."""
-    path = model_path.parent / CONFIG_FILE
-    return json.loads(path.read_text())["config"] if path.is_file() else {}
-
-
-def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, video: str | Path | None = None) -> list[dict[str, Any]]:
-    """Drive ``episodes`` episodes with the model's deterministic policy; optionally save the camera view as a GIF.
-
-    :param model_path: the saved model, or a run directory holding one (``model.zip``)
-    :param config: the env options (scenario, simulator, server, seed, device)
-    :param episodes: number of episodes
-    :param video: GIF file to write (``None``: no video)
-    :return: one dict of driving metrics per episode
-    """
-    model = load_model(model_file(model_path), config.device)
-    policy = "MultiInputPolicy" if isinstance(model.observation_space, gym.spaces.Dict) else "CnnPolicy"
-    env = make_env(dataclasses.replace(config, policy=policy), render_mode="rgb_array" if video else None)
-    frames, results = [], []
-    try:
-        for episode in range(episodes):
-            seed = None if config.seed is None else config.seed + episode
-            result = drive_episode(model, env, seed, on_step=lambda: frames.append(env.render()))
-            results.append({"episode": episode, **result})
-    finally:
-        env.close()
-    if video:
-        _save_gif(frames, Path(video), env.metadata["render_fps"])
-    return results
-
-
-def _save_gif(frames: list[np.ndarray], path: Path, fps: int, scale: int = 4) -> None:
-    """Save RGB frames as an animated GIF, enlarged ``scale`` times (nearest neighbour) to be watchable."""
-    try:
-        from PIL import Image
-    except ImportError as error:
-        raise MissingExtraError("Videos need Pillow: pip install pillow (or the package's report extra).") from error
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-
 
 def print_evaluation(results: list[dict[str, Any]]) -> None:
     """Print one line per episode, the means and the count of each termination reason.
 
-    :param results: as returned by :func:`run_evaluate`
+    :param results: as returned by :func:`~sb3_td3_cnnclip.session.run_evaluate`
     """
     print(f"{'episode':>7} {'return':>9} {'length':>6} {'route':>6} {'speed':>6}  termination")
     for r in results:
@@ -427,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    run = _run_config(model_file(args.model))
+    run = run_config(model_file(args.model))
     saved = {"action_repeat": 1}  # runs from before action_repeat existed decided every tick
     saved.update({name: value for name, value in run.items() if name in INHERITED_OPTIONS})
     if run.get("servers"):  # a run of several envs: drive on its env 0's server

@@ -39,6 +39,7 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_td3_cnnclip.config_file import TrainConfig
+from sb3_td3_cnnclip.session import EXPLOSION_FILE, claim_run_dir, make_callbacks, make_logger, make_model, make_train_env
 from sb3_td3_cnnclip.vec_env import EnvAddress, check_ports, env_addresses, make_carla_vec_env, parse_servers
 
 #: choices of the gradient-norm limits (``None``: measure only)
@@ -159,8 +160,6 @@ def objective(
     :param eval_max_steps: step limit of an evaluation episode (``None``: the scenario's)
     :return: the mean return of the last evaluation
     """
-    from sb3_td3_cnnclip.cli import EXPLOSION_FILE, claim_run_dir, make_callbacks, make_logger, make_model, make_train_env
-
     seed = secrets.randbelow(2**31) if base.seed is None else base.seed + trial.number
     config = dataclasses.replace(base, **sample_params(trial), seed=seed, run_name=f"{trial.study.study_name}_trial_{trial.number}")
     trial.set_user_attr("config", dataclasses.asdict(config))

@@ -280,10 +280,10 @@ def test_last_healthy_checkpoint_carries_the_snapshot_counters(tmp_path):
 def test_a_trigger_at_training_end_gives_a_stopped_status(tmp_path, monkeypatch):
     from functools import partial
 
-    from sb3_td3_cnnclip import cli
+    from sb3_td3_cnnclip import cli, session
 
     # the only actor update (update 2) is the last train() of learn(), checked in _on_training_end
-    monkeypatch.setattr(cli, "ExplosionEarlyStopping", partial(ExplosionEarlyStopping, max_abs_actor_loss=1e-12))
+    monkeypatch.setattr(session, "ExplosionEarlyStopping", partial(ExplosionEarlyStopping, max_abs_actor_loss=1e-12))
     flags = ["--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "10", "--batch-size", "4",
              "--buffer-size", "20", "--seed", "1", "--verbose", "0", "--no-progress-bar", "--log-dir", str(tmp_path)]  # fmt: skip
     with pytest.warns(RuntimeWarning, match=r"update 2: \|actor loss\|"):

@@ -18,11 +18,12 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sb3_td3_cnnclip import TD3CnnClip, cli
+from sb3_td3_cnnclip import TD3CnnClip, cli, session
 from sb3_td3_cnnclip.callbacks import UpdateStatsWriter
-from sb3_td3_cnnclip.cli import build_parser, claim_run_dir, config_from_args, main, run_train
+from sb3_td3_cnnclip.cli import build_parser, config_from_args, main
 from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+from sb3_td3_cnnclip.session import claim_run_dir, run_train
 
 
 def parse_train(*argv: str) -> TrainConfig:
@@ -50,7 +51,7 @@ def test_flags() -> None:
 
 def test_prevention_flags_reach_the_model() -> None:
     config = parse_train("--actor-lr-scale", "0.1", "--pre-tanh-penalty", "0.5", "--buffer-size", "100")
-    model = cli.make_model(config, ToyImageEnv())
+    model = session.make_model(config, ToyImageEnv())
     assert (model.actor_lr_scale, model.pre_tanh_penalty) == (0.1, 0.5)
     assert parse_train("--torch-threads", "none").torch_threads is None
 
@@ -58,7 +59,7 @@ def test_prevention_flags_reach_the_model() -> None:
 def test_learning_flags_reach_the_model() -> None:
     config = parse_train("--n-steps", "3", "--random-shift-pad", "4", "--critic-trained-encoder", "--compile-update",
                          "--bf16-encoders", "--buffer-size", "100")  # fmt: skip
-    model = cli.make_model(config, ToyImageEnv(size=48))
+    model = session.make_model(config, ToyImageEnv(size=48))
     assert (model.n_steps, model.random_shift_pad, model.critic_trained_encoder, model.compile_update) == (3, 4, True, True)
     assert model.bf16_encoders is True
     assert model.replay_buffer.n_steps == 3
@@ -172,7 +173,7 @@ class ToyDrivingEnv(ToyImageEnv):
 
 def train_on(monkeypatch: pytest.MonkeyPatch, make_env: Callable[[TrainConfig], gym.Env]) -> None:
     """Make ``train`` run on ``make_env(config)`` (in SB3's Monitor and DummyVecEnv) instead of the scenario's envs."""
-    monkeypatch.setattr(cli, "make_train_env", lambda config: DummyVecEnv([lambda: Monitor(make_env(config))]))
+    monkeypatch.setattr(session, "make_train_env", lambda config: DummyVecEnv([lambda: Monitor(make_env(config))]))
 
 
 def test_concurrent_runs_get_their_own_run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,7 +225,7 @@ def test_training_table_interval(table_interval: int | None, tmp_path: Path, mon
 def test_claim_run_dir_skips_a_number_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "TD3CnnClip_1").mkdir()
     (tmp_path / "TD3CnnClip_2").mkdir()
-    monkeypatch.setattr(cli, "get_latest_run_id", lambda *args: 0)  # another run took 1 and 2 after the listing
+    monkeypatch.setattr(session, "get_latest_run_id", lambda *args: 0)  # another run took 1 and 2 after the listing
     assert claim_run_dir(tmp_path, "TD3CnnClip") == tmp_path / "TD3CnnClip_3"
     assert claim_run_dir(tmp_path / "new", "run") == tmp_path / "new" / "run_1"
 
@@ -244,8 +245,8 @@ class Interrupt(BaseCallback):
 
 def test_ctrl_c_saves_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     require("highway_env")
-    make_callbacks = cli.make_callbacks
-    monkeypatch.setattr(cli, "make_callbacks", lambda *args: CallbackList([*make_callbacks(*args).callbacks, Interrupt(5)]))
+    make_callbacks = session.make_callbacks
+    monkeypatch.setattr(session, "make_callbacks", lambda *args: CallbackList([*make_callbacks(*args).callbacks, Interrupt(5)]))
     status = main(["train", "--simulator", "surrogate", "--log-dir", str(tmp_path), "--verbose", "0", "--no-progress-bar"])
     run_dir = tmp_path / "TD3CnnClip_1"
     assert status == 130
@@ -325,7 +326,7 @@ def test_evaluate_drives_with_the_runs_action_repeat(saved: dict, flags: list[st
 
 def test_action_repeat_reaches_the_training_env() -> None:
     require("highway_env")
-    env = cli.make_train_env(parse_train("--simulator", "surrogate", "--action-repeat", "2", "--policy", "MultiInputPolicy"))
+    env = session.make_train_env(parse_train("--simulator", "surrogate", "--action-repeat", "2", "--policy", "MultiInputPolicy"))
     assert env.get_attr("config")[0].action_repeat == 2 and env.get_attr("config")[0].observation == "dict"
     env.close()
     assert TrainConfig().env_kwargs() == {"observation": "image", "action_repeat": 4}
@@ -333,7 +334,7 @@ def test_action_repeat_reaches_the_training_env() -> None:
 
 def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "model.zip").touch()
-    assert cli.model_file(tmp_path) == cli.model_file(tmp_path / "model.zip") == tmp_path / "model.zip"
+    assert session.model_file(tmp_path) == session.model_file(tmp_path / "model.zip") == tmp_path / "model.zip"
     empty = tmp_path / "unfinished"
     empty.mkdir()
     assert main(["evaluate", str(empty)]) == 2

@@ -20,7 +20,7 @@ require("highway_env")
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from sb3_td3_cnnclip import cli, sweep  # noqa: E402
+from sb3_td3_cnnclip import sweep  # noqa: E402
 from sb3_td3_cnnclip.cli import build_parser, config_from_args, main  # noqa: E402
 from sb3_td3_cnnclip.config_file import TrainConfig  # noqa: E402
 from sb3_td3_cnnclip.sweep import eval_address, objective, open_storage, write_best_config  # noqa: E402
@@ -132,12 +132,12 @@ def test_a_failing_trial_raises_its_own_error_after_closing_both_envs(
 
     closed: list[str] = []
     close_error = OSError("eval env close failed") if eval_close_fails else None
-    monkeypatch.setattr(cli, "make_train_env", recording(cli.make_train_env, "train", closed))
+    monkeypatch.setattr(sweep, "make_train_env", recording(sweep.make_train_env, "train", closed))
     monkeypatch.setattr(sweep, "make_carla_vec_env", recording(sweep.make_carla_vec_env, "eval", closed, close_error))
     if failing == "set_user_attr":
         monkeypatch.setattr(optuna.Trial, "set_user_attr", run_dir_fails)
     else:
-        monkeypatch.setattr(cli, failing, fail)
+        monkeypatch.setattr(sweep, failing, fail)
     base = TrainConfig(**{**TINY, "seed": 1, "log_dir": str(tmp_path)})
     trial = optuna.create_study(direction="maximize").ask()
     with pytest.raises(PermissionError) as raised:

@@ -25,7 +25,7 @@ import pytest
 
 from stable_baselines3.common.logger import configure
 
-from sb3_td3_cnnclip import TD3CnnClip, cli
+from sb3_td3_cnnclip import TD3CnnClip, session
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback
 from sb3_td3_cnnclip.cli import main
 from sb3_td3_cnnclip.config_file import TrainConfig
@@ -150,7 +150,7 @@ def test_train_stops_with_one_line_naming_the_lost_server(carla, tmp_path: Path,
         wrapper = partial(ServerReport, report_dir=tmp_path, fault="lost")
         return make_carla_vec_env(*args, **kwargs, start_method="fork", wrapper_class=wrapper)
 
-    monkeypatch.setattr(cli, "make_carla_vec_env", fake_envs)
+    monkeypatch.setattr(session, "make_carla_vec_env", fake_envs)
     flags = ["--simulator", "carla", "--n-envs", "3", "--learning-starts", "1000", "--buffer-size", "100",
              "--seed", "0", "--verbose", "0", "--no-progress-bar", "--log-dir", str(tmp_path / "runs")]  # fmt: skip
     assert main(["train", *flags]) == 2
@@ -165,8 +165,8 @@ def test_train_stops_with_one_line_naming_the_lost_server(carla, tmp_path: Path,
 
 def test_worker_timeout_option_reaches_the_vec_env(monkeypatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(cli, "make_carla_vec_env", lambda *args, **kwargs: seen.update(kwargs))
-    cli.make_train_env(TrainConfig(n_envs=2, worker_timeout=300))
+    monkeypatch.setattr(session, "make_carla_vec_env", lambda *args, **kwargs: seen.update(kwargs))
+    session.make_train_env(TrainConfig(n_envs=2, worker_timeout=300))
     assert seen["worker_timeout"] == 300.0
     assert TrainConfig().worker_timeout == WORKER_TIMEOUT
     with pytest.raises(ValueError, match="worker_timeout=0.0 must be > 0"):

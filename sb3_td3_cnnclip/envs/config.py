@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 #: NPC vehicles of each registered scenario (Town01, 20 Hz synchronous mode)
 SCENARIO_NPCS: dict[int, int] = {0: 20, 1: 50, 2: 100}
+#: road speed limit in m/s (Town01's 30 km/h): the surrogate's road and its scripted driver's cruise speed
+SPEED_LIMIT = 30 / 3.6
 
 SIMULATORS = ("auto", "carla", "surrogate")
 OBSERVATIONS = ("image", "dict")

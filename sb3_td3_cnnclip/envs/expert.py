@@ -10,13 +10,16 @@ in counts as soon as it reaches into the lane). Needs the ``surrogate`` extra (h
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from highway_env import utils
 
-from sb3_td3_cnnclip.envs.surrogate_backend import SPEED_LIMIT, SurrogateBackend
+from sb3_td3_cnnclip.envs.config import SPEED_LIMIT
+
+if TYPE_CHECKING:  # the backend imports this module when asked for its scripted action
+    from sb3_td3_cnnclip.envs.surrogate_backend import SurrogateBackend
 
 #: the ego's largest acceleration and braking in m/s^2 (the surrogate's throttle/brake of +-1)
 MAX_ACCELERATION = 5.0

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
-from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, ScenarioConfig
+from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SPEED_LIMIT, ScenarioConfig
 from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
@@ -46,8 +46,6 @@ EGO_START = 20.0
 #: lanes of the road; the route is the right-most one
 LANES = 2
 ROUTE_LANE = ("0", "1", LANES - 1)
-#: road speed limit in m/s (Town01's 30 km/h)
-SPEED_LIMIT = 30 / 3.6
 #: range of the NPCs' initial and IDM target speeds, as fractions of the speed limit
 NPC_SPEED_RANGE = (0.9, 1.0)
 #: ego speed range in m/s
@@ -212,7 +210,7 @@ class SurrogateBackend(Backend):
 
     def scripted_action(self) -> np.ndarray:
         """The :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver`'s action (lane keeping, IDM at the speed limit)."""
-        from sb3_td3_cnnclip.envs.expert import ExpertDriver  # it imports this module
+        from sb3_td3_cnnclip.envs.expert import ExpertDriver  # only a scripted warm-up needs it
 
         return ExpertDriver(self).act()
 
