@@ -283,7 +283,7 @@ def q_bound(config: dict[str, Any]) -> float | None:
 
 
 def actor_loss_bound(config: dict[str, Any]) -> tuple[float, str]:
-    """The bound on |actor loss|: :func:`q_bound` when known, else :data:`FIXED_ACTOR_LOSS_BOUND`.
+    """The bound on ``|actor loss|``: :func:`q_bound` when known, else :data:`FIXED_ACTOR_LOSS_BOUND`.
 
     The actor loss is -Q(s, pi(s)), so an actor loss beyond the Q bound is a Q over-estimate: the start of the
     explosion the failure report shows at -7.5e12.
@@ -339,7 +339,7 @@ def check_run(
     :param actor_cnn_max_grad_norm: the actor CNN limit to check against
     :param critic_cnn_max_grad_norm: the critic CNN limit to check against
     :param max_timesteps: the timesteps the run should have reached
-    :param loss_bound: the bound on |actor loss| (default: see :func:`actor_loss_bound`)
+    :param loss_bound: the bound on ``|actor loss|`` (default: see :func:`actor_loss_bound`)
     :return: the report (no plots; see :func:`write_plots`)
     """
     run_dir = find_run_dir(path)

@@ -94,6 +94,12 @@ class SoftCnnClipMixin(CnnClipMixin):
         return min_qf
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """SAC's update (TQC's with its own critic loss), with each network's gradient groups measured, clipped and
+        stepped, and the entropy coefficient's gradient measured (never clipped).
+
+        :param gradient_steps: gradient steps to take
+        :param batch_size: minibatch size of each step
+        """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update optimizers learning rate

@@ -50,6 +50,11 @@ class ToyImageEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        """One step: a new random frame and the reward of ``action``; truncated after ``episode_length`` steps.
+
+        :param action: the 2-float action
+        :return: observation, reward, terminated (always False), truncated, an empty info dict
+        """
         obs = self._obs()
         image = obs["image"] if isinstance(obs, dict) else obs
         reward = -((action[0] - 0.3) ** 2 + (action[1] + 0.2) ** 2) * self.reward_scale + image.mean() / 255.0
