@@ -12,8 +12,8 @@ length (decisions) and mean speed, and the training wall time so far. The script
 run folder); each evaluation's mean speed is reported relative to the driver's (``speed / expert``), next to the
 route completion and collisions, so that crawling cannot pass for driving.
 
-Configurations (every one: lr 3e-4, gamma 0.99, Gaussian exploration noise 0.1, the CLI's TD3 settings, with the
-batch, buffer and warm-up of the size):
+Configurations (every one: lr 3e-4, gamma 0.99, tau 0.005; the TD3 ones with policy delay 2 and Gaussian
+exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of the size):
 
 - ``td3``: plain TD3 (``TD3CnnClip`` with every gradient limit ``None`` and ``pre_tanh_penalty=0`` and
   ``channels_last=False``: exactly TD3);
@@ -22,6 +22,9 @@ batch, buffer and warm-up of the size):
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
+- ``sac`` / ``tqc``: plain SAC / TQC (``SACCnnClip`` / ``TQCCnnClip`` with every limit ``None``,
+  ``pre_tanh_penalty=0`` and ``channels_last=False``: exactly the base algorithm), exploring with their own
+  stochastic policy (no action noise); ``sac_recommended`` / ``tqc_recommended``: the classes' defaults;
 - ``+bf16``: ``bf16_encoders=True`` (the update's CNNs in bfloat16: does reduced precision change learning?);
 - ``+scripted``: ``warmup_actions="scripted"`` (the warm-up's decisions driven by the scripted driver plus the
   exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
@@ -65,14 +68,17 @@ from common import (
 )
 from stable_baselines3.common.noise import NormalActionNoise
 
-from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
+from sb3_td3_cnnclip import FrameStackReplayBuffer, SACCnnClip, TD3CnnClip, TQCCnnClip
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
 from sb3_td3_cnnclip.envs import SCENARIO_IDS
 from sb3_td3_cnnclip.envs.expert import drive_episode as drive_expert_episode
 from sb3_td3_cnnclip.evaluation import drive_episode
 
 #: keyword arguments shared by every configuration (the CLI's defaults)
-COMMON: dict[str, Any] = {"learning_rate": 3e-4, "gamma": 0.99, "tau": 0.005, "policy_delay": 2}
+COMMON: dict[str, Any] = {"learning_rate": 3e-4, "gamma": 0.99, "tau": 0.005}
+#: TD3's delayed actor updates (the CLI's default), in every TD3 configuration
+DELAY = {"policy_delay": 2}
 NO_LIMITS = {f"{group}_max_grad_norm": None for group in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")}
 #: the options added to ``recommended``, by suffix
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -82,14 +88,20 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bf16": {"bf16_encoders": True},
     "scripted": {"warmup_actions": "scripted"},
 }
-#: configuration name -> TD3CnnClip keyword arguments (besides COMMON and the size's)
+#: the class of a configuration's ``"algo"`` (a configuration without one is TD3CnnClip's)
+ALGOS: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "tqc": TQCCnnClip}
+#: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"``
 CONFIGS: dict[str, dict[str, Any]] = {
-    "td3": {**NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
-    "recommended": {"pre_tanh_penalty": 0.01},
+    "td3": {**DELAY, **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
+    "recommended": {**DELAY, "pre_tanh_penalty": 0.01},
+    "sac": {"algo": "sac", **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
+    "sac_recommended": {"algo": "sac"},
+    "tqc": {"algo": "tqc", **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
+    "tqc_recommended": {"algo": "tqc"},
 }
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
-        "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
+        **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
 
 #: the flags each ``--size`` sets; ``runs`` lists (configuration, scenario) pairs, ``ticks`` the budget per scenario
@@ -230,6 +242,27 @@ def job_folder(args: argparse.Namespace, config: str, scenario: int, seed: int) 
     return args.run_dir / config / f"scenario_{scenario}" / f"seed_{seed}"
 
 
+def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -> CnnClipMixin:
+    """A new model of one configuration: its class (``"algo"``, TD3CnnClip by default) with COMMON, the
+    configuration's keywords and the size's; Gaussian exploration noise for TD3, none for SAC and TQC.
+
+    :param args: the flags
+    :param config: the configuration's name
+    :param env: the training env
+    :param seed: the training seed
+    :return: the model
+    """
+    kwargs = {**COMMON, **CONFIGS[config]}
+    algo = ALGOS[kwargs.pop("algo", "td3")]
+    n_actions = env.action_space.shape[0]
+    noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
+    return algo(
+        "CnnPolicy", env, buffer_size=args.buffer_size, learning_starts=args.learning_starts,
+        batch_size=args.batch_size, action_noise=noise if algo is TD3CnnClip else None, seed=seed,
+        device=args.device, **kwargs,
+    )  # fmt: skip
+
+
 def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> str:
     """Train one configuration on one scenario and seed, evaluating and checkpointing every ``--eval-every`` ticks.
 
@@ -254,7 +287,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     steps, eval_every = ticks_budget(args, scenario) // args.action_repeat, max(1, args.eval_every // args.action_repeat)
     checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
     if checkpoint.exists():
-        model = TD3CnnClip.load(checkpoint, env=env, device=args.device)
+        model = ALGOS[settings["kwargs"].get("algo", "td3")].load(checkpoint, env=env, device=args.device)
         resumed = model.num_timesteps
         if args.buffer_checkpoints and buffer_file.exists():
             load_buffer(model, buffer_file)
@@ -262,12 +295,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
         else:  # refill the empty buffer with random actions before training again
             model.learning_starts = resumed + args.learning_starts
     else:
-        n_actions = env.action_space.shape[0]
-        noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
-        model = TD3CnnClip(
-            "CnnPolicy", env, buffer_size=args.buffer_size, learning_starts=args.learning_starts,
-            batch_size=args.batch_size, action_noise=noise, seed=seed, device=args.device, **settings["kwargs"],
-        )  # fmt: skip
+        model = make_model(args, config, env, seed)
         resumed = 0
     train_seconds = float(json.loads((folder / "wall.json").read_text())["train_s"]) if resumed else 0.0
     while True:

@@ -78,3 +78,20 @@ def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
     assert [learning_curve.ticks_budget(cpu, s) for s in (0, 1, 2)] == [50_000, 100_000, 100_000]
     chosen = learning_curve.parse_args(["--configs", "td3", "--scenarios", "1", "2", "--ticks", "800"])
     assert chosen.runs == [("td3", 1), ("td3", 2)] and learning_curve.ticks_budget(chosen, 2) == 800
+
+
+def test_each_configuration_builds_its_algorithm_with_its_exploration(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+    from sb3_td3_cnnclip import SACCnnClip, TD3CnnClip, TQCCnnClip
+    from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+    args = learning_curve.parse_args(["--size", "tiny"])
+    expected = {"td3": (TD3CnnClip, 0.0), "recommended+scripted": (TD3CnnClip, 0.01), "sac": (SACCnnClip, 0.0),
+                "tqc_recommended": (TQCCnnClip, TQCCnnClip.default_pre_tanh_penalty)}  # fmt: skip
+    for config, (algo, penalty) in expected.items():
+        model = learning_curve.make_model(args, config, ToyImageEnv(size=36), seed=0)
+        assert type(model) is algo and model.pre_tanh_penalty == penalty
+        assert (model.action_noise is not None) == (algo is TD3CnnClip)
+        assert model.warmup_actions == ("scripted" if "scripted" in config else "random")
+        assert (model.actor_cnn_max_grad_norm is None) == (config in ("td3", "sac"))
