@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 import sb3_td3_cnnclip
-from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
+from sb3_td3_cnnclip.config_file import ALGORITHMS, AlgorithmMismatchError, TrainConfig, load_config_file, option_names, resolve_config, run_algo
 from sb3_td3_cnnclip.envs import MissingExtraError, SimulatorUnavailableError
 from sb3_td3_cnnclip.report import RunDirError, check_run, write_plots
-from sb3_td3_cnnclip.session import ModelFileError, model_file, run_config, run_evaluate, run_train
+from sb3_td3_cnnclip.session import ModelFileError, model_file, run_config, run_evaluate, run_train, saved_algorithms
 from sb3_td3_cnnclip.vec_env import EnvWorkerError, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
@@ -32,23 +32,34 @@ INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "action
 EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 #: ``evaluate``'s own help of a shared option
 EVALUATE_HELP = {"seed": "seed of the first episode's reset; episode i gets seed + i (none: unseeded)"}
-DESCRIPTION = "Train TD3CnnClip on the CARLA driving scenarios, check a run, drive a saved model, tune with Optuna (also: python -m sb3_td3_cnnclip)."
+#: help of ``--algo`` of ``evaluate`` and ``report``, which read a run's algorithm from its config.json
+EVALUATE_ALGO_HELP = (
+    "the model's algorithm (default: the run's config.json; for a model without one, the algorithm its file holds, "
+    "td3 for a td3 or ddpg file); a run trained with another one is an error"
+)
+REPORT_ALGO_HELP = "the run's algorithm, whose parameter groups are checked (default: the run's config.json, else td3); a run trained with another one is an error"
+DESCRIPTION = (
+    "Train TD3CnnClip, SACCnnClip, DDPGCnnClip or TQCCnnClip (--algo) on the CARLA driving scenarios, check a run, "
+    "drive a saved model, tune with Optuna (also: python -m sb3_td3_cnnclip)."
+)
 TRAIN_DESCRIPTION = (
-    "Train TD3CnnClip on a driving scenario. Options: defaults, overridden by --config FILE, overridden by flags. "
-    "Everything lands in <log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
+    "Train TD3CnnClip (--algo td3), SACCnnClip (sac), DDPGCnnClip (ddpg) or TQCCnnClip (tqc) on a driving scenario. "
+    "Options: defaults, overridden by --config FILE, overridden by flags. Everything lands in "
+    "<log-dir>/<run-name>_<n>/; Ctrl-C stops training and saves the model there."
 )
 EVALUATE_DESCRIPTION = (
     "Drive a saved model deterministically and print driving metrics per episode. The environment options default "
     "to the run's config.json, overridden by flags."
 )
 SWEEP_DESCRIPTION = (
-    "Tune TD3CnnClip with Optuna: trials of --max-timesteps steps, each evaluated --n-evaluations times (pruned when "
-    "below the median), in a study that every worker started with the same --study and --storage shares. The best "
-    "configuration is written as a YAML file for train --config."
+    "Tune the --algo class (default TD3CnnClip) with Optuna: trials of --max-timesteps steps, each evaluated "
+    "--n-evaluations times (pruned when below the median), in a study that every worker started with the same --study "
+    "and --storage shares. The best configuration is written as a YAML file for train --config."
 )
 
 #: errors printed as one line (no traceback) with exit status 2: the message says what to do
-USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError, EnvWorkerError)
+USER_ERRORS = (RunDirError, SimulatorUnavailableError, MissingExtraError, FileNotFoundError, ModelFileError, EnvWorkerError,
+               AlgorithmMismatchError)  # fmt: skip
 
 
 def float_or_none(text: str) -> float | None:
@@ -64,6 +75,7 @@ def int_or_none(text: str) -> int | None:
 #: type of a TrainConfig field -> (argparse type, metavar)
 _PARSERS: dict[Any, tuple[Callable[[str], Any], str]] = {
     int: (int, "N"), float: (float, "X"), str: (str, "TEXT"), float | None: (float_or_none, "X|none"), int | None: (int_or_none, "N|none"),
+    str | None: (str, "TEXT|none"),
 }  # fmt: skip
 
 
@@ -141,8 +153,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in EVALUATE_OPTIONS if hasattr(args, name)}
-    run = run_config(model_file(args.model))
-    saved = {"action_repeat": 1}  # runs from before action_repeat existed decided every tick
+    path = model_file(args.model)
+    run = run_config(path)
+    # the run's algorithm (checked against --algo); for a model saved elsewhere --algo, else the one its file holds
+    algo = run_algo(run, args.algo, path) if run else args.algo or saved_algorithms(path)[0]
+    saved = {"algo": algo, "action_repeat": 1}  # runs from before action_repeat existed decided every tick
     saved.update({name: value for name, value in run.items() if name in INHERITED_OPTIONS})
     if run.get("servers"):  # a run of several envs: drive on its env 0's server
         saved["host"], saved["port"] = parse_servers(run["servers"])[0]
@@ -179,7 +194,7 @@ def _report(args: argparse.Namespace) -> int:
     report = check_run(
         args.run_dir, actor_cnn_max_grad_norm=args.actor_cnn_max_grad_norm,
         critic_cnn_max_grad_norm=args.critic_cnn_max_grad_norm, max_timesteps=args.max_timesteps,
-        loss_bound=args.actor_loss_bound,
+        loss_bound=args.actor_loss_bound, algo=args.algo,
     )  # fmt: skip
     if not args.no_plots:
         write_plots(report, args.plots_dir)
@@ -198,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {sb3_td3_cnnclip.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train TD3CnnClip on a driving scenario", description=TRAIN_DESCRIPTION)
+    train = commands.add_parser("train", help="train TD3CnnClip, SACCnnClip, DDPGCnnClip or TQCCnnClip on a driving scenario", description=TRAIN_DESCRIPTION)
     train.add_argument("--config", metavar="FILE", help="YAML (needs PyYAML) or TOML file of options (keys: the flag names with underscores); flags override it")
     add_options(train, option_names())
     train.set_defaults(func=_train, parser=train)
@@ -207,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="a run directory or its model.zip")
     evaluate.add_argument("--episodes", type=_positive_int, default=3, help="episodes to drive (default: 3)")
     evaluate.add_argument("--video", metavar="FILE", help="save the camera view of every episode as an animated GIF")
+    evaluate.add_argument("--algo", choices=ALGORITHMS, help=EVALUATE_ALGO_HELP)
     add_options(evaluate, EVALUATE_OPTIONS, inherited=INHERITED_OPTIONS, helps=EVALUATE_HELP)
     evaluate.set_defaults(func=_evaluate, parser=evaluate)
 
-    sweep = commands.add_parser("sweep", help="tune TD3CnnClip with Optuna; run one such worker per process or machine", description=SWEEP_DESCRIPTION)
+    sweep = commands.add_parser("sweep", help="tune the --algo class with Optuna; run one such worker per process or machine", description=SWEEP_DESCRIPTION)
     sweep.add_argument("--config", metavar="FILE", help="YAML or TOML file of base options; flags override it, sampled parameters override both")
     sweep.add_argument("--study", default="sweep", help="study name; workers on the same study and storage share its trials (default: sweep)")
     sweep.add_argument("--storage", metavar="PATH|URL", help="journal file, or database URL such as sqlite:///sweep.db or postgresql://... (default: <log-dir>/<study>.journal)")
@@ -233,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--critic-cnn-max-grad-norm", type=float, help="critic CNN limit (default: from config.json)")
     report.add_argument("--max-timesteps", type=_positive_int, help="timesteps the run should reach (default: from config.json)")
     report.add_argument("--actor-loss-bound", type=float, help="bound on |actor loss| (default: r_max / (1 - gamma))")
+    report.add_argument("--algo", choices=ALGORITHMS, help=REPORT_ALGO_HELP)
     report.set_defaults(func=_report, parser=report)
     return parser
 

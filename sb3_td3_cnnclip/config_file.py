@@ -18,9 +18,16 @@ from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
 from sb3_td3_cnnclip.vec_env import env_addresses
 
+#: the algorithms of the command line (``--algo``): TD3CnnClip, SACCnnClip, DDPGCnnClip, TQCCnnClip
+ALGORITHMS = ("td3", "sac", "ddpg", "tqc")
 #: policies the command line offers; the MultiInput ones observe the env's Dict (image + kinematics) observation
 POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy")
 DICT_POLICIES = ("MultiInputPolicy", "BoundedMultiInputPolicy")
+#: the Bounded* policies are TD3's policies with a bounded encoder: the algorithms that take them
+BOUNDED_POLICY_ALGORITHMS = ("td3", "ddpg")
+#: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
+#: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
+DEFAULT_ACTION_NOISE_SIGMA = {"td3": 0.1, "ddpg": 0.1, "sac": 0.0, "tqc": 0.0}
 
 #: a range check: (predicate, what the value must be, for the error message)
 Check = tuple[Callable[[float], bool], str]
@@ -30,7 +37,9 @@ FRACTION: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
 PORT: Check = (lambda v: 0 < v < 65536, "a port number in [1, 65535]")
 
 
-def option(default: Any, help: str, check: Check | None = None, choices: tuple | None = None, flags: tuple = ()) -> Any:
+def option(
+    default: Any, help: str, check: Check | None = None, choices: tuple | None = None, flags: tuple = (), algos: tuple = ALGORITHMS
+) -> Any:
     """A :class:`TrainConfig` field with what the command line needs to offer it.
 
     :param default: the default value
@@ -38,9 +47,11 @@ def option(default: Any, help: str, check: Check | None = None, choices: tuple |
     :param check: range check of a number (``None``: any value of the right type)
     :param choices: the allowed values (``None``: any value of the right type)
     :param flags: extra flag spellings besides ``--<name-with-dashes>``
+    :param algos: the algorithms that take the option; with another ``algo`` it must keep its default
     :return: a dataclass field
     """
-    return field(default=default, metadata={"help": help, "check": check, "choices": choices, "flags": flags})
+    metadata = {"help": help, "check": check, "choices": choices, "flags": flags, "algos": algos}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -48,15 +59,25 @@ class TrainConfig:
     """Everything ``sb3-td3-cnnclip train`` needs. Each field is a flag (``--max-timesteps``) and a config-file key
     (``max_timesteps``); see each field's ``help`` metadata (``sb3-td3-cnnclip train --help``).
 
+    ``algo`` picks the class (``td3``: :class:`~sb3_td3_cnnclip.TD3CnnClip`, ``sac``:
+    :class:`~sb3_td3_cnnclip.SACCnnClip`, ``ddpg``: :class:`~sb3_td3_cnnclip.DDPGCnnClip`, ``tqc``:
+    :class:`~sb3_td3_cnnclip.TQCCnnClip`). TD3's own options (``policy_delay``, ``target_policy_noise``,
+    ``target_noise_clip``) are rejected with any other ``algo`` unless left at their defaults, and so is
+    ``compile_update`` with SAC and TQC; SAC's and TQC's own parameters (``ent_coef="auto"``, ``target_entropy``, ...)
+    keep SB3's defaults. ``action_noise_sigma`` and ``pre_tanh_penalty`` default to ``None``: the algorithm's own
+    value (:data:`DEFAULT_ACTION_NOISE_SIGMA`; the class's ``default_pre_tanh_penalty``).
+
     TD3 hyperparameters follow SB3's TD3 and the original project (lr 3e-4, gamma 0.99, tau 0.005, batch 256,
     policy delay 2), except the replay buffer and the warm-up: ``buffer_size=200_000`` takes about 1.5 GB when full
     (4x84x84 uint8, each frame stored once by ``FrameStackReplayBuffer``) where SB3's 1_000_000 take 56 GB, and
     ``learning_starts=200`` leaves updates even in the 500-step validation run.
-    Two choices come from ``benchmarks/``: ``pre_tanh_penalty=0.01`` kept the actor alive (no zero-gradient actor
-    update) on every seed of the toy and surrogate runs where plain TD3 saturated its tanh on every seed, with higher
-    returns; ``torch_threads=1`` made a batch-256 update 6.5x faster than torch's two threads on a busy 2-core CPU.
+    Two choices come from ``benchmarks/``: ``pre_tanh_penalty=0.01`` (TD3's default) kept the actor alive (no
+    zero-gradient actor update) on every seed of the toy and surrogate runs where plain TD3 saturated its tanh on every
+    seed, with higher returns; ``torch_threads=1`` made a batch-256 update 6.5x faster than torch's two threads on a
+    busy 2-core CPU.
     """
 
+    algo: str = option("td3", "algorithm: td3 (TD3CnnClip), sac (SACCnnClip), ddpg (DDPGCnnClip) or tqc (TQCCnnClip); recorded in the run's config.json", choices=ALGORITHMS)
     scenario: int = option(0, "driving scenario (NPC vehicles 0: 20, 1: 50, 2: 100)", choices=tuple(SCENARIO_NPCS))
     simulator: str = option("auto", "simulator backend; auto = CARLA if a server answers, else the surrogate", choices=SIMULATORS)
     host: str = option("localhost", "CARLA server host")
@@ -67,13 +88,13 @@ class TrainConfig:
     worker_timeout: float = option(120.0, "seconds to wait for an env worker's answer (--n-envs above 1) before the run ends with an error naming its server; raise it for CARLA servers slow to load a map", POSITIVE)
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
-    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features, MultiInput* observe image + kinematics", choices=POLICIES)
+    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     torch_threads: int | None = option(1, "torch CPU threads (none: torch's default, one per core)", POSITIVE)
     log_dir: str = option("runs", "directory that receives one sub-directory per run (TensorBoard, config, model)")
-    run_name: str = option("TD3CnnClip", "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n>")
+    run_name: str | None = option(None, "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n> (none: the algorithm's class name, e.g. TD3CnnClip)")
     learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
     gamma: float = option(0.99, "discount factor", FRACTION)
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
@@ -81,22 +102,22 @@ class TrainConfig:
     buffer_size: int = option(200_000, "replay buffer capacity (200_000 is ~1.5 GB when full at 4x84x84)", POSITIVE)
     learning_starts: int = option(200, "warm-up steps (actions from --warmup-actions) before the first gradient step", NON_NEGATIVE)
     warmup_actions: str = option("random", "actions of the warm-up: random (uniform) or scripted (the surrogate's scripted driver plus the exploration noise: demonstrations)", choices=WARMUP_ACTIONS)
-    policy_delay: int = option(2, "critic updates per actor update", POSITIVE)
+    policy_delay: int = option(2, "critic updates per actor update (td3 only)", POSITIVE, algos=("td3",))
     train_freq: int = option(1, "environment steps between training phases", POSITIVE)
     gradient_steps: int = option(1, "gradient steps per training phase", POSITIVE)
-    target_policy_noise: float = option(0.2, "std of the noise added to the target policy's actions", NON_NEGATIVE)
-    target_noise_clip: float = option(0.5, "clip of the target policy noise", NON_NEGATIVE)
-    action_noise_sigma: float = option(0.1, "std of the Gaussian exploration noise (0: none)", NON_NEGATIVE)
+    target_policy_noise: float = option(0.2, "std of the noise added to the target policy's actions (td3 only)", NON_NEGATIVE, algos=("td3",))
+    target_noise_clip: float = option(0.5, "clip of the target policy noise (td3 only)", NON_NEGATIVE, algos=("td3",))
+    action_noise_sigma: float | None = option(None, "std of the Gaussian exploration noise added to the actions (0: none; none: 0.1 for td3 and ddpg, 0 for sac and tqc, whose stochastic policy explores)", NON_NEGATIVE)
     actor_cnn_max_grad_norm: float | None = option(1.0, "gradient-norm limit of the actor CNN (none: measure only)", POSITIVE)
     actor_mlp_max_grad_norm: float | None = option(1.0, "gradient-norm limit of the actor MLP (none: measure only)", POSITIVE)
     critic_cnn_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic CNN (none: measure only)", POSITIVE)
     critic_mlp_max_grad_norm: float | None = option(10.0, "gradient-norm limit of the critic MLP (none: measure only)", POSITIVE)
     actor_lr_scale: float = option(1.0, "actor learning rate = this x --learning-rate (below 1 keeps the actor out of tanh saturation)", POSITIVE)
-    pre_tanh_penalty: float = option(0.01, "coefficient of mean(pre_tanh^2) added to the actor loss; keeps the actor alive (0: TD3's loss)", NON_NEGATIVE)
+    pre_tanh_penalty: float | None = option(None, "coefficient of mean(pre_tanh^2) added to the actor loss; keeps the actor alive (0: the base algorithm's loss; none: the algorithm's default, 0.01 for td3 (measured), 0 for sac, ddpg and tqc)", NON_NEGATIVE)
     n_steps: int = option(1, "n-step returns (SB3's n_steps; 1: TD3's one-step targets), in the frame-stacked replay buffer", POSITIVE)
     random_shift_pad: int = option(0, "DrQ random-shift augmentation of the replay images, in pixels (0: off; 4 for 84x84)", NON_NEGATIVE)
     critic_trained_encoder: bool = option(False, "DrQ-v2: one image encoder trained by the critic only, the actor reads it without gradient")
-    compile_update: bool = option(False, "torch.compile the update's loss functions (the first updates pay tens of seconds of compilation)")
+    compile_update: bool = option(False, "torch.compile the update's loss functions (td3 and ddpg; the first updates pay tens of seconds of compilation)", algos=("td3", "ddpg"))
     bf16_encoders: bool = option(False, "run the CNNs of the update in bfloat16 autocast (about 2x faster on CPUs with AMX/AVX512-BF16; float32 within bfloat16 rounding)")
     early_stop: bool = option(True, "stop on a loss / Q / gradient explosion or a dead actor, and count alerts")
     curriculum: bool = option(False, "raise the scenario (traffic) from --scenario to 2, in equal shares of --max-timesteps")
@@ -111,11 +132,34 @@ class TrainConfig:
         """The ``gymnasium.make`` options of every env these options train or evaluate on, besides the server."""
         return {"observation": "dict" if self.policy in DICT_POLICIES else "image", "action_repeat": self.action_repeat}
 
+    def action_noise(self) -> float:
+        """The std of the exploration noise: ``action_noise_sigma``, or the algorithm's default when it is ``None``."""
+        return DEFAULT_ACTION_NOISE_SIGMA[self.algo] if self.action_noise_sigma is None else self.action_noise_sigma
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        """The options that only some algorithms take (TD3's ``policy_delay``, ...), for the algorithm of ``algo``
+        when it takes them (the others keep their own settings: DDPG's policy delay of 1, ...)."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.metadata["algos"] != ALGORITHMS and self.algo in f.metadata["algos"]
+        }  # fmt: skip
+
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _validate(f.name, getattr(self, f.name), hints[f.name], f.metadata))
         env_addresses(self.n_envs, self.host, self.port, self.tm_port, self.port_stride, self.servers)  # ports, before any connection
+        for f in dataclasses.fields(self):
+            if self.algo not in f.metadata["algos"] and getattr(self, f.name) != f.default:
+                raise ValueError(
+                    f"{f.name}={getattr(self, f.name)!r} is an option of algo {' and '.join(f.metadata['algos'])} only; "
+                    f"algo={self.algo!r} does not take it: leave it at its default ({f.default!r})."
+                )
+        if self.policy.startswith("Bounded") and self.algo not in BOUNDED_POLICY_ALGORITHMS:
+            raise ValueError(
+                f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(BOUNDED_POLICY_ALGORITHMS)}); with "
+                f"algo={self.algo!r} choose {self.policy.removeprefix('Bounded')!r}."
+            )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
 
@@ -129,10 +173,10 @@ def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, An
     :param metadata: the field's metadata (``check`` and ``choices``)
     :return: the normalised value
     """
-    optional = hint in (float | None, int | None)
+    optional = hint in (float | None, int | None, str | None)
     if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
         return None
-    base = {float | None: float, int | None: int}.get(hint, hint)
+    base = {float | None: float, int | None: int, str | None: str}.get(hint, hint)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if base is float and is_number:
         value = float(value)
@@ -197,6 +241,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of option names to values, got {type(values).__name__}.")
     check_keys(values, str(path))
     return values
+
+
+class AlgorithmMismatchError(ValueError):
+    """A run was given an ``--algo`` other than the one it was trained with."""
+
+
+def run_algo(options: dict[str, Any], given: str | None, run: str | Path) -> str:
+    """The algorithm a run trained: the ``algo`` of its options (``td3`` for runs written before ``algo`` existed),
+    checked against the one the user gave.
+
+    :param options: the run's options (the ``config`` of its ``config.json``)
+    :param given: the algorithm the user gave (``None``: none)
+    :param run: the run directory or model, for the error message
+    :return: the run's algorithm
+    """
+    trained = options.get("algo", "td3")
+    if given is not None and given != trained:
+        raise AlgorithmMismatchError(
+            f"{str(run)!r} was trained with algo {trained!r} (its run's config.json), not {given!r}: leave --algo out."
+        )
+    return trained
 
 
 def resolve_config(*layers: dict[str, Any]) -> TrainConfig:

@@ -6,9 +6,17 @@ The criteria (one row each, PASS / FAIL / N/A):
 2. critic CNN gradient norm AFTER clipping <= its limit on every update;
 3. actor MLP gradient norm > 0 on every actor update (shown with the actor's action saturation, which tells a
    saturated tanh, the "dead actor", from a healthy one);
-4. every ``alerts/*`` counter is zero;
-5. the actor loss stays finite and within a bound (no explosion);
-6. the run trained for all its configured timesteps.
+4. SAC and TQC only: the entropy coefficient's gradient (group ``ent_coef``) was measured and never clipped, as
+   :class:`~sb3_td3_cnnclip.sac_cnnclip.SoftCnnClipMixin` promises;
+5. every ``alerts/*`` counter is zero;
+6. the actor loss stays finite and within a bound (no explosion; SAC's and TQC's actor loss adds
+   ``ent_coef * log pi`` to ``-Q``, which the bound on ``|Q|`` still catches when Q explodes);
+7. the run trained for all its configured timesteps.
+
+The groups are those of the run's algorithm (``algo`` in its ``config.json``; ``td3`` for runs written before it
+existed): TD3, DDPG, SAC and TQC all log ``actor_cnn``, ``actor_mlp``, ``critic_cnn`` and ``critic_mlp`` (SAC and
+TQC update their actor on every update, TD3 every ``policy_delay``-th); SAC and TQC add ``ent_coef``
+(:data:`MEASURED_ONLY_GROUPS`).
 
 Per-update values logged by ``--debug`` runs (``debug/<key>``, in the run's ``debug/`` sub-directory) are used when
 present; otherwise the per-dump aggregates under ``train/`` (``*_grad_after_max`` and ``actor_loss_abs_max`` are
@@ -32,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from sb3_td3_cnnclip.config_file import run_algo
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
 
 #: file names inside a run directory written by ``sb3-td3-cnnclip train``
@@ -46,6 +55,11 @@ REL_TOLERANCE = 1e-5
 FIXED_ACTOR_LOSS_BOUND = 1e4
 
 PASS, FAIL, NOT_APPLICABLE = "PASS", "FAIL", "N/A"
+#: per algorithm, the groups whose gradient is measured and logged but never clipped (SAC's and TQC's entropy
+#: coefficient, learned with ``ent_coef="auto"``: one parameter, no limit)
+MEASURED_ONLY_GROUPS: dict[str, tuple[str, ...]] = {"td3": (), "ddpg": (), "sac": ("ent_coef",), "tqc": ("ent_coef",)}
+#: the groups every algorithm clips, in the order of the plots
+CLIPPED_GROUPS = ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")
 
 
 class RunDirError(ValueError):
@@ -91,6 +105,7 @@ class RunReport:
     :param config: the run's ``config.json`` content (empty when absent)
     :param scalars: every scalar of the run, by tag
     :param plots: the PNG files written
+    :param algo: the run's algorithm, whose groups were checked
     """
 
     run_dir: Path
@@ -98,6 +113,7 @@ class RunReport:
     config: dict[str, Any]
     scalars: dict[str, Series] = dataclasses.field(repr=False)
     plots: list[Path] = dataclasses.field(default_factory=list)
+    algo: str = "td3"
 
     @property
     def passed(self) -> bool:
@@ -108,6 +124,7 @@ class RunReport:
         """A JSON-serialisable summary."""
         return {
             "run_dir": str(self.run_dir),
+            "algo": self.algo,
             "passed": self.passed,
             "criteria": [dataclasses.asdict(c) for c in self.criteria],
             "plots": [str(p) for p in self.plots],
@@ -122,7 +139,7 @@ class RunReport:
         lines.insert(1, "  ".join("-" * w for w in widths))
         notes = [f"  [{c.name}] {c.note}" for c in self.criteria if c.note]
         verdict = "PASSED" if self.passed else "FAILED"
-        return "\n".join([f"Run: {self.run_dir}", *lines, "", "Notes:", *notes, "", f"Result: {verdict}"])
+        return "\n".join([f"Run: {self.run_dir} (algo {self.algo})", *lines, "", "Notes:", *notes, "", f"Result: {verdict}"])
 
 
 def _event_dirs(directory: Path) -> list[Path]:
@@ -257,6 +274,25 @@ def _check_actor_mlp(scalars: dict[str, Series]) -> Criterion:
     return Criterion(name, "not logged", "> 0 on all", FAIL, "no actor update was logged (too few timesteps after learning_starts?)")
 
 
+def _check_measured_only(scalars: dict[str, Series], group: str) -> Criterion:
+    """Criterion: a group without a limit (SAC's ``ent_coef``) was measured and its gradient never changed."""
+    name = f"{group} grad measured, never clipped"
+    found = _first(scalars, f"debug/{group}_before", f"train/{group}_grad_before_max")
+    if found is None:
+        if _any_update(scalars):
+            return Criterion(name, "not logged", "none", NOT_APPLICABLE, f"no {group} optimizer (a fixed {group})")
+        return Criterion(name, "not logged", "none", FAIL, "no gradient update was logged: learning_starts >= the timesteps trained?")
+    tag, series = found
+    unit = "updates" if tag.startswith("debug/") else "log dumps"
+    measured = f"max {np.max(series.values):.4g} over {len(series.values)} {unit}"
+    if tag.startswith("debug/"):  # AFTER equals BEFORE on every update
+        changed = int(np.sum(scalars[f"debug/{group}_after"].values != series.values))
+    else:  # the fraction of clipped updates of each dump is 0
+        changed = int(np.sum(scalars[f"train/{group}_clip_frac"].values != 0))
+    note = f"{_source(tag)}; " + (f"clipped on {changed} {unit}" if changed else "AFTER = BEFORE everywhere")
+    return Criterion(name, measured, "none", PASS if changed == 0 else FAIL, note)
+
+
 def _check_alerts(scalars: dict[str, Series]) -> Criterion:
     """Criterion: every ``alerts/*`` counter stays at zero."""
     name = "alerts/* == 0"
@@ -332,6 +368,7 @@ def check_run(
     critic_cnn_max_grad_norm: float | None = None,
     max_timesteps: int | None = None,
     loss_bound: float | None = None,
+    algo: str | None = None,
 ) -> RunReport:
     """Read a run's logs and check every criterion. Overrides replace the values of the run's ``config.json``.
 
@@ -340,12 +377,15 @@ def check_run(
     :param critic_cnn_max_grad_norm: the critic CNN limit to check against
     :param max_timesteps: the timesteps the run should have reached
     :param loss_bound: the bound on ``|actor loss|`` (default: see :func:`actor_loss_bound`)
+    :param algo: the run's algorithm (default: the ``algo`` of its ``config.json``, ``td3`` without one); one that
+        differs from the ``config.json``'s raises :class:`~sb3_td3_cnnclip.config_file.AlgorithmMismatchError`
     :return: the report (no plots; see :func:`write_plots`)
     """
     run_dir = find_run_dir(path)
     scalars = load_scalars(run_dir)
     config = _read_json(run_dir / CONFIG_FILE)
     options = config.get("config", {})
+    algo = run_algo(options, algo, run_dir) if config else algo or "td3"
     if loss_bound is not None:
         bound, bound_source = loss_bound, "bound given by the user"
     else:
@@ -357,11 +397,12 @@ def check_run(
         limit = override if override is not None else options.get(key)
         criteria.append(_check_cnn_after(scalars, network, limit, limit_known))
     criteria.append(_check_actor_mlp(scalars))
+    criteria.extend(_check_measured_only(scalars, group) for group in MEASURED_ONLY_GROUPS[algo])
     criteria.append(_check_alerts(scalars))
     criteria.append(_check_actor_loss(scalars, bound, bound_source))
     budget = max_timesteps if max_timesteps is not None else options.get("max_timesteps")
     criteria.append(_check_completed(scalars, budget, _read_json(run_dir / RESULT_FILE)))
-    return RunReport(run_dir, criteria, config, scalars)
+    return RunReport(run_dir, criteria, config, scalars, algo=algo)
 
 
 def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Path]:
@@ -413,8 +454,11 @@ def write_plots(report: RunReport, out_dir: str | Path | None = None) -> list[Pa
         return [f"train/{group}_grad_before_max", f"train/{group}_grad_after_max", f"train/{group}_grad_after"]
 
     figures = {}
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, group in zip(axes.flat, ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp")):
+    groups = (*CLIPPED_GROUPS, *MEASURED_ONLY_GROUPS[report.algo])
+    fig, axes = plt.subplots(2, (len(groups) + 1) // 2, figsize=(5.5 * ((len(groups) + 1) // 2), 7), squeeze=False)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_axis_off()
+    for ax, group in zip(axes.flat, groups):
         panel(ax, f"{group} gradient norm", grad_tags(group), options.get(f"{group}_max_grad_norm"), 1e-6)
         ax.set_ylim(bottom=0)
     figures["grad_norms.png"] = fig

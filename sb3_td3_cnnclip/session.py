@@ -3,9 +3,10 @@ the run directory, the run itself, loading a saved model and driving it. ``sb3-t
 (:mod:`sb3_td3_cnnclip.cli`) and every trial of a sweep (:mod:`sb3_td3_cnnclip.sweep`) build their sessions here.
 
 :func:`run_train` writes one run directory ``<log_dir>/<run_name>_<n>/`` holding the TensorBoard events,
-``progress.csv``, ``config.json`` (the resolved options, the simulator that actually ran, the reward bound, library
-versions), ``model.zip`` and ``result.json`` (how the run ended); ``debug=True`` adds ``debug/`` with one TensorBoard
-point per gradient update.
+``progress.csv``, ``config.json`` (the resolved options with the ``algo``, the model's class, the simulator that
+actually ran, the reward bound, library versions), ``model.zip`` and ``result.json`` (how the run ended);
+``debug=True`` adds ``debug/`` with one TensorBoard point per gradient update. A run written before ``algo`` existed
+has none in its ``config.json``: it trained TD3.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import TrainConfig
+from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.ddpg_cnnclip import DDPGCnnClip
+from sb3_td3_cnnclip.sac_cnnclip import SACCnnClip
 from sb3_td3_cnnclip.td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.tqc_cnnclip import TQCCnnClip
 from sb3_td3_cnnclip.vec_env import make_carla_vec_env
 
 #: written by ExplosionEarlyStopping in the run directory when it stops training
@@ -43,8 +48,19 @@ EXPLOSION_FILE = "explosion.json"
 MODEL_FILE = "model.zip"
 
 
+#: the class of each ``algo``
+ALGORITHM_CLASSES: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "ddpg": DDPGCnnClip, "tqc": TQCCnnClip}
+#: the algorithms a saved model may be, told by keys that SB3 saves for them only (tried in this order): SB3's DDPG
+#: is its TD3 with other settings and saves the same keys, so the file alone does not tell them apart
+SAVED_KEYS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("tqc",), ("top_quantiles_to_drop_per_net",)),
+    (("sac",), ("target_entropy", "target_update_interval")),
+    (("td3", "ddpg"), ("policy_delay", "target_policy_noise")),
+)
+
+
 class ModelFileError(ValueError):
-    """``evaluate`` was given a file that is not a saved TD3 model."""
+    """``evaluate`` was given a file that is not a saved model of the algorithm expected."""
 
 
 class EveryNthDump(KVWriter):
@@ -109,29 +125,29 @@ def make_train_env(config: TrainConfig) -> VecEnv:
     )  # fmt: skip
 
 
-def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> TD3CnnClip:
-    """The TD3CnnClip model the options describe.
+def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> CnnClipMixin:
+    """The model the options describe: the class of ``config.algo`` (:data:`ALGORITHM_CLASSES`), with the options
+    every algorithm takes and those of its own (:meth:`~sb3_td3_cnnclip.config_file.TrainConfig.algorithm_kwargs`);
+    the parameters the options do not name keep the class's defaults (SAC's ``ent_coef="auto"``, ...).
 
     :param config: the options
     :param env: the training environment
     :return: the model
     """
     n_actions = env.action_space.shape[0]
-    sigma = config.action_noise_sigma
+    sigma = config.action_noise()
     noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
-    return TD3CnnClip(
+    return ALGORITHM_CLASSES[config.algo](
         config.policy, env, learning_rate=config.learning_rate, buffer_size=config.buffer_size,
         learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
         train_freq=config.train_freq, gradient_steps=config.gradient_steps, action_noise=noise,
-        policy_delay=config.policy_delay, target_policy_noise=config.target_policy_noise,
-        target_noise_clip=config.target_noise_clip, actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm,
-        actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm, critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm,
-        critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm, actor_lr_scale=config.actor_lr_scale,
-        pre_tanh_penalty=config.pre_tanh_penalty, n_steps=config.n_steps, random_shift_pad=config.random_shift_pad,
-        critic_trained_encoder=config.critic_trained_encoder, compile_update=config.compile_update,
+        actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm, actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm,
+        critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm, critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm,
+        actor_lr_scale=config.actor_lr_scale, pre_tanh_penalty=config.pre_tanh_penalty, n_steps=config.n_steps,
+        random_shift_pad=config.random_shift_pad, critic_trained_encoder=config.critic_trained_encoder,
         bf16_encoders=config.bf16_encoders, warmup_actions=config.warmup_actions,
         on_nonfinite_grad="raise" if config.debug else "skip", seed=config.seed, device=config.device,
-        verbose=config.verbose,
+        verbose=config.verbose, **config.algorithm_kwargs(),
     )  # fmt: skip
 
 
@@ -179,7 +195,8 @@ def claim_run_dir(log_dir: str | Path, run_name: str) -> Path:
 
 
 def run_train(config: TrainConfig) -> tuple[Path, str]:
-    """Train as the options say and save everything in a new run directory.
+    """Train as the options say and save everything in a new run directory. Its ``config.json`` records the options
+    (``config``, with the ``algo`` that ``evaluate`` and ``report`` read) and the model's class (``model_class``).
 
     :param config: the options (a ``None`` seed is drawn here and recorded)
     :return: the run directory and how the run ended (``completed``, ``stopped_early`` or ``interrupted``)
@@ -190,10 +207,11 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
         torch.set_num_threads(config.torch_threads)
     env = make_train_env(config)
     model = make_model(config, env)
-    run_dir = claim_run_dir(config.log_dir, config.run_name)
+    run_dir = claim_run_dir(config.log_dir, config.run_name or type(model).__name__)
     model.set_logger(make_logger(config, run_dir))
     saved = {
         "config": dataclasses.asdict(config),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "env": {"id": SCENARIO_IDS[config.scenario], "simulator": env.get_attr("simulator_name")[0],
                 "max_abs_reward": env.get_attr("max_abs_reward")[0], "n_envs": env.num_envs},
         "versions": {"sb3_td3_cnnclip": sb3_td3_cnnclip.__version__, "stable_baselines3": stable_baselines3.__version__,
@@ -251,12 +269,11 @@ def model_file(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: Path, device: str) -> TD3CnnClip:
-    """Load a model saved by ``TD3CnnClip`` or SB3's ``TD3``, after checking that the file is one.
+def saved_algorithms(path: Path) -> tuple[str, ...]:
+    """The algorithms whose model a file holds, told by the keys of its data (:data:`SAVED_KEYS`).
 
     :param path: the model file
-    :param device: the torch device
-    :return: the model
+    :return: ``("tqc",)``, ``("sac",)`` or ``("td3", "ddpg")``
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -265,9 +282,25 @@ def load_model(path: Path, device: str) -> TD3CnnClip:
         raise ModelFileError(
             f"{str(path)!r} is not a model saved by Stable-Baselines3 ({error}); pass a run directory or its {MODEL_FILE}."
         ) from error
-    if "policy_delay" not in data:
-        raise ModelFileError(f"{str(path)!r} holds a Stable-Baselines3 model but not a TD3 one (no policy_delay in it).")
-    return TD3CnnClip.load(path, device=device)
+    for algos, keys in SAVED_KEYS:
+        if all(key in data for key in keys):
+            return algos
+    raise ModelFileError(f"{str(path)!r} holds a Stable-Baselines3 model of none of {', '.join(ALGORITHMS)} (none of their keys in it).")
+
+
+def load_model(path: Path, device: str, algo: str) -> CnnClipMixin:
+    """Load a model saved by the class of ``algo`` or by its SB3 / sb3-contrib base, after checking that the file
+    holds a model of that algorithm (a clear error, not one from inside SB3).
+
+    :param path: the model file
+    :param device: the torch device
+    :param algo: the model's algorithm (``td3``, ``sac``, ``ddpg`` or ``tqc``)
+    :return: the model
+    """
+    found = saved_algorithms(path)
+    if algo not in found:
+        raise ModelFileError(f"{str(path)!r} holds a {' or '.join(found)} model, not a {algo} one: pass --algo {found[0]}.")
+    return ALGORITHM_CLASSES[algo].load(path, device=device)
 
 
 def run_config(model_path: Path) -> dict[str, Any]:
@@ -284,12 +317,12 @@ def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, vid
     """Drive ``episodes`` episodes with the model's deterministic policy; optionally save the camera view as a GIF.
 
     :param model_path: the saved model, or a run directory holding one (``model.zip``)
-    :param config: the env options (scenario, simulator, server, seed, device)
+    :param config: the env options (scenario, simulator, server, seed, device) and the model's ``algo``
     :param episodes: number of episodes
     :param video: GIF file to write (``None``: no video)
     :return: one dict of driving metrics per episode
     """
-    model = load_model(model_file(model_path), config.device)
+    model = load_model(model_file(model_path), config.device, config.algo)
     policy = "MultiInputPolicy" if isinstance(model.observation_space, gym.spaces.Dict) else "CnnPolicy"
     env = make_env(dataclasses.replace(config, policy=policy), render_mode="rgb_array" if video else None)
     frames, results = [], []

@@ -1,5 +1,6 @@
-"""Hyperparameter sweeps with Optuna (the engine rl-zoo3 uses for SB3): trials of TD3CnnClip on a driving scenario,
-pruned on intermediate evaluations, in a study whose storage several worker processes share.
+"""Hyperparameter sweeps with Optuna (the engine rl-zoo3 uses for SB3): trials of the configured algorithm (``algo``:
+TD3CnnClip, SACCnnClip, DDPGCnnClip or TQCCnnClip) on a driving scenario, pruned on intermediate evaluations, in a
+study whose storage several worker processes share.
 
 Every worker runs ``sb3-td3-cnnclip sweep --study NAME --storage WHERE ...`` and asks the storage for its next trial,
 so workers on the same study share the trials and never run the same one twice. ``WHERE`` is a file path (an Optuna
@@ -47,20 +48,20 @@ ACTOR_LIMITS = (0.3, 1.0, 3.0, None)
 CRITIC_LIMITS = (1.0, 10.0, 100.0, None)
 
 
-def sample_params(trial: optuna.Trial) -> dict[str, Any]:
-    """The parameters a trial tries: TD3's usual ones (as rl-zoo3's TD3 sampler) and this package's own.
+def sample_params(trial: optuna.Trial, algo: str = "td3") -> dict[str, Any]:
+    """The parameters a trial tries: the algorithm's usual ones (as rl-zoo3's TD3 sampler) and this package's own.
+    Only the algorithm's own parameters are sampled: TD3's policy delay and target policy noise for ``td3``, the
+    exploration noise for ``td3`` and ``ddpg`` (SAC and TQC explore with their stochastic policy).
 
     :param trial: the Optuna trial
+    :param algo: the algorithm of the trial (``td3``, ``sac``, ``ddpg`` or ``tqc``)
     :return: :class:`~sb3_td3_cnnclip.config_file.TrainConfig` field -> value
     """
-    return {
+    params = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
         "tau": trial.suggest_categorical("tau", [0.001, 0.005, 0.01, 0.02]),
         "gamma": trial.suggest_categorical("gamma", [0.95, 0.98, 0.99, 0.995]),
-        "policy_delay": trial.suggest_int("policy_delay", 1, 3),
-        "action_noise_sigma": trial.suggest_float("action_noise_sigma", 0.0, 0.5),
-        "target_policy_noise": trial.suggest_float("target_policy_noise", 0.05, 0.4),
         "actor_cnn_max_grad_norm": trial.suggest_categorical("actor_cnn_max_grad_norm", ACTOR_LIMITS),
         "actor_mlp_max_grad_norm": trial.suggest_categorical("actor_mlp_max_grad_norm", ACTOR_LIMITS),
         "critic_cnn_max_grad_norm": trial.suggest_categorical("critic_cnn_max_grad_norm", CRITIC_LIMITS),
@@ -68,6 +69,12 @@ def sample_params(trial: optuna.Trial) -> dict[str, Any]:
         "actor_lr_scale": trial.suggest_float("actor_lr_scale", 0.03, 1.0, log=True),
         "pre_tanh_penalty": trial.suggest_categorical("pre_tanh_penalty", [0.0, 0.001, 0.01, 0.1]),
     }
+    if algo in ("td3", "ddpg"):
+        params["action_noise_sigma"] = trial.suggest_float("action_noise_sigma", 0.0, 0.5)
+    if algo == "td3":
+        params["policy_delay"] = trial.suggest_int("policy_delay", 1, 3)
+        params["target_policy_noise"] = trial.suggest_float("target_policy_noise", 0.05, 0.4)
+    return params
 
 
 class TrialEvalCallback(EvalCallback):
@@ -161,7 +168,7 @@ def objective(
     :return: the mean return of the last evaluation
     """
     seed = secrets.randbelow(2**31) if base.seed is None else base.seed + trial.number
-    config = dataclasses.replace(base, **sample_params(trial), seed=seed, run_name=f"{trial.study.study_name}_trial_{trial.number}")
+    config = dataclasses.replace(base, **sample_params(trial, base.algo), seed=seed, run_name=f"{trial.study.study_name}_trial_{trial.number}")
     trial.set_user_attr("config", dataclasses.asdict(config))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     env = make_train_env(config)

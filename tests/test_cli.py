@@ -18,10 +18,10 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sb3_td3_cnnclip import TD3CnnClip, cli, session
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, cli, session
 from sb3_td3_cnnclip.callbacks import UpdateStatsWriter
 from sb3_td3_cnnclip.cli import build_parser, config_from_args, main
-from sb3_td3_cnnclip.config_file import TrainConfig, load_config_file, option_names, resolve_config
+from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig, load_config_file, option_names, resolve_config
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.session import claim_run_dir, run_train
 
@@ -30,12 +30,22 @@ def parse_train(*argv: str) -> TrainConfig:
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
-def test_defaults_match_td3cnnclip() -> None:
-    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10)  # every option at the class's default
-    config = TrainConfig()
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_defaults_match_each_class(algo: str) -> None:
+    cls = session.ALGORITHM_CLASSES[algo]
+    default = cls("CnnPolicy", ToyImageEnv(), buffer_size=10)  # every option at the class's default
+    model = session.make_model(TrainConfig(algo=algo, buffer_size=10), ToyImageEnv())
+    assert type(model) is cls
     for name in ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm",
-                 "pre_tanh_penalty", "random_shift_pad", "critic_trained_encoder", "compile_update", "bf16_encoders"):  # fmt: skip
-        assert getattr(config, name) == getattr(model, name), name
+                 "pre_tanh_penalty", "random_shift_pad", "critic_trained_encoder", "compile_update", "bf16_encoders",
+                 "policy_delay", "target_policy_noise", "target_noise_clip", "ent_coef", "target_entropy"):  # fmt: skip
+        assert getattr(model, name, "absent") == getattr(default, name, "absent"), name
+    # exploration: Gaussian noise for the deterministic actors, none for the stochastic policies of SAC and TQC
+    sigma = None if model.action_noise is None else model.action_noise._sigma.tolist()
+    assert sigma == {"td3": [0.1, 0.1], "ddpg": [0.1, 0.1], "sac": None, "tqc": None}[algo]
+    assert session.make_model(TrainConfig(algo=algo, action_noise_sigma=0.3, buffer_size=10), ToyImageEnv()).action_noise._sigma.tolist() == [0.3, 0.3]
+    assert tuple(session.ALGORITHM_CLASSES) == ALGORITHMS
+    config = TrainConfig()
     # the replay buffer of the default run fits a laptop: at most 7,500 bytes per 4x84x84 uint8 transition
     assert config.buffer_size * 7_500 < 1.6e9
     assert config.learning_starts < 500  # the 500-step validation run of the failure report updates
@@ -83,6 +93,15 @@ def test_learning_flags_reach_the_model() -> None:
         (["--n-steps", "0"], "n_steps=0 must be > 0"),
         (["--random-shift-pad", "-1"], "random_shift_pad=-1 must be >= 0"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
+        (["--algo", "ppo"], "argument --algo: invalid choice: 'ppo'"),
+        (["--algo", "sac", "--policy-delay", "3"],
+         "policy_delay=3 is an option of algo td3 only; algo='sac' does not take it: leave it at its default (2)."),
+        (["--algo", "ddpg", "--target-noise-clip", "0.3"],
+         "target_noise_clip=0.3 is an option of algo td3 only; algo='ddpg' does not take it: leave it at its default (0.5)."),
+        (["--algo", "tqc", "--compile-update"],
+         "compile_update=True is an option of algo td3 and ddpg only; algo='tqc' does not take it: leave it at its default (False)."),
+        (["--algo", "sac", "--policy", "BoundedMultiInputPolicy"],
+         "policy='BoundedMultiInputPolicy' is a TD3 policy (algo td3 and ddpg); with algo='sac' choose 'MultiInputPolicy'."),
     ],
 )
 def test_bad_flag_values(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -103,17 +122,23 @@ def test_help_texts(capsys: pytest.CaptureFixture) -> None:
     assert "--seed N|none seed of the first episode's reset; episode i gets seed + i (none: unseeded) (default: none)" in helps["evaluate"]
     assert "--seed N|none random seed (none: draw one, recorded in the run's config.json) (default: none)" in helps["train"]
     assert "--scenario {0,1,2} driving scenario (NPC vehicles 0: 20, 1: 50, 2: 100) (default: 0)" in helps["train"]
+    assert "--algo {td3,sac,ddpg,tqc} algorithm: td3 (TD3CnnClip), sac (SACCnnClip), ddpg (DDPGCnnClip) or tqc (TQCCnnClip); recorded in the run's config.json (default: td3)" in helps["train"]
+    assert f"--algo {{td3,sac,ddpg,tqc}} {cli.EVALUATE_ALGO_HELP}" in helps["evaluate"]
+    assert f"--algo {{td3,sac,ddpg,tqc}} {cli.REPORT_ALGO_HELP}" in helps["report"]
 
 
 def test_config_files(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text("learning_rate: 1.0e-4\nbatch_size: 64\nactor_cnn_max_grad_norm: null\n")
-    (tmp_path / "c.toml").write_text('learning_rate = 1e-4\nbatch_size = 64\nactor_cnn_max_grad_norm = "none"\n')
+    (tmp_path / "c.yaml").write_text("algo: sac\nlearning_rate: 1.0e-4\nbatch_size: 64\nactor_cnn_max_grad_norm: null\n")
+    (tmp_path / "c.toml").write_text('algo = "sac"\nlearning_rate = 1e-4\nbatch_size = 64\nactor_cnn_max_grad_norm = "none"\n')
     for name in ("c.yaml", "c.toml"):
         config = resolve_config(load_config_file(tmp_path / name))
-        assert (config.learning_rate, config.batch_size, config.actor_cnn_max_grad_norm) == (1e-4, 64, None)
+        assert (config.algo, config.learning_rate, config.batch_size, config.actor_cnn_max_grad_norm) == ("sac", 1e-4, 64, None)
     # flags override the file
-    config = parse_train("--config", str(tmp_path / "c.yaml"), "--batch-size", "32")
-    assert (config.learning_rate, config.batch_size) == (1e-4, 32)
+    config = parse_train("--config", str(tmp_path / "c.yaml"), "--batch-size", "32", "--algo", "tqc")
+    assert (config.algo, config.learning_rate, config.batch_size) == ("tqc", 1e-4, 32)
+    (tmp_path / "bad.yaml").write_text("algo: sac\npolicy_delay: 1\n")
+    with pytest.raises(ValueError, match="policy_delay=1 is an option of algo td3 only; algo='sac' does not take it"):
+        resolve_config(load_config_file(tmp_path / "bad.yaml"))
 
 
 def test_config_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -343,15 +368,59 @@ def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFi
     )
 
 
-def test_evaluate_rejects_what_is_not_a_td3_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_rejects_what_is_not_a_model_of_the_algorithm(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "text.zip").write_text("not a model")
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
         archive.writestr("notes.txt", "a zip file without SB3's data")
     PPO("MlpPolicy", "CartPole-v1", n_steps=8, batch_size=8).save(tmp_path / "ppo.zip")
+    SACCnnClip("CnnPolicy", ToyImageEnv(size=36), buffer_size=10).save(tmp_path / "sac.zip")
     not_saved = "is not a model saved by Stable-Baselines3 ({}); pass a run directory or its model.zip."
     expected = {"text.zip": not_saved.format("File is not a zip file"),
                 "other.zip": not_saved.format('"There is no item named \'data\' in the archive"'),
-                "ppo.zip": "holds a Stable-Baselines3 model but not a TD3 one (no policy_delay in it)."}  # fmt: skip
+                "ppo.zip": "holds a Stable-Baselines3 model of none of td3, sac, ddpg, tqc (none of their keys in it).",
+                "sac.zip": "holds a sac model, not a td3 one: pass --algo sac."}  # fmt: skip
     for name, message in expected.items():
-        assert main(["evaluate", str(tmp_path / name)]) == 2
+        assert main(["evaluate", str(tmp_path / name), "--algo", "td3"]) == 2
         assert capsys.readouterr().err == f"sb3-td3-cnnclip evaluate: error: {str(tmp_path / name)!r} {message}\n"
+    # without --algo, a model saved outside a run loads as the algorithm its file holds
+    TD3CnnClip("CnnPolicy", ToyImageEnv(size=36), buffer_size=10).save(tmp_path / "td3.zip")
+    assert session.saved_algorithms(tmp_path / "sac.zip") == ("sac",)
+    assert session.saved_algorithms(tmp_path / "td3.zip") == ("td3", "ddpg")  # SB3's DDPG saves TD3's keys
+    assert type(session.load_model(tmp_path / "td3.zip", "cpu", "ddpg")) is DDPGCnnClip
+
+
+#: criteria of every algorithm's report, and those of SAC's and TQC's learned entropy coefficient
+CRITERIA = ["actor CNN grad AFTER <= limit", "critic CNN grad AFTER <= limit", "actor MLP grad > 0"]
+CHECKS = ["alerts/* == 0", "|actor loss| bounded", "trained all timesteps"]
+OWN_CRITERIA = {"td3": [], "ddpg": [], "sac": ["ent_coef grad measured, never clipped"], "tqc": ["ent_coef grad measured, never clipped"]}
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_each_algorithm_trains_evaluates_and_reports(algo: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    require("highway_env")
+    # every callback of train: the curriculum (scenarios 0, 1, 2), early stop, driving metrics and the debug log
+    flags = ["--algo", algo, "--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "6", "--batch-size", "4",
+             "--buffer-size", "20", "--seed", "0", "--curriculum", "--debug", "--verbose", "0", "--no-progress-bar",
+             "--log-dir", str(tmp_path)]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    cls = session.ALGORITHM_CLASSES[algo]
+    run_dir = tmp_path / f"{cls.__name__}_1"  # named after the class
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["config"]["algo"], saved["model_class"]) == (algo, f"{cls.__module__}.{cls.__name__}")
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+    assert len(read_scalars(run_dir / "debug")["debug/critic_cnn_after"]) == 6  # an update per step after the warm-up
+    capsys.readouterr()
+
+    assert main(["report", str(run_dir), "--json", "--no-plots"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["algo"] == algo
+    assert [(c["name"], c["status"]) for c in report["criteria"]] == [(name, "PASS") for name in CRITERIA + OWN_CRITERIA[algo] + CHECKS]
+
+    assert main(["evaluate", str(run_dir), "--episodes", "1", "--seed", "1000"]) == 0
+    assert "simulator: surrogate" in capsys.readouterr().out
+    other = "sac" if algo != "sac" else "td3"
+    for command in ("evaluate", "report"):
+        assert main([command, str(run_dir), "--algo", other]) == 2
+        where = run_dir / "model.zip" if command == "evaluate" else run_dir
+        assert capsys.readouterr().err == (f"sb3-td3-cnnclip {command}: error: {str(where)!r} was trained with algo {algo!r} (its run's "
+                                           f"config.json), not {other!r}: leave --algo out.\n")  # fmt: skip

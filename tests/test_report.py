@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from sb3_td3_cnnclip.cli import main
+from sb3_td3_cnnclip.config_file import AlgorithmMismatchError
 from sb3_td3_cnnclip.report import DEBUG_SUBDIR, FAIL, NOT_APPLICABLE, PASS, RunDirError, check_run, load_scalars, write_plots
 
 #: a healthy run: every criterion holds (Q bound 10 / (1 - 0.9) = 100)
@@ -117,6 +118,32 @@ def test_per_update_debug_values_take_precedence(tmp_path: Path) -> None:
     assert rows["actor CNN grad AFTER <= limit"].measured == "max 1.5 over 3 updates"
     assert rows["actor MLP grad > 0"].measured.endswith("zero on 1/3 actor updates")
     assert rows["trained all timesteps"].measured == "200"  # update numbers are not timesteps
+
+
+def test_sac_and_tqc_runs_check_their_entropy_coefficient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "ent_coef grad measured, never clipped"
+    sac = {**CONFIG, "config": {**CONFIG["config"], "algo": "sac"}}
+    measured = {**HEALTHY, "train/ent_coef_grad_before_max": [0.5, 0.7], "train/ent_coef_clip_frac": [0.0, 0.0]}
+    report = check_run(write_run(tmp_path / "sac", measured, sac))
+    assert [c.name for c in report.criteria][3] == name
+    assert (report.algo, report.criteria[3].status, report.criteria[3].measured) == ("sac", PASS, "max 0.7 over 2 log dumps")
+    axes = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: axes.append([ax.get_title() for ax in figure.axes if ax.axison]))
+    write_plots(report, tmp_path / "plots")
+    assert axes[0] == [f"{group} gradient norm" for group in ("actor_cnn", "actor_mlp", "critic_cnn", "critic_mlp", "ent_coef")]
+    assert statuses(write_run(tmp_path / "clipped", {**measured, "train/ent_coef_clip_frac": [0.0, 0.5]}, sac))[name] == FAIL
+    assert statuses(write_run(tmp_path / "fixed", HEALTHY, sac))[name] == NOT_APPLICABLE  # a fixed ent_coef: no optimizer
+    assert statuses(write_run(tmp_path / "no_update", {"rollout/ep_rew_mean": [1.0, 2.0]}, sac))[name] == FAIL
+    # per update: AFTER must equal BEFORE
+    debug = write_run(tmp_path / "debug", measured, sac)
+    write_run(debug / DEBUG_SUBDIR, {"debug/ent_coef_before": [0.5, 0.7], "debug/ent_coef_after": [0.5, 0.6]}, None, (1, 2))
+    row = next(c for c in check_run(debug).criteria if c.name == name)
+    assert (row.status, row.note) == (FAIL, "debug/ent_coef_before, per update; clipped on 1 updates")
+    # a run from before algo existed is a TD3 run; without config.json, --algo says which groups to check
+    assert name not in statuses(write_run(tmp_path / "old", measured))
+    assert statuses(write_run(tmp_path / "no_config", measured, None), algo="tqc")[name] == PASS
+    with pytest.raises(AlgorithmMismatchError, match="was trained with algo 'td3' \\(its run's config.json\\), not 'tqc'"):
+        check_run(tmp_path / "old", algo="tqc")
 
 
 def test_absent_metrics(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState  # noqa: E402
 from sb3_td3_cnnclip import sweep  # noqa: E402
 from sb3_td3_cnnclip.cli import build_parser, config_from_args, main  # noqa: E402
 from sb3_td3_cnnclip.config_file import TrainConfig  # noqa: E402
-from sb3_td3_cnnclip.sweep import eval_address, objective, open_storage, write_best_config  # noqa: E402
+from sb3_td3_cnnclip.sweep import eval_address, objective, open_storage, sample_params, write_best_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a trial of a few seconds: 30 steps of one surrogate env, 10 updates of batch 8, evaluations of one episode
@@ -92,6 +92,27 @@ def test_a_trial_gets_a_fresh_run_dir_and_its_last_updates_reach_the_logs(tmp_pa
     rows = (tmp_path / "s_trial_0_2" / "progress.csv").read_text().splitlines()
     steps = rows[0].split(",").index("time/total_timesteps")
     assert float(rows[-1].split(",")[steps]) == TINY["max_timesteps"]  # the final dump, after no episode ended
+
+
+def test_each_algorithm_samples_only_the_parameters_it_takes() -> None:
+    own = {"td3": {"action_noise_sigma", "policy_delay", "target_policy_noise"}, "ddpg": {"action_noise_sigma"}, "sac": set(), "tqc": set()}
+    common = set(sample_params(optuna.create_study().ask(), "sac"))
+    assert "learning_rate" in common and "pre_tanh_penalty" in common
+    for algo, params in own.items():
+        trial = optuna.create_study().ask()
+        sampled = sample_params(trial, algo)
+        assert (set(sampled) - common, set(trial.params)) == (params, set(sampled)), algo  # nothing sampled and dropped
+        assert TrainConfig(algo=algo, **sampled).algo == algo  # a valid configuration of that algorithm
+
+
+def test_a_trial_trains_the_configured_algorithm(tmp_path: Path) -> None:
+    base = TrainConfig(**{**TINY, "algo": "sac", "seed": 1, "log_dir": str(tmp_path)})
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.optimize(lambda trial: objective(trial, base, 1, 1, eval_address(base, None), eval_max_steps=30), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["config"]["algo"] == "sac"
+    columns = (tmp_path / "s_trial_0_1" / "progress.csv").read_text().splitlines()[0].split(",")
+    assert "train/ent_coef_grad_before_max" in columns  # SACCnnClip's learned entropy coefficient
 
 
 def recording(build, name: str, closed: list[str], close_error: Exception | None = None):
