@@ -347,6 +347,7 @@ def test_evaluate_drives_with_the_runs_action_repeat(saved: dict, flags: list[st
     monkeypatch.setattr(cli, "print_evaluation", lambda results: None)
     assert main(["evaluate", str(tmp_path), *flags]) == 0
     assert seen[0].action_repeat == expected
+    assert seen[0].algo == "td3"  # a run from before algo existed trained TD3
 
 
 def test_action_repeat_reaches_the_training_env() -> None:
