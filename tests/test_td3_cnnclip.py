@@ -167,7 +167,8 @@ def test_default_penalty_is_the_measured_prevention(tmp_path):
     from sb3_td3_cnnclip.config_file import TrainConfig
 
     model = make_model()
-    assert model.pre_tanh_penalty == TrainConfig().pre_tanh_penalty == 0.01
+    assert model.pre_tanh_penalty == 0.01
+    assert TrainConfig().pre_tanh_penalty is None  # the command line's default: the class's (test_cli checks the models)
     # a zip saved with the exact-TD3 setting keeps it; a plain TD3 zip gets the default
     make_model(pre_tanh_penalty=0.0).save(tmp_path / "td3_setting")
     assert TD3CnnClip.load(tmp_path / "td3_setting").pre_tanh_penalty == 0.0
