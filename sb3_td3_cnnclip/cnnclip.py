@@ -81,7 +81,8 @@ class CnnClipMixin:
     :param on_nonfinite_grad: ``"skip"`` (zero the gradients, skip that optimizer step, count it) or ``"raise"``
         (:class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError`) when a gradient is NaN or infinite
     :param actor_lr_scale: the actor's learning rate is this times the learning-rate schedule's (the critic's);
-        below 1 it keeps an image actor from saturating its tanh (see the README). 1.0 is the base algorithm.
+        below 1 it keeps an image actor from saturating its tanh (see ``docs/algorithms.md``, Preventing a dead
+        actor). 1.0 is the base algorithm.
     :param pre_tanh_penalty: coefficient of ``mean(pre_tanh ** 2)`` added to the actor loss (DrQ-style), which
         keeps the actor's output out of tanh saturation; the pre-tanh is that of the actor's deterministic (mean)
         action. 0.0 is the base algorithm's actor loss. ``None``: the class's ``default_pre_tanh_penalty``.
@@ -95,21 +96,23 @@ class CnnClipMixin:
     :param compile_update: run the update's loss functions (forward and backward) through ``torch.compile`` (on
         CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs, and Adam ``fused=True`` unless ``optimizer_kwargs``
         says otherwise), where the class supports it. The same functions run eagerly when False. The first updates
-        pay the compilation (tens of seconds on a CPU, see the README); results equal the eager path's within float
-        rounding, not bit for bit. False is the base algorithm.
+        pay the compilation (tens of seconds on a CPU, see ``docs/algorithms.md``, Update speed); results equal the
+        eager path's within float rounding, not bit for bit. False is the base algorithm.
     :param channels_last: keep the networks' convolution weights in ``torch.channels_last`` memory layout, which
-        oneDNN runs faster on a CPU than the default layout (see the README for the measured update time). The
-        arithmetic is the base algorithm's; only the order of the convolutions' float sums differs, so the weights
-        match within float rounding, not bit for bit. ``None`` (default): on when the model is on the CPU and every
-        features extractor is SB3's ``NatureCNN`` / ``CombinedExtractor`` or this package's bounded ones (a custom
-        extractor that calls ``.view()`` on a convolution's output would fail in that layout: pass True to opt in).
+        oneDNN runs faster on a CPU than the default layout (see ``docs/algorithms.md``, Update speed, for the
+        measured update time). The arithmetic is the base algorithm's; only the order of the convolutions' float
+        sums differs, so the weights match within float rounding, not bit for bit. ``None`` (default): on when the
+        model is on the CPU and every features extractor is SB3's ``NatureCNN`` / ``CombinedExtractor`` or this
+        package's bounded ones (a custom extractor that calls ``.view()`` on a convolution's output would fail in
+        that layout: pass True to opt in).
         False is the base algorithm.
     :param bf16_encoders: run the features extractors (the CNNs) in ``train()`` under
         ``torch.autocast(dtype=torch.bfloat16)``: their convolutions and linear layers compute in bfloat16, which
         CPUs with AMX / AVX512-BF16 and GPUs with bfloat16 tensor cores run much faster, and their features are cast
         back to float32 for the MLP heads. Weights, gradients, their norms and clipping, Adam, the losses and the
         Q-values stay float32; ``predict()`` and rollouts stay float32. Reduced precision: the updates equal
-        float32's only within bfloat16 rounding (see the README for the tolerance tested). False is the base algorithm.
+        float32's only within bfloat16 rounding (see ``docs/algorithms.md``, Update speed, for the tolerance
+        tested). False is the base algorithm.
     :param warmup_actions: where the actions of the warm-up (the first ``learning_starts`` steps, before any
         update) come from: ``"random"`` (uniform over the action space, the base algorithm) or ``"scripted"`` (the
         env's own scripted driver, ``env.scripted_action()``, plus the ``action_noise``; the surrogate
@@ -214,7 +217,7 @@ class CnnClipMixin:
                 f"pre_tanh_penalty needs the actor's pre-tanh, which {type(self).__name__} finds in SB3's actors; this "
                 f"policy's actor ({type(self.actor).__name__}) has none where it looks. Use pre_tanh_penalty=0."
             )
-        #: statistics of the most recent updates, newest last, one dict per gradient step (see the README)
+        #: statistics of the most recent updates, newest last, one dict per gradient step (keys: ``docs/algorithms.md``)
         self.update_stats: deque[dict[str, float]] = deque(maxlen=self.stats_history)
         self._stats = UpdateStatsAccumulator()
 

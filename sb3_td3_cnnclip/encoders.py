@@ -1,7 +1,7 @@
 """Bounded image encoders: SB3's NatureCNN with LayerNorm + tanh on its output, so features stay in [-1, 1].
 
 Unbounded CNN features are what kills a TD3 actor on images: their norm grows within a few updates, the actor's
-pre-tanh follows, every action sits on a bound and the actor's gradient is exactly zero (see the README,
+pre-tanh follows, every action sits on a bound and the actor's gradient is exactly zero (see ``docs/algorithms.md``,
 "Preventing a dead actor"). Normalising the encoder's output and squashing it (as SAC-AE and DrQ do) bounds the
 features whatever the weights or the input.
 """

@@ -53,7 +53,7 @@ def record_update(
     """Aggregate one update's statistics into the logger: means with ``record_mean``, maxima and counts by hand.
 
     :param logger: the model's logger
-    :param stats: the update's statistics (see the README's list of ``update_stats`` keys)
+    :param stats: the update's statistics (see the list of ``update_stats`` keys in ``docs/algorithms.md``, Logged keys)
     :param group_names: the names of the model's parameter groups, e.g. ``"critic_cnn"``
     :param networks: the names of the model's optimizers, whose non-finite skips are counted
     """
