@@ -46,8 +46,6 @@ from sb3_td3_cnnclip.vec_env import make_carla_vec_env
 EXPLOSION_FILE = "explosion.json"
 #: the model file of a run directory
 MODEL_FILE = "model.zip"
-
-
 #: the class of each ``algo``
 ALGORITHM_CLASSES: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "ddpg": DDPGCnnClip, "tqc": TQCCnnClip}
 #: the algorithms a saved model may be, told by keys that SB3 saves for them only (tried in this order): SB3's DDPG
