@@ -242,7 +242,7 @@ def test_sac_critic_trained_encoder_is_trained_by_the_critic_only():
 def test_ddpg_keeps_ddpgs_settings_and_its_own_penalty_default():
     model = make_model(DDPGCnnClip)
     assert (model.policy_delay, model.target_noise_clip, len(model.critic.q_networks)) == (1, 0.0, 1)
-    assert model.pre_tanh_penalty == 0.0 and make_model(TD3CnnClip).pre_tanh_penalty == 0.01
+    assert model.pre_tanh_penalty == 0.01 == make_model(TD3CnnClip).pre_tanh_penalty  # measured for each
     with pytest.raises(TypeError, match="policy_delay"):
         make_model(DDPGCnnClip, policy_delay=2)  # as DDPG itself
 
