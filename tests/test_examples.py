@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,12 +57,16 @@ def test_train_with_callbacks(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rl_zoo(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algo", [TD3CnnClip, SACCnnClip, DDPGCnnClip, TQCCnnClip])
+def test_rl_zoo(algo: type, tmp_path: Path) -> None:
     require("rl_zoo3")
-    extra = ["-params", "learning_starts:40", "batch_size:8", "buffer_size:100", "--env-kwargs", "simulator:'surrogate'"]
+    name = f"{algo.__name__.removesuffix('CnnClip').lower()}_cnnclip"
+    chosen = [] if algo is TD3CnnClip else ["--algo", name]  # td3_cnnclip is the script's default
+    extra = [*chosen, "-params", "learning_starts:40", "batch_size:8", "buffer_size:100", "--env-kwargs",
+             "simulator:'surrogate'"]  # fmt: skip
     run(EXAMPLES / "rl_zoo.py", *extra, cwd=tmp_path, timesteps=60)
-    model = TD3CnnClip.load(tmp_path / "logs" / "td3_cnnclip" / "CarlaScenario0-v0_1" / "CarlaScenario0-v0.zip")
-    assert (model._n_updates, model.batch_size, model.actor_cnn_max_grad_norm) == (20, 8, 1.0)
+    model = algo.load(tmp_path / "logs" / name / "CarlaScenario0-v0_1" / "CarlaScenario0-v0.zip")
+    assert (type(model), model._n_updates, model.batch_size, model.actor_cnn_max_grad_norm) == (algo, 20, 8, 1.0)
 
 
 @pytest.mark.slow
