@@ -42,14 +42,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
 
-from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
-from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.cnnclip import SATURATION_EPS, CnnClipMixin
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
-from sb3_td3_cnnclip.cnnclip import SATURATION_EPS
+from sb3_td3_cnnclip.session import ALGORITHM_CLASSES
 
 NAME = "dead_actor"
-#: the class of each algorithm part
-ALGOS: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "ddpg": DDPGCnnClip, "tqc": TQCCnnClip}
 #: gradient limits of the ``td3`` configuration (measure, never clip)
 NO_CLIP = dict.fromkeys(
     ("actor_cnn_max_grad_norm", "actor_mlp_max_grad_norm", "critic_cnn_max_grad_norm", "critic_mlp_max_grad_norm")
@@ -75,8 +72,8 @@ def parse_config(config: str) -> dict[str, float | bool]:
                 "penalty=<coef>, joined by '+'."
             )
         parts[name] = float(value) if value else True
-    if sum(name in parts for name in ALGOS) > 1:
-        raise ValueError(f"Configuration {config!r} names more than one of {list(ALGOS)}.")
+    if sum(name in parts for name in ALGORITHM_CLASSES) > 1:
+        raise ValueError(f"Configuration {config!r} names more than one of {list(ALGORITHM_CLASSES)}.")
     return parts
 
 
@@ -101,9 +98,9 @@ def make_model(settings: dict[str, Any], seed: int) -> CnnClipMixin:
     parts = parse_config(settings["config"])
     env = make_env(settings["env"])
     n_actions = env.action_space.shape[0]
-    algo = next((name for name in ALGOS if name in parts), "td3")
+    algo = next((name for name in ALGORITHM_CLASSES if name in parts), "td3")
     noise = settings["action_noise"] if algo in ("td3", "ddpg") else 0.0
-    return ALGOS[algo](
+    return ALGORITHM_CLASSES[algo](
         "BoundedCnnPolicy" if parts.get("bounded") else "CnnPolicy",
         env,
         learning_rate=settings["lr"],

@@ -68,12 +68,13 @@ from common import (
 )
 from stable_baselines3.common.noise import NormalActionNoise
 
-from sb3_td3_cnnclip import FrameStackReplayBuffer, SACCnnClip, TD3CnnClip, TQCCnnClip
+from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
 from sb3_td3_cnnclip.envs import SCENARIO_IDS
 from sb3_td3_cnnclip.envs.expert import drive_episode as drive_expert_episode
 from sb3_td3_cnnclip.evaluation import drive_episode
+from sb3_td3_cnnclip.session import ALGORITHM_CLASSES
 
 #: keyword arguments shared by every configuration (the CLI's defaults)
 COMMON: dict[str, Any] = {"learning_rate": 3e-4, "gamma": 0.99, "tau": 0.005}
@@ -88,9 +89,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bf16": {"bf16_encoders": True},
     "scripted": {"warmup_actions": "scripted"},
 }
-#: the class of a configuration's ``"algo"`` (a configuration without one is TD3CnnClip's)
-ALGOS: dict[str, type[CnnClipMixin]] = {"td3": TD3CnnClip, "sac": SACCnnClip, "tqc": TQCCnnClip}
-#: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"``
+#: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"`` (a key of
+#: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's)
 CONFIGS: dict[str, dict[str, Any]] = {
     "td3": {**DELAY, **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {**DELAY, "pre_tanh_penalty": 0.01},
@@ -253,7 +253,7 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     :return: the model
     """
     kwargs = {**COMMON, **CONFIGS[config]}
-    algo = ALGOS[kwargs.pop("algo", "td3")]
+    algo = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")]
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
     return algo(
@@ -287,7 +287,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     steps, eval_every = ticks_budget(args, scenario) // args.action_repeat, max(1, args.eval_every // args.action_repeat)
     checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
     if checkpoint.exists():
-        model = ALGOS[settings["kwargs"].get("algo", "td3")].load(checkpoint, env=env, device=args.device)
+        model = ALGORITHM_CLASSES[settings["kwargs"].get("algo", "td3")].load(checkpoint, env=env, device=args.device)
         resumed = model.num_timesteps
         if args.buffer_checkpoints and buffer_file.exists():
             load_buffer(model, buffer_file)
