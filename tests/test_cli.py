@@ -68,10 +68,10 @@ def test_prevention_flags_reach_the_model() -> None:
 
 def test_learning_flags_reach_the_model() -> None:
     config = parse_train("--n-steps", "3", "--random-shift-pad", "4", "--critic-trained-encoder", "--compile-update",
-                         "--bf16-encoders", "--buffer-size", "100")  # fmt: skip
+                         "--bf16-encoders", "--warmup-actions", "scripted", "--buffer-size", "100")  # fmt: skip
     model = session.make_model(config, ToyImageEnv(size=48))
     assert (model.n_steps, model.random_shift_pad, model.critic_trained_encoder, model.compile_update) == (3, 4, True, True)
-    assert model.bf16_encoders is True
+    assert model.bf16_encoders is True and model.warmup_actions == "scripted"
     assert model.replay_buffer.n_steps == 3
 
 
