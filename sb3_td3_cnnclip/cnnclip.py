@@ -10,6 +10,7 @@ and its losses, with one :meth:`CnnClipMixin._clip_and_step` per network.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections import deque
@@ -29,7 +30,15 @@ from torch import nn
 from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
 from sb3_td3_cnnclip.buffers import default_replay_buffer_class
 from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
-from sb3_td3_cnnclip.grad_clip import NONFINITE_ACTIONS, ParamGroup, check_max_norm, clip_and_step, split_cnn_mlp
+from sb3_td3_cnnclip.grad_clip import (
+    NONFINITE_ACTIONS,
+    NonFiniteGradientError,
+    ParamGroup,
+    check_max_norm,
+    clip_and_step,
+    clip_and_step_on_device,
+    split_cnn_mlp,
+)
 from sb3_td3_cnnclip.policies import DetachedEncoder, use_critic_encoder
 from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
 
@@ -93,11 +102,18 @@ class CnnClipMixin:
         (:func:`~sb3_td3_cnnclip.policies.use_critic_encoder`): one image encoder, trained by the critic's loss
         only, whose features the actor reads without gradient. The actor-CNN group is then empty (neither clipped
         nor logged) and ``critic_cnn_max_grad_norm`` limits the only CNN. False is the base algorithm.
-    :param compile_update: run the update's loss functions (forward and backward) through ``torch.compile`` (on
-        CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs, and Adam ``fused=True`` unless ``optimizer_kwargs``
-        says otherwise), where the class supports it. The same functions run eagerly when False. The first updates
-        pay the compilation (tens of seconds on a CPU, see ``docs/algorithms.md``, Update speed); results equal the
-        eager path's within float rounding, not bit for bit. False is the base algorithm.
+    :param compile_update: the fast path: a gradient step that reads nothing back to the host. The update's loss
+        functions (forward and backward) run through ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``,
+        i.e. CUDA graphs), where the class supports it, and the optimizers are torch's fused ones (``fused=True`` is
+        added to ``optimizer_kwargs``; an optimizer without a fused step is an error), whose ``found_inf`` skips a
+        non-finite step on the device (:func:`~sb3_td3_cnnclip.grad_clip.clip_and_step_on_device`). The skips are
+        counted, and ``on_nonfinite_grad="raise"`` raises, once per ``train()`` call, when the statistics are read:
+        "raise" then raises at the end of the call, naming the updates whose steps were skipped (those steps never
+        changed the weights or the optimizer's state; the call's other updates ran). On the CPU a gradient norm
+        that overflows float32 (an element above about 1e19) counts as non-finite there, where the eager path
+        measures it again in float64 and clips it. The first updates pay the compilation (tens of seconds on a CPU,
+        see ``docs/algorithms.md``, Update speed); results equal the eager path's within float rounding, not bit for
+        bit. False is the base algorithm.
     :param channels_last: keep the networks' convolution weights in ``torch.channels_last`` memory layout, which
         oneDNN runs faster on a CPU than the default layout (see ``docs/algorithms.md``, Update speed, for the
         measured update time). The arithmetic is the base algorithm's; only the order of the convolutions' float
@@ -231,17 +247,27 @@ class CnnClipMixin:
         raise NotImplementedError
 
     def _check_compile_update(self) -> None:
-        """Validate ``compile_update``; on CUDA, give the optimizers fused Adam unless ``optimizer_kwargs`` chose."""
+        """Validate ``compile_update``; give the optimizers ``fused=True``, which its on-device skip of a non-finite
+        step needs (:func:`~sb3_td3_cnnclip.grad_clip.clip_and_step_on_device`)."""
         if not isinstance(self.compile_update, bool):
             raise ValueError(f"compile_update={self.compile_update!r} must be True or False.")
-        if self.compile_update and not th._dynamo.is_dynamo_supported():
+        if not self.compile_update:
+            return
+        if not th._dynamo.is_dynamo_supported():
             raise RuntimeError(
                 f"compile_update=True needs torch.compile, which torch {th.__version__} does not support on this "
                 "Python or platform. Use compile_update=False (the same update, run eagerly)."
             )
-        if self.compile_update and self.device.type == "cuda":
-            optimizer_kwargs = {"fused": True, **self.policy_kwargs.get("optimizer_kwargs", {})}
-            self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": optimizer_kwargs}
+        optimizer_class = self.policy_kwargs.get("optimizer_class", th.optim.Adam)
+        optimizer_kwargs = {"fused": True, **self.policy_kwargs.get("optimizer_kwargs", {})}
+        if "fused" not in inspect.signature(optimizer_class).parameters or optimizer_kwargs["fused"] is not True:
+            raise ValueError(
+                f"compile_update=True skips a non-finite optimizer step on the device, through the found_inf of a "
+                f"torch optimizer with fused=True; {optimizer_class.__name__} with optimizer_kwargs "
+                f"{self.policy_kwargs.get('optimizer_kwargs', {})} has no fused step. Use torch.optim.Adam (the "
+                "default), AdamW, SGD or Adagrad without fused=False, or compile_update=False."
+            )
+        self.policy_kwargs = {**self.policy_kwargs, "optimizer_kwargs": optimizer_kwargs}
 
     def _use_channels_last(self) -> bool:
         """Validate ``channels_last`` and resolve ``None`` for this model's device and features extractors."""
@@ -497,23 +523,61 @@ class CnnClipMixin:
     def _clip_and_step(
         self, network: str, optimizer: th.optim.Optimizer, groups: list[ParamGroup], stats: dict
     ) -> None:
-        """Clip, measure and step one network, writing its group norms (and a skip, if any) into ``stats``."""
-        norms, stepped = clip_and_step(optimizer, groups, self.on_nonfinite_grad)
+        """Clip, measure and step one network, writing its group norms (and a skip, if any) into ``stats``.
+
+        With ``compile_update=True`` the skip of a non-finite step is decided on the device
+        (:func:`~sb3_td3_cnnclip.grad_clip.clip_and_step_on_device`): ``stats`` then holds every group's norms and
+        the skip flag as tensors, and :meth:`_read_update_stats` settles them once per ``train()`` call.
+        """
+        if self.compile_update:
+            norms, skipped = clip_and_step_on_device(optimizer, groups)
+        else:
+            norms, stepped = clip_and_step(optimizer, groups, self.on_nonfinite_grad)
+            skipped = None if stepped else 1.0
         for name, (before, after) in norms.items():
             stats[f"{name}_before"] = before
             if after is not None:
                 stats[f"{name}_after"] = after
-        if not stepped:
+        if skipped is not None:
+            stats[f"{network}_skipped"] = skipped
+
+    def _settle_skips(self, stats: dict[str, float]) -> dict[str, float]:
+        """Count an update's skipped optimizer steps in ``nonfinite_skips``, and give its statistics the keys of an
+        eager update: ``<network>_skipped`` (1.0) only for a skipped step, and no AFTER norm of a skipped network."""
+        skipped = [network for network in self.nonfinite_skips if stats.get(f"{network}_skipped")]
+        for network in skipped:
             self.nonfinite_skips[network] += 1
-            stats[f"{network}_skipped"] = 1.0
+        drop = {f"{network}_skipped" for network in self.nonfinite_skips if network not in skipped}
+        drop |= {f"{group.name}_after" for group in self._groups if group.name.startswith(tuple(skipped))}
+        return {key: value for key, value in stats.items() if key not in drop}
 
     def _read_update_stats(self, gradient_steps: int) -> list[dict[str, float]]:
-        """Read this call's statistics, append them to ``update_stats`` (enlarged to hold them) and log them."""
+        """Read this call's statistics, count its skipped steps, append them to ``update_stats`` (enlarged to hold
+        them) and log them."""
         if gradient_steps > self.update_stats.maxlen:  # keep every update of this call for the callbacks
             self.update_stats = deque(self.update_stats, maxlen=gradient_steps)
-        updates = self._stats.read()
+        updates = [self._settle_skips(stats) for stats in self._stats.read()]
         group_names = [group.name for group in self._groups]
         for stats in updates:
             self.update_stats.append(stats)
             record_update(self.logger, stats, group_names, list(self.nonfinite_skips))
         return updates
+
+    def _raise_on_skipped_steps(self, updates: list[dict[str, float]]) -> None:
+        """With ``on_nonfinite_grad="raise"`` on the path that skips on the device (``compile_update=True``), raise
+        :class:`~sb3_td3_cnnclip.grad_clip.NonFiniteGradientError` naming the updates whose steps were skipped.
+
+        :param updates: this ``train()`` call's statistics, as :meth:`_read_update_stats` returns them
+        """
+        if self.on_nonfinite_grad != "raise":
+            return
+        skipped = {int(stats["n_updates"]): [network for network in self.nonfinite_skips if f"{network}_skipped" in stats]
+                   for stats in updates}  # fmt: skip
+        skipped = {update: networks for update, networks in skipped.items() if networks}
+        if skipped:
+            raise NonFiniteGradientError(
+                f"Non-finite gradient norm(s) in update(s) {skipped} (update number: networks); those optimizer steps "
+                "were skipped on the device, their weights and optimizer state never changed, and the rest of the "
+                "train() call ran. Lower the learning rate or reward scale, or pass on_nonfinite_grad=\"skip\" to "
+                "skip such steps."
+            )

@@ -138,8 +138,8 @@ def clip_and_step(
     :return: for each group name ``(norm before, norm after)`` as 0-dim float64 tensors (after is ``None`` on a
         skipped step; groups without any gradient are absent), and whether the step was taken
     """
-    grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
-    before = {name: group_norm(g) for name, g in grads.items() if g}
+    grads = _grads(groups)
+    before = {name: group_norm(g) for name, g in grads.items()}
     finite = True
     if before and not th.stack(list(before.values())).isfinite().all():  # the step's one wait for the device
         # float32 chunk norms overflow for elements above ~1e19: measure such a group again in float64
@@ -154,6 +154,57 @@ def clip_and_step(
             )
         optimizer.zero_grad()
         return {name: (norm, None) for name, norm in before.items()}, False
+    stats = _clip(groups, grads, before)
+    optimizer.step()
+    return stats, True
+
+
+def clip_and_step_on_device(
+    optimizer: th.optim.Optimizer, groups: list[ParamGroup]
+) -> tuple[dict[str, tuple[th.Tensor, th.Tensor]], th.Tensor]:
+    """:func:`clip_and_step` whose skip of a non-finite step is decided on the device: no host-device transfer.
+
+    The optimizer must be one of torch's fused ones (``fused=True``: Adam, AdamW, SGD, Adagrad): their step reads
+    ``optimizer.found_inf`` (as :class:`torch.amp.GradScaler` sets it) and, where it is 1, leaves the parameters and
+    the optimizer's state (its step count included) as they were. The gradients of a skipped step are left as they
+    are, for the next ``zero_grad()``; the caller reads ``found_inf`` later, with the statistics, and acts on it.
+
+    One difference from :func:`clip_and_step`: a norm that overflows float32 is not measured again in float64 (that
+    decision would need the host). On CUDA, :func:`group_norm` accumulates in float64 and cannot overflow; on the CPU
+    a gradient with an element above about 1e19 has an infinite norm there, and its step is skipped as non-finite.
+
+    :param optimizer: the fused optimizer to step
+    :param groups: the groups whose parameters the optimizer updates
+    :return: for each group name ``(norm before, norm after)`` as 0-dim float64 tensors (on a skipped step after is
+        meaningless; groups without any gradient are absent), and ``found_inf``: a 0-dim float32 tensor, 1.0 where
+        the step was skipped and 0.0 where it was taken
+    """
+    grads = _grads(groups)
+    before = {name: group_norm(g) for name, g in grads.items()}
+    norms = th.stack(list(before.values())) if before else th.zeros(1, dtype=th.float64)
+    found_inf = (~norms.isfinite().all()).float()
+    stats = _clip(groups, grads, before)
+    optimizer.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:  # as GradScaler: a later step() that is not this function's must not read it
+        del optimizer.found_inf
+    return stats, found_inf
+
+
+def _grads(groups: list[ParamGroup]) -> dict[str, list[th.Tensor]]:
+    """The gradients of each group that has any, by group name."""
+    grads = {group.name: [p.grad for p in group.params if p.grad is not None] for group in groups}
+    return {name: g for name, g in grads.items() if g}
+
+
+def _clip(
+    groups: list[ParamGroup], grads: dict[str, list[th.Tensor]], before: dict[str, th.Tensor]
+) -> dict[str, tuple[th.Tensor, th.Tensor]]:
+    """Clip each group with a gradient to its limit from its norm ``before``; measure the clipped ones again.
+
+    :return: ``(norm before, norm after)`` by group name
+    """
     stats = {}
     for group in groups:
         if group.name not in before:
@@ -165,5 +216,4 @@ def clip_and_step(
             th._foreach_mul_(grads[group.name], th.where(clipped, target / (norm + 1e-6), 1.0))
             after = th.where(clipped, group_norm(grads[group.name]), norm)
         stats[group.name] = (norm, after)
-    optimizer.step()
-    return stats, True
+    return stats

@@ -35,8 +35,9 @@ class TD3CnnClip(CnnClipMixin, TD3):
         input of the final ``tanh`` of ``actor.mu``). The default (``default_pre_tanh_penalty``, 0.01) kept the actor
         alive on every seed measured, where TD3 on images saturated its tanh and stopped learning
         (``benchmarks/results/dead_actor.md``). 0.0 is TD3's actor loss.
-    :param compile_update: run the critic and actor losses (forward and backward) through ``torch.compile`` (see
-        :class:`~sb3_td3_cnnclip.cnnclip.CnnClipMixin`). False is TD3.
+    :param compile_update: the fast path: run the critic and actor losses (forward and backward) through
+        ``torch.compile`` and decide the skip of a non-finite step on the device, so that a gradient step reads
+        nothing back to the host (see :class:`~sb3_td3_cnnclip.cnnclip.CnnClipMixin`). False is TD3.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -130,6 +131,7 @@ class TD3CnnClip(CnnClipMixin, TD3):
                 self._stats.add(stats)
         finally:  # one transfer for the whole call; also keeps the updates completed before an exception
             updates = self._read_update_stats(gradient_steps)
+        self._raise_on_skipped_steps(updates)  # compile_update=True decides the skips on the device
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         actor_losses = [s["actor_loss"] for s in updates if "actor_loss" in s]
