@@ -10,6 +10,9 @@ off by up to 8e-5 (relative) on a NatureCNN-sized group (1.6M parameters), and r
 each element; together they left about half of all clipped norms a few ulps *above* the limit. Chunked norms are
 within 2e-8 of the float64 norm at a tenth of the cost of converting to float64, and the clip aims at
 ``limit * (1 - CLIP_MARGIN)``, so that every logged AFTER norm is <= the limit.
+
+:func:`clip_and_step` decides on the host whether a step is finite (one wait for the device per step);
+:func:`clip_and_step_on_device` leaves that decision to a fused optimizer's ``found_inf``, for a step without any.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def _float64_norm(grads: list[th.Tensor]) -> th.Tensor:
 class ParamGroup:
     """The parameters of one part of a network that are clipped together.
 
-    :param name: the group's name in logged keys, e.g. ``"actor_cnn"``
+    :param name: the group's name in logged keys, beginning with its network's name, e.g. ``"actor_cnn"``
     :param params: the parameters (those the optimizer updates that belong to the group)
     :param max_norm: the limit of the group's total L2 gradient norm, ``None`` for no clipping
     """
