@@ -117,7 +117,7 @@ class TrainConfig:
     n_steps: int = option(1, "n-step returns (SB3's n_steps; 1: TD3's one-step targets), in the frame-stacked replay buffer", POSITIVE)
     random_shift_pad: int = option(0, "DrQ random-shift augmentation of the replay images, in pixels (0: off; 4 for 84x84)", NON_NEGATIVE)
     critic_trained_encoder: bool = option(False, "DrQ-v2: one image encoder trained by the critic only, the actor reads it without gradient")
-    compile_update: bool = option(False, "torch.compile the update's loss functions (td3 and ddpg; the first updates pay tens of seconds of compilation)", algos=("td3", "ddpg"))
+    compile_update: bool = option(False, "the fast path: torch.compile the update's loss functions, fused optimizers, non-finite steps skipped on the device (td3 and ddpg; the first updates pay tens of seconds of compilation)", algos=("td3", "ddpg"))
     bf16_encoders: bool = option(False, "run the CNNs of the update in bfloat16 autocast (about 2x faster on CPUs with AMX/AVX512-BF16; float32 within bfloat16 rounding)")
     early_stop: bool = option(True, "stop on a loss / Q / gradient explosion or a dead actor, and count alerts")
     curriculum: bool = option(False, "raise the scenario (traffic) from --scenario to 2, in equal shares of --max-timesteps")

@@ -198,8 +198,8 @@ def test_the_fast_path_reads_the_host_once_per_train_call(eager_losses, monkeypa
 
 
 def test_compile_update_makes_the_optimizers_fused_and_refuses_one_without_a_fused_step():
-    model = make_model(compile_update=True)
-    assert model.actor.optimizer.defaults["fused"] and model.critic.optimizer.defaults["fused"]
+    for model in (make_model(compile_update=True), make_model(compile_update=True, critic_trained_encoder=True)):
+        assert model.actor.optimizer.defaults["fused"] and model.critic.optimizer.defaults["fused"]
     assert make_model().critic.optimizer.defaults["fused"] is None  # the default path keeps SB3's Adam
     adamw = make_model(compile_update=True, policy_kwargs={**SMALL_CNN, "optimizer_class": th.optim.AdamW})
     assert isinstance(adamw.actor.optimizer, th.optim.AdamW) and adamw.actor.optimizer.defaults["fused"]
