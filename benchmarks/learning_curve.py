@@ -17,8 +17,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 
 - ``td3``: plain TD3 (``TD3CnnClip`` with every gradient limit ``None`` and ``pre_tanh_penalty=0`` and
   ``channels_last=False``: exactly TD3);
-- ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults; with
-  ``--action-repeat 4`` and the ``cpu`` size's batch, buffer and warm-up, the recipe of ``examples/drive.yml``);
+- ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults);
+- :data:`RECIPE`, ``recommended+nstep3``: with ``--action-repeat 4`` and the ``cpu`` size's batch, buffer and
+  warm-up, the recipe of ``examples/drive.yml``;
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
@@ -42,7 +43,7 @@ measured; ``--report-only`` rewrites them without training. The Markdown checks 
 the goals of issue 20 (:data:`GOALS`).
 
 ``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
-table on a 2-core CPU: ``recommended`` on scenarios 0, 1 and 2 and ``td3`` on scenario 0, 3 seeds each, 50k ticks
+table on a 2-core CPU: the recipe on scenarios 0, 1 and 2 and ``td3`` on scenario 0, 3 seeds each, 50k ticks
 on scenario 0 and 100k on 1 and 2), ``large`` (every configuration and scenario, for a bigger machine).
 ``--configs`` / ``--scenarios`` replace the size's runs by every combination of the ones given.
 
@@ -99,6 +100,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tqc": {"algo": "tqc", **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "tqc_recommended": {"algo": "tqc"},
 }
+#: the configuration of examples/drive.yml, which the cpu size measures
+RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
@@ -112,7 +115,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 10_000, "eval_episodes": 10,
             "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
             "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
-            "runs": [("recommended", 0), ("td3", 0), ("recommended", 1), ("recommended", 2)]},
+            "runs": [(RECIPE, 0), ("td3", 0), (RECIPE, 1), (RECIPE, 2)]},
     "large": {"ticks": {0: 400_000, 1: 400_000, 2: 400_000}, "eval_every": 40_000, "eval_episodes": 10,
               "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 256,
               "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,

@@ -27,7 +27,7 @@ torch.set_num_threads(1)  # the update is faster on one thread when the env shar
 env = gym.make("CarlaScenario0-v0", simulator="surrogate")  # action_repeat=4
 model = TD3CnnClip(
     "CnnPolicy", env, learning_rate=3e-4, gamma=0.99, batch_size=64, buffer_size=50_000, learning_starts=1000,
-    action_noise=NormalActionNoise(np.zeros(2), 0.1 * np.ones(2)), pre_tanh_penalty=0.01, seed=0, verbose=1,
+    action_noise=NormalActionNoise(np.zeros(2), 0.1 * np.ones(2)), pre_tanh_penalty=0.01, n_steps=3, seed=0, verbose=1,
 )
 model.learn(decisions, progress_bar=True)
 model.save("drive_scenario0")

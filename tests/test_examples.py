@@ -101,8 +101,8 @@ def test_the_recipe_file_is_what_the_learning_curve_benchmark_measures(monkeypat
     import learning_curve
 
     recipe = resolve_config(load_config_file(EXAMPLES / "drive.yml"), {})
-    cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS["recommended"]}
-    assert ("recommended", 0) in cpu["runs"]
+    cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS[learning_curve.RECIPE]}
+    assert (learning_curve.RECIPE, 0) in cpu["runs"]
     assert recipe.max_timesteps * recipe.action_repeat == cpu["ticks"][0]
     for key in ("action_repeat", "batch_size", "buffer_size", "learning_starts"):
         assert getattr(recipe, key) == cpu[key], key
