@@ -350,9 +350,7 @@ def main() -> None:
         results["profile"] = {
             name: profile(models[name], args.profile_steps, args.batch_sizes[0], top=25) for name in models
         }
-    json_path, md_path = write_results(args.output_dir, "clip_overhead" + ("" if args.algo == "td3" else f"_{args.algo}"), results, to_markdown(results))
-    print(to_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, "clip_overhead" + ("" if args.algo == "td3" else f"_{args.algo}"), results, to_markdown(results))
 
 
 if __name__ == "__main__":

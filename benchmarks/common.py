@@ -114,19 +114,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def write_results(output_dir: Path, name: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` into ``output_dir``.
+def write_results(
+    output_dir: Path, name: str, results: dict[str, Any], markdown: str, echo: bool = True
+) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` into ``output_dir``; print the Markdown and the two paths.
 
     :param output_dir: the folder (created when missing)
     :param name: the benchmark's name
     :param results: everything measured, with the run description
     :param markdown: the Markdown summary (title, run description line and table(s))
+    :param echo: print the Markdown and the paths (False: write silently, e.g. for results rewritten as jobs end)
     :return: the paths of the JSON and Markdown files
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / f"{name}.json", output_dir / f"{name}.md"
     json_path.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
+    if echo:
+        print(markdown)
+        print(f"wrote {json_path} and {md_path}")
     return json_path, md_path
 
 

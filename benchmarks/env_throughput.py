@@ -353,9 +353,7 @@ def main() -> None:
         results = {"run": run_description(args), "scenario": args.scenarios[0],
                    "n_envs": vec_env_throughput(args.n_envs, args.scenarios[0], args.steps, args.block, args.seed),
                    "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}}  # fmt: skip
-        json_path, md_path = write_results(args.output_dir, "env_throughput_n_envs", results, vec_env_markdown(results))
-        print(vec_env_markdown(results))
-        print(f"wrote {json_path} and {md_path}")
+        write_results(args.output_dir, "env_throughput_n_envs", results, vec_env_markdown(results))
         return
     results = {
         "run": run_description(args),
@@ -363,9 +361,7 @@ def main() -> None:
     }
     if args.fake_carla:
         results["fake_carla"] = fake_carla_overhead(args.steps, args.fake_npcs, args.seed)
-    json_path, md_path = write_results(args.output_dir, "env_throughput", results, to_markdown(results))
-    print(to_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, "env_throughput", results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -96,10 +96,7 @@ def main() -> None:
         "label": args.label,
         "scenarios": {str(scenario): run_scenario(scenario, seeds, args.image_size) for scenario in args.scenarios},
     }
-    markdown = to_markdown(results)
-    json_path, md_path = write_results(args.output_dir, args.name, results, markdown)
-    print(markdown)
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, args.name, results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -266,9 +266,7 @@ def main() -> None:
         threads, kwargs = args.candidates[name]
         results["full"] = {"candidate": name, **full_run(threads, kwargs, args.full, args.seed)}
     set_threads(args.threads)
-    json_path, md_path = write_results(args.output_dir, "learn_5000", results, to_markdown(results))
-    print(to_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, "learn_5000", results, to_markdown(results))
 
 
 if __name__ == "__main__":

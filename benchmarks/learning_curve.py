@@ -462,7 +462,7 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"![learning curves]({args.name}.png)",
     ])  # fmt: skip
-    write_results(args.output_dir, args.name, results, markdown)
+    write_results(args.output_dir, args.name, results, markdown, echo=False)
     if curves:
         title = (f"surrogate, action repeat {args.action_repeat}, evaluation every {args.eval_every} ticks: mean over up to "
                  f"{len(args.seeds)} seeds, band = min..max; {args.machine}, {run['date_utc']} UTC")  # fmt: skip

@@ -310,9 +310,7 @@ def main() -> None:
             kind: {str(n_envs): measure(args, kind, n_envs, pool) for n_envs in args.n_envs} for kind in args.streams
         },
     }
-    json_path, md_path = write_results(args.output_dir, "replay_memory", results, to_markdown(results))
-    print(to_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, "replay_memory", results, to_markdown(results))
 
 
 if __name__ == "__main__":

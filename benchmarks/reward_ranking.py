@@ -92,10 +92,7 @@ def main() -> None:
         "run": run_description(args),
         "scenarios": {str(s): rank_scenario(s, seeds, args.cruise_speeds, args.action_repeat) for s in args.scenarios},
     }
-    markdown = to_markdown(results)
-    json_path, md_path = write_results(args.output_dir, args.name, results, markdown)
-    print(markdown)
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, args.name, results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -362,9 +362,7 @@ def main() -> None:
                                args.last_episodes)  # fmt: skip
             for variant in args.variants
         }
-    json_path, md_path = write_results(args.output_dir, "stability", results, to_markdown(results))
-    print(to_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
+    write_results(args.output_dir, "stability", results, to_markdown(results))
 
 
 if __name__ == "__main__":
