@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up .venv, train the driving recipe (examples/drive.yml: a camera-only
-# CnnPolicy, each action held 4 ticks, 12,500 decisions = 50k simulator ticks) on CarlaScenario0-v0 with the
+# CnnPolicy, each action held 4 ticks, 3-step returns, 12,500 decisions = 50k simulator ticks) on CarlaScenario0-v0 with the
 # embedded surrogate simulator (no CARLA server needed), then drive the trained policy on 10 seeds training never
 # saw (1000-1009), print each episode and write the camera view of those episodes to <run dir>/drive.gif.
 # The run directory is runs/drive/drive_<n>/ (TensorBoard logs, config.json, model.zip; check it with
