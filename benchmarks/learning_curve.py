@@ -29,6 +29,7 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+bf16``: ``bf16_encoders=True`` (the update's CNNs in bfloat16: does reduced precision change learning?);
 - ``+scripted``: ``warmup_actions="scripted"`` (the warm-up's decisions driven by the scripted driver plus the
   exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
+- ``+freq2``: ``train_freq=2`` (one gradient step every 2 decisions: half the updates, for a table that fits 3 hours);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -89,6 +90,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "nstep3": {"n_steps": 3},
     "bf16": {"bf16_encoders": True},
     "scripted": {"warmup_actions": "scripted"},
+    "freq2": {"train_freq": 2},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's)
@@ -102,7 +104,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 #: the configuration of examples/drive.yml, which the cpu size measures
 RECIPE = "recommended+nstep3"
-for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"]):
+for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
+               ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
