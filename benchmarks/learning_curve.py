@@ -30,6 +30,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+scripted``: ``warmup_actions="scripted"`` (the warm-up's decisions driven by the scripted driver plus the
   exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
 - ``+freq2``: ``train_freq=2`` (one gradient step every 2 decisions: half the updates, for a table that fits 3 hours);
+- ``+lindecay``: the learning rate (actor's and critic's) decayed linearly from 3e-4 to 0 over the run's whole budget
+  (rl-zoo's ``lin_3e-4``; :class:`BudgetProgress` keeps SB3's progress on the budget across the run's ``learn()``
+  calls and restarts), so that the policy at the end of the budget is the settled one the goals judge;
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -68,7 +71,9 @@ import numpy as np
 from common import (
     RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results,
 )
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin
@@ -91,6 +96,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bf16": {"bf16_encoders": True},
     "scripted": {"warmup_actions": "scripted"},
     "freq2": {"train_freq": 2},
+    "lindecay": {"learning_rate": "linear"},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's)
@@ -105,7 +111,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 #: the configuration of examples/drive.yml, which the cpu size measures
 RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
-               ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"]):
+               ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
+               ["nstep3", "bf16", "lindecay"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
@@ -260,6 +267,8 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     """
     kwargs = {**COMMON, **CONFIGS[config]}
     algo = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")]
+    if kwargs["learning_rate"] == "linear":
+        kwargs["learning_rate"] = LinearSchedule(COMMON["learning_rate"], 0.0, 1.0)
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
     return algo(
@@ -267,6 +276,25 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
         batch_size=args.batch_size, action_noise=noise if algo is TD3CnnClip else None, seed=seed,
         device=args.device, **kwargs,
     )  # fmt: skip
+
+
+class BudgetProgress(BaseCallback):
+    """Make SB3's training progress (``progress_remaining``, which learning-rate schedules read) run over a whole
+    budget of steps rather than over each ``learn()`` call: a run trains in one ``learn()`` call per evaluation and
+    again after a restart, and SB3 counts each call's progress from 1 to 0.
+
+    :param budget: the run's steps (decisions), at which the progress reaches 0
+    """
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def _on_training_start(self) -> None:
+        self.model._total_timesteps = self.budget  # SB3's progress_remaining = 1 - num_timesteps / _total_timesteps
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> str:
@@ -317,7 +345,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
         if step >= steps:
             break
         start = time.perf_counter()
-        model.learn(min(eval_every, steps - step), reset_num_timesteps=False)
+        model.learn(min(eval_every, steps - step), reset_num_timesteps=False, callback=BudgetProgress(steps))
         train_seconds += time.perf_counter() - start
         if args.buffer_checkpoints:
             save_buffer(model, folder / "replay_buffer.tmp.ckpt")

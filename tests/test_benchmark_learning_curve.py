@@ -96,3 +96,26 @@ def test_each_configuration_builds_its_algorithm_with_its_exploration(monkeypatc
         assert (model.action_noise is not None) == (algo is TD3CnnClip)
         assert model.warmup_actions == ("scripted" if "scripted" in config else "random")
         assert (model.actor_cnn_max_grad_norm is None) == (config in ("td3", "sac"))
+
+
+def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_calls_and_a_reload(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+    from sb3_td3_cnnclip import TD3CnnClip
+    from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+    args = learning_curve.parse_args(["--size", "tiny"])
+    budget, start = 40, learning_curve.COMMON["learning_rate"]
+    model = learning_curve.make_model(args, "recommended+nstep3+lindecay", ToyImageEnv(size=36), seed=0)
+    model.learning_starts = 4  # updates in both calls
+    for chunk in range(2):  # SB3 alone would count each learn() call's progress from 1 to 0 (the rate 0 at its end)
+        if chunk == 1:  # a restart from the checkpoint, as run_job's
+            model.save(tmp_path / "model.zip")
+            model = TD3CnnClip.load(tmp_path / "model.zip", env=ToyImageEnv(size=36))
+        model.learn(20, reset_num_timesteps=False, callback=learning_curve.BudgetProgress(budget))
+        # the last update's rate: its progress is read after the last decision of the call
+        expected = start * (1 - model.num_timesteps / budget)
+        assert model.num_timesteps == 20 * (chunk + 1)
+        for optimizer in (model.actor.optimizer, model.critic.optimizer):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+    assert learning_curve.make_model(args, "recommended+nstep3", ToyImageEnv(size=36), seed=0).learning_rate == start
