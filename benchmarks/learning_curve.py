@@ -408,12 +408,14 @@ def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
 
 
 def goal_status(scenario: int, point: dict[str, Any]) -> str:
-    """Whether an evaluation point meets :data:`GOALS` for its scenario, naming each figure that misses."""
+    """Whether an evaluation point meets :data:`GOALS` for its scenario, naming each figure that misses, and saying
+    so when the point has fewer seeds than the goals' mean of 3."""
     completion, collisions, speed = GOALS[scenario]
     misses = [f"route < {completion:.0%}"] * (point["route_completion"]["mean"] < completion)
     misses += [f"collisions > {collisions:.0%}"] * (point["collision_rate"]["mean"] > collisions)
     misses += [f"speed < {speed:.0%}"] * (point["speed_vs_expert"]["mean"] < speed)
-    return "met" if not misses else "missed: " + ", ".join(misses)
+    status = "met" if not misses else "missed: " + ", ".join(misses)
+    return status if point["seeds"] >= 3 else f"{status} ({point['seeds']} seed(s): the goals are for the mean of 3)"
 
 
 def plot(curves: dict[tuple[str, int], list[dict[str, Any]]], path: Path, title: str) -> None:

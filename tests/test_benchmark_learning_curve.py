@@ -119,3 +119,17 @@ def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_ca
         for optimizer in (model.actor.optimizer, model.critic.optimizer):
             assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
     assert learning_curve.make_model(args, "recommended+nstep3", ToyImageEnv(size=36), seed=0).learning_rate == start
+
+
+def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    def point(seeds: int, route: float, collisions: float, speed: float) -> dict:
+        figures = {"route_completion": route, "collision_rate": collisions, "speed_vs_expert": speed}
+        return {"seeds": seeds, **{key: {"mean": value} for key, value in figures.items()}}
+
+    assert learning_curve.goal_status(1, point(3, 0.90, 0.05, 0.85)) == "met"  # the goals' bounds are inclusive
+    assert learning_curve.goal_status(0, point(3, 0.94, 0.06, 0.89)) == (
+        "missed: route < 95%, collisions > 5%, speed < 90%")
+    assert learning_curve.goal_status(2, point(1, 0.99, 0.0, 1.0)) == "met (1 seed(s): the goals are for the mean of 3)"
