@@ -32,7 +32,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+freq2``: ``train_freq=2`` (one gradient step every 2 decisions: half the updates, for a table that fits 3 hours);
 - ``+lindecay``: the learning rate (actor's and critic's) decayed linearly from 3e-4 to 0 over the run's whole budget
   (rl-zoo's ``lin_3e-4``; :class:`BudgetProgress` keeps SB3's progress on the budget across the run's ``learn()``
-  calls and restarts), so that the policy at the end of the budget is the settled one the goals judge;
+  calls and restarts; a run extended by a larger ``--ticks`` goes on at the new budget's rate), so that the policy at
+  the end of the budget is the settled one the goals judge;
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
