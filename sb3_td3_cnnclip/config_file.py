@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.utils import LinearSchedule
+
 from sb3_td3_cnnclip.cnnclip import WARMUP_ACTIONS
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError
@@ -28,6 +31,8 @@ BOUNDED_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
 #: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
 DEFAULT_ACTION_NOISE_SIGMA = {"td3": 0.1, "ddpg": 0.1, "sac": 0.0, "tqc": 0.0}
+#: learning-rate schedules over a run (``lr_schedule``): constant, or decayed linearly to 0 (rl-zoo's ``lin_<lr>``)
+LR_SCHEDULES = ("constant", "linear")
 
 #: a range check: (predicate, what the value must be, for the error message)
 Check = tuple[Callable[[float], bool], str]
@@ -96,6 +101,7 @@ class TrainConfig:
     log_dir: str = option("runs", "directory that receives one sub-directory per run (TensorBoard, config, model)")
     run_name: str | None = option(None, "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n> (none: the algorithm's class name, e.g. TD3CnnClip)")
     learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
+    lr_schedule: str = option("constant", "learning-rate schedule over --max-timesteps: constant, or linear (from --learning-rate at the start to 0 at the end, rl-zoo's lin_<lr>)", choices=LR_SCHEDULES)
     gamma: float = option(0.99, "discount factor", FRACTION)
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
@@ -131,6 +137,13 @@ class TrainConfig:
     def env_kwargs(self) -> dict[str, Any]:
         """The ``gymnasium.make`` options of every env these options train or evaluate on, besides the server."""
         return {"observation": "dict" if self.policy in DICT_POLICIES else "image", "action_repeat": self.action_repeat}
+
+    def learning_rate_schedule(self) -> float | Schedule:
+        """The ``learning_rate`` argument of the model: ``learning_rate``, constant or decayed as ``lr_schedule`` says.
+        SB3 reads a schedule at the progress of one ``learn()`` call: the decay reaches 0 at the end of the call."""
+        if self.lr_schedule == "linear":
+            return LinearSchedule(self.learning_rate, 0.0, 1.0)
+        return self.learning_rate
 
     def action_noise(self) -> float:
         """The std of the exploration noise: ``action_noise_sigma``, or the algorithm's default when it is ``None``."""

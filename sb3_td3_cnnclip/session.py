@@ -136,7 +136,7 @@ def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> CnnClipMixin:
     sigma = config.action_noise()
     noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
     return ALGORITHM_CLASSES[config.algo](
-        config.policy, env, learning_rate=config.learning_rate, buffer_size=config.buffer_size,
+        config.policy, env, learning_rate=config.learning_rate_schedule(), buffer_size=config.buffer_size,
         learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
         train_freq=config.train_freq, gradient_steps=config.gradient_steps, action_noise=noise,
         actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm, actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm,

@@ -75,6 +75,15 @@ def test_learning_flags_reach_the_model() -> None:
     assert model.replay_buffer.n_steps == 3
 
 
+def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:
+    config = parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--buffer-size", "100", "--learning-starts", "4")
+    model = session.make_model(config, ToyImageEnv(size=36))
+    assert [model.lr_schedule(progress) for progress in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-15)
+    model.learn(20)  # the last update reads the progress after the run's last step: 0
+    assert [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)] == [0.0, 0.0]
+    assert session.make_model(parse_train("--lr", "1e-3", "--buffer-size", "100"), ToyImageEnv(size=36)).lr_schedule(0.0) == 1e-3
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -92,6 +101,7 @@ def test_learning_flags_reach_the_model() -> None:
         (["--torch-threads", "0"], "torch_threads=0 must be > 0"),
         (["--n-steps", "0"], "n_steps=0 must be > 0"),
         (["--random-shift-pad", "-1"], "random_shift_pad=-1 must be >= 0"),
+        (["--lr-schedule", "cosine"], "argument --lr-schedule: invalid choice: 'cosine'"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
         (["--algo", "ppo"], "argument --algo: invalid choice: 'ppo'"),
         (["--algo", "sac", "--policy-delay", "3"],
