@@ -31,7 +31,7 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
 - ``+freq2``: ``train_freq=2`` (one gradient step every 2 decisions: half the updates, for a table that fits 3 hours);
 - ``+lindecay``: the learning rate (actor's and critic's) decayed linearly from 3e-4 to 0 over the run's whole budget
-  (rl-zoo's ``lin_3e-4``; :class:`BudgetProgress` keeps SB3's progress on the budget across the run's ``learn()``
+  (``lr_schedule="linear"`` of the command line and config files, rl-zoo's ``lin_3e-4``; :class:`BudgetProgress` keeps SB3's progress on the budget across the run's ``learn()``
   calls and restarts; a run extended by a larger ``--ticks`` goes on at the new budget's rate), so that the policy at
   the end of the budget is the settled one the goals judge;
 
@@ -74,11 +74,11 @@ from common import (
 )
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
+from sb3_td3_cnnclip.config_file import learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS
 from sb3_td3_cnnclip.envs.expert import drive_episode as drive_expert_episode
 from sb3_td3_cnnclip.evaluation import drive_episode
@@ -97,7 +97,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bf16": {"bf16_encoders": True},
     "scripted": {"warmup_actions": "scripted"},
     "freq2": {"train_freq": 2},
-    "lindecay": {"learning_rate": "linear"},
+    "lindecay": {"lr_schedule": "linear"},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's)
@@ -268,8 +268,7 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     """
     kwargs = {**COMMON, **CONFIGS[config]}
     algo = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")]
-    if kwargs["learning_rate"] == "linear":
-        kwargs["learning_rate"] = LinearSchedule(COMMON["learning_rate"], 0.0, 1.0)
+    kwargs["learning_rate"] = learning_rate_schedule(kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"))
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
     return algo(

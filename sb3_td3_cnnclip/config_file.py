@@ -138,13 +138,6 @@ class TrainConfig:
         """The ``gymnasium.make`` options of every env these options train or evaluate on, besides the server."""
         return {"observation": "dict" if self.policy in DICT_POLICIES else "image", "action_repeat": self.action_repeat}
 
-    def learning_rate_schedule(self) -> float | Schedule:
-        """The ``learning_rate`` argument of the model: ``learning_rate``, constant or decayed as ``lr_schedule`` says.
-        SB3 reads a schedule at the progress of one ``learn()`` call: the decay reaches 0 at the end of the call."""
-        if self.lr_schedule == "linear":
-            return LinearSchedule(self.learning_rate, 0.0, 1.0)
-        return self.learning_rate
-
     def action_noise(self) -> float:
         """The std of the exploration noise: ``action_noise_sigma``, or the algorithm's default when it is ``None``."""
         return DEFAULT_ACTION_NOISE_SIGMA[self.algo] if self.action_noise_sigma is None else self.action_noise_sigma
@@ -175,6 +168,19 @@ class TrainConfig:
             )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
+
+
+def learning_rate_schedule(learning_rate: float, lr_schedule: str) -> float | Schedule:
+    """The ``learning_rate`` argument of a model: the rate, kept constant or decayed as ``lr_schedule`` says. SB3 reads
+    a schedule at the progress of one ``learn()`` call, so the linear decay reaches 0 at the end of the call.
+
+    :param learning_rate: the initial (and, with ``"constant"``, the only) learning rate
+    :param lr_schedule: one of :data:`LR_SCHEDULES`
+    :return: the rate, or SB3's ``LinearSchedule`` from it to 0
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={lr_schedule!r} is not a schedule; choose one of {list(LR_SCHEDULES)}.")
+    return LinearSchedule(learning_rate, 0.0, 1.0) if lr_schedule == "linear" else learning_rate
 
 
 def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, Any]) -> Any:

@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig
+from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig, learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE
@@ -136,8 +136,8 @@ def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> CnnClipMixin:
     sigma = config.action_noise()
     noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
     return ALGORITHM_CLASSES[config.algo](
-        config.policy, env, learning_rate=config.learning_rate_schedule(), buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
+        config.policy, env, learning_rate=learning_rate_schedule(config.learning_rate, config.lr_schedule),
+        buffer_size=config.buffer_size, learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
         train_freq=config.train_freq, gradient_steps=config.gradient_steps, action_noise=noise,
         actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm, actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm,
         critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm, critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm,

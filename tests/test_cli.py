@@ -21,7 +21,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, cli, session
 from sb3_td3_cnnclip.callbacks import UpdateStatsWriter
 from sb3_td3_cnnclip.cli import build_parser, config_from_args, main
-from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig, load_config_file, option_names, resolve_config
+from sb3_td3_cnnclip.config_file import (
+    ALGORITHMS, TrainConfig, learning_rate_schedule, load_config_file, option_names, resolve_config,
+)
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.session import claim_run_dir, run_train
 
@@ -82,6 +84,8 @@ def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:
     model.learn(20)  # the last update reads the progress after the run's last step: 0
     assert [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)] == [0.0, 0.0]
     assert session.make_model(parse_train("--lr", "1e-3", "--buffer-size", "100"), ToyImageEnv(size=36)).lr_schedule(0.0) == 1e-3
+    with pytest.raises(ValueError, match=r"lr_schedule='cosine' is not a schedule; choose one of \['constant', 'linear'\]"):
+        learning_rate_schedule(1e-3, "cosine")
 
 
 @pytest.mark.parametrize(
