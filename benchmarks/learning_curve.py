@@ -31,9 +31,10 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   exploration noise instead of uniform random actions: demonstrations in the replay buffer, inside the same budget);
 - ``+freq2``: ``train_freq=2`` (one gradient step every 2 decisions: half the updates, for a table that fits 3 hours);
 - ``+lindecay``: the learning rate (actor's and critic's) decayed linearly from 3e-4 to 0 over the run's whole budget
-  (``lr_schedule="linear"`` of the command line and config files, rl-zoo's ``lin_3e-4``; :class:`BudgetProgress` keeps SB3's progress on the budget across the run's ``learn()``
-  calls and restarts; a run extended by a larger ``--ticks`` goes on at the new budget's rate), so that the policy at
-  the end of the budget is the settled one the goals judge;
+  (``lr_schedule="linear"`` of the command line and config files, rl-zoo's ``lin_3e-4``; :class:`BudgetProgress`
+  keeps SB3's progress on the budget across the run's ``learn()`` calls and restarts; a run extended by a larger
+  ``--ticks`` goes on at the new budget's rate), so that the policy at the end of the budget is the settled one the
+  goals judge;
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 

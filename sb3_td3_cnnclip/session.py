@@ -137,7 +137,8 @@ def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> CnnClipMixin:
     noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
     return ALGORITHM_CLASSES[config.algo](
         config.policy, env, learning_rate=learning_rate_schedule(config.learning_rate, config.lr_schedule),
-        buffer_size=config.buffer_size, learning_starts=config.learning_starts, batch_size=config.batch_size, tau=config.tau, gamma=config.gamma,
+        buffer_size=config.buffer_size, learning_starts=config.learning_starts, batch_size=config.batch_size,
+        tau=config.tau, gamma=config.gamma,
         train_freq=config.train_freq, gradient_steps=config.gradient_steps, action_noise=noise,
         actor_cnn_max_grad_norm=config.actor_cnn_max_grad_norm, actor_mlp_max_grad_norm=config.actor_mlp_max_grad_norm,
         critic_cnn_max_grad_norm=config.critic_cnn_max_grad_norm, critic_mlp_max_grad_norm=config.critic_mlp_max_grad_norm,
