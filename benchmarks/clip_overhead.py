@@ -16,7 +16,9 @@ limit ``None``: norms and statistics measured, nothing clipped), ``compiled`` (d
 ``compile_update=True``: the fast path) and ``clip_default_layout`` (default limits, ``channels_last=False``: the
 convolution weights in torch's default layout, to show what the ``channels_last`` default gains on a CPU),
 ``clip_channels_last`` (default limits, ``channels_last=True``, which is off by default on CUDA), ``bf16``
-(default limits, ``bf16_encoders=True``: the CNNs in bfloat16 autocast) and ``compiled_bf16`` (both options). Every
+(default limits, ``bf16_encoders=True``: the CNNs in bfloat16 autocast), ``compiled_bf16`` (both options) and
+``compiled_device_buffer`` (the fast path sampling from a ``DeviceReplayBuffer``: the same transitions, copied to
+the device, with the batches drawn there by ``torch.randint``, so its batches are not the others'). Every
 variant of the package's class runs with ``pre_tanh_penalty=0`` (TD3CnnClip's default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
 warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
 compiled once, for that static shape, as in training) are timed too and reported as the first-call cost.
@@ -55,6 +57,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_td3_cnnclip import DDPGCnnClip, SACCnnClip, TD3CnnClip, TQCCnnClip
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.device_buffer import STORAGE, DeviceReplayBuffer
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
 #: the base algorithm and the package's class of each ``--algo``
@@ -82,6 +85,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "clip_channels_last": {"channels_last": True},
     "bf16": {"bf16_encoders": True},
     "compiled_bf16": {"bf16_encoders": True, "compile_update": True},
+    "compiled_device_buffer": {"compile_update": True, "replay_buffer_class": DeviceReplayBuffer},
 }
 
 
@@ -124,6 +128,21 @@ def fill_buffer(buffer: ReplayBuffer, seed: int) -> None:
     buffer.actions[:] = rng.uniform(-1.0, 1.0, buffer.actions.shape)
     buffer.rewards[:] = rng.normal(0.0, 1.0, buffer.rewards.shape)
     buffer.pos, buffer.full = 0, True
+
+
+def share_buffer(models: dict[str, OffPolicyAlgorithm], buffer: ReplayBuffer) -> None:
+    """Give every model the filled ``buffer``; a model with a :class:`DeviceReplayBuffer` gets a copy of its content.
+
+    :param models: the models by variant name
+    :param buffer: the filled host buffer
+    """
+    for model in models.values():
+        if isinstance(model.replay_buffer, DeviceReplayBuffer):
+            for name in STORAGE:
+                getattr(model.replay_buffer, name).copy_(th.as_tensor(getattr(buffer, name)))
+            model.replay_buffer.pos, model.replay_buffer.full = buffer.pos, buffer.full
+        else:
+            model.replay_buffer = buffer
 
 
 def timed_train(model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int, seed: int) -> tuple[float, float]:
@@ -339,8 +358,7 @@ def main() -> None:
     buffer = models["base"].replay_buffer
     assert isinstance(buffer, ReplayBuffer)
     fill_buffer(buffer, args.seed)
-    for model in models.values():
-        model.replay_buffer = buffer
+    share_buffer(models, buffer)
     device = str(next(iter(models.values())).device)
     name = th.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     results: dict[str, Any] = {"run": {**run_description(args), "device": f"{device} ({name})"}, "batches": []}

@@ -14,7 +14,7 @@ import inspect
 import math
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +48,25 @@ SATURATION_EPS = 1e-3
 WARMUP_ACTIONS = ("random", "scripted")
 #: features extractors whose forward works on convolution outputs of any memory layout (``channels_last=None``)
 LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, BoundedCombinedExtractor, DetachedEncoder)
+
+
+def polyak_update(params: Iterable[th.Tensor], target_params: Iterable[th.Tensor], tau: float) -> None:
+    """SB3's :func:`~stable_baselines3.common.utils.polyak_update`, ``target = (1 - tau) * target + tau * param``
+    by the same two in-place operations, each run once over the whole list (``torch._foreach_mul_``,
+    ``torch._foreach_add_``) instead of once per tensor: the same result bit for bit on the CPU, and two kernel
+    launches instead of two per tensor on a GPU.
+
+    :param params: the parameters (or buffers) to move towards
+    :param target_params: the target parameters, updated in place
+    :param tau: the soft update coefficient, in ``[0, 1]`` (1.0 copies)
+    """
+    params, target_params = list(params), list(target_params)
+    if len(params) != len(target_params):
+        raise ValueError(f"polyak_update got {len(params)} parameters for {len(target_params)} target parameters.")
+    if params:  # the foreach operations refuse an empty list (a network without batch norm has no running stats)
+        with th.no_grad():
+            th._foreach_mul_(target_params, 1 - tau)
+            th._foreach_add_(target_params, params, alpha=tau)
 
 
 class _OutputCapture:

@@ -9,12 +9,11 @@ import torch as th
 from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
-from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN, Actor
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin, polyak_update
 from sb3_td3_cnnclip.grad_clip import ParamGroup
 
 

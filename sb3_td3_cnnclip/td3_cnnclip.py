@@ -9,12 +9,12 @@ import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
-from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from stable_baselines3.common.utils import get_parameters_by_name
 from stable_baselines3.td3.policies import Actor, TD3Policy
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin, polyak_update
 from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy
 
 

@@ -137,18 +137,21 @@ def test_group_norm_on_cuda_matches_float64():
 
 
 @CUDA
-@pytest.mark.parametrize("kwargs", [{}, {"bf16_encoders": True}])
-def test_train_waits_for_the_gpu_once_per_optimizer_step_and_once_per_call(kwargs):
-    """With the replay batch already on the GPU, the host waits for the GPU once per optimizer step (the decision to
-    skip a non-finite step; SB3's TD3 waits once per loss for its ``.item()``) and a fixed number of times per call
-    (the statistics, read back together): a per-update ``.item()`` or host copy anywhere else would add waits.
-    Each call size is measured three times and its fewest waits compared: on an H200, measured once each, a call of
-    2 updates showed one wait more than a call of 8 (a wait that does not grow with the updates; bf16: equal)."""
+@pytest.mark.parametrize(
+    ("kwargs", "waits_per_step"), [({}, 1), ({"bf16_encoders": True}, 1), ({"compile_update": True}, 0)]
+)
+def test_train_waits_for_the_gpu_per_step_as_its_path_says_and_a_fixed_number_per_call(kwargs, waits_per_step):
+    """With the replay batch already on the GPU, the host waits for the GPU once per optimizer step on the default
+    path (the decision to skip a non-finite step; SB3's TD3 waits once per loss for its ``.item()``), never inside a
+    gradient step on the fast path (``compile_update=True`` decides the skip on the device), and a fixed number of
+    times per call (the statistics, read back together): a per-update ``.item()`` or host copy anywhere else would
+    add waits. Each call size is measured three times and its fewest waits compared: on an H200, measured once
+    each, a call of 2 updates showed one wait more than a call of 8 (a wait that does not grow with the updates)."""
     from sb3_td3_cnnclip.device_buffer import DeviceReplayBuffer
 
     model = make_model(device="cuda", replay_buffer_class=DeviceReplayBuffer, **kwargs)
     model.learn(50)
-    model.train(gradient_steps=2, batch_size=16)  # anything done once, outside the calls compared
+    model.train(gradient_steps=8, batch_size=16)  # anything done once (a compile, a CUDA graph's recording)
     steps = {"now": 0}
     for optimizer in (model.actor.optimizer, model.critic.optimizer):
         optimizer.register_step_post_hook(lambda *_: steps.update(now=steps["now"] + 1))
@@ -164,7 +167,7 @@ def test_train_waits_for_the_gpu_once_per_optimizer_step_and_once_per_call(kwarg
                 th.cuda.set_sync_debug_mode("default")
         waits = sum("synchroniz" in str(w.message) for w in caught)
         assert steps["now"] >= gradient_steps
-        extra_waits[gradient_steps].append(waits - steps["now"])
+        extra_waits[gradient_steps].append(waits - waits_per_step * steps["now"])
     assert min(extra_waits[2]) == min(extra_waits[8]) >= 1, extra_waits
 
 
@@ -389,3 +392,23 @@ def test_bf16_encoders_warn_on_a_cpu_without_bfloat16(monkeypatch):
     monkeypatch.setattr(th.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     with pytest.warns(UserWarning, match="CPU without bfloat16 instructions"):
         make_model(bf16_encoders=True)
+
+
+@pytest.mark.parametrize("tau", [0.005, 1.0])
+def test_polyak_update_in_one_foreach_call_per_list_equals_sb3s_bit_for_bit(tau):
+    from stable_baselines3.common.utils import polyak_update as sb3_polyak_update
+
+    from sb3_td3_cnnclip.cnnclip import polyak_update
+
+    generator = th.Generator().manual_seed(0)
+    shapes = [(32, 4, 8, 8), (32,), (7, 3), ()]
+    params = [th.randn(shape, generator=generator) for shape in shapes]
+    targets = [th.randn(shape, generator=generator) for shape in shapes]
+    want = [t.clone() for t in targets]
+    sb3_polyak_update(params, want, tau)
+    polyak_update(params, targets, tau)
+    assert all(th.equal(got, expected) for got, expected in zip(targets, want, strict=True))
+    assert not th.equal(targets[0], params[0]) if tau < 1 else th.equal(targets[0], params[0])
+    polyak_update([], [], tau)  # a network without batch norm has no running statistics to copy
+    with pytest.raises(ValueError, match="2 parameters for 1 target"):
+        polyak_update(params[:2], targets[:1], tau)
