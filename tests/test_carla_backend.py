@@ -285,6 +285,24 @@ def test_min_npc_distance_is_the_gap_between_bounding_boxes(server, carla):
     env.close()
 
 
+def test_time_to_collision_is_to_the_car_ahead_in_the_ego_lane(server, carla):
+    """A car 6 m ahead of the ego (at rest) coming at it at 3 m/s is 2 s away; the same car beside the lane is not."""
+    env = make_env(n_npcs=1, time_to_collision_threshold=4.0)
+    env.reset()
+    transform = ego(server).get_transform()
+    (npc,) = [a for a in server.actors.values() if a.type_id.startswith("vehicle.") and a._autopilot_port is not None]
+    npc._transform = carla.Transform(
+        carla.Location(x=transform.location.x + 2 * carla.VEHICLE_EXTENT[0] + 6.0, y=transform.location.y),
+        carla.Rotation(yaw=transform.rotation.yaw))
+    npc._velocity = carla.Vector3D(x=-3.0)  # the fake's autopilot keeps it in place; its velocity is what it reports
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["time_to_collision"] == pytest.approx(6.0 / 3.0) and info["reward/safety"] == pytest.approx(-0.5)
+    npc._transform.location.y -= 3.5  # the neighbouring lane (left, in CARLA's frame)
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["time_to_collision"] == math.inf and info["reward/safety"] == 0.0
+    env.close()
+
+
 def test_route_geometry_in_a_left_handed_frame():
     route = Route([(0.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 10.0)])
     assert route.length == 20.0 and len(route.points) == 3

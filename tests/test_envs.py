@@ -26,7 +26,7 @@ from sb3_td3_cnnclip.envs import (
 from sb3_td3_cnnclip.envs import driving_env
 from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
 from sb3_td3_cnnclip.envs.errors import EXTRA_PACKAGES
-from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap
+from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap, time_to_collision
 
 SIZE = 8
 
@@ -36,7 +36,8 @@ def make_frame(**changes) -> Frame:
     values = dict(
         image=np.zeros((SIZE, SIZE), np.uint8), speed=0.0, lateral_deviation=0.0, heading_error=0.0,
         route_completion=0.0, distance_to_goal=100.0, collision=False, off_road=False, lane_invasion=False,
-        min_npc_distance=math.inf, waypoints=np.zeros((5, 2), np.float32), extra={"probe": 1.0},
+        min_npc_distance=math.inf, time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32),
+        extra={"probe": 1.0},
     )
     values.update(changes)
     return Frame(**values)
@@ -158,6 +159,78 @@ def test_nearest_gap_finds_the_nearest_outline_not_the_nearest_centre():
     assert nearest_gap(ego, []) == math.inf
 
 
+#: the ego of the time-to-collision tests: at the origin heading +x at 10 m/s, 5 m x 2 m
+TTC_EGO, TTC_EGO_VELOCITY = (0.0, 0.0, 0.0, 2.5, 1.0), (10.0, 0.0)
+
+
+def moved_scene(boxes, velocities, turn, shift, mirror):
+    """The boxes and velocities rotated by ``turn``, then shifted by ``shift``, in a frame whose y axis is flipped when
+    ``mirror`` (a left-handed frame such as CARLA's)."""
+    flip = np.diag([1.0, -1.0 if mirror else 1.0])
+    rotation = flip @ np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    sign = -1.0 if mirror else 1.0
+    return ([(*(rotation @ box[:2] + shift), sign * (box[2] + turn), *box[3:]) for box in boxes],
+            [tuple(rotation @ velocity) for velocity in velocities])
+
+
+@pytest.mark.parametrize("turn, shift, mirror", [(0.0, (0.0, 0.0), False), (2.1, (40.0, -13.0), False),
+                                                 (-0.6, (-5.0, 8.0), True)])
+def test_time_to_collision_is_the_gap_over_the_closing_speed_to_the_car_ahead_in_the_ego_lane(turn, shift, mirror):
+    ahead = (12.0, 0.3, 0.0, 2.5, 1.0)  # 0.3 m off the ego's centre line: 12 - 2.5 - 2.5 = 7 m between the bumpers
+    far_ahead = (30.0, 0.0, 0.0, 2.5, 1.0)  # stopped, but behind the first one
+    boxes, velocities = moved_scene([TTC_EGO, ahead, far_ahead], [TTC_EGO_VELOCITY, (7.2, 0.0), (0.0, 0.0)],
+                                    turn, shift, mirror)
+    ttc = time_to_collision(boxes[0], velocities[0], boxes[1:], velocities[1:])
+    assert ttc == pytest.approx(7.0 / (10.0 - 7.2))  # 2.5 s
+
+
+@pytest.mark.parametrize("other, velocity", [
+    ((12.0, 3.5, 0.0, 2.5, 1.0), (0.0, 0.0)),  # stopped in the neighbouring lane, 3.5 m to the side
+    ((12.0, -3.5, 0.0, 2.5, 1.0), (0.0, 0.0)),  # the same on the other side
+    ((-12.0, 0.0, 0.0, 2.5, 1.0), (0.0, 0.0)),  # stopped behind the ego
+    ((12.0, 0.0, 0.0, 2.5, 1.0), (12.0, 0.0)),  # ahead, faster than the ego
+    ((12.0, 0.0, 0.0, 2.5, 1.0), (10.0, 0.0)),  # ahead, as fast as the ego
+])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_time_to_collision_is_inf_without_a_car_closing_in_ahead(other, velocity, mirror):
+    boxes, velocities = moved_scene([TTC_EGO, other], [TTC_EGO_VELOCITY, velocity], 0.4, (3.0, 2.0), mirror)
+    assert time_to_collision(boxes[0], velocities[0], boxes[1:], velocities[1:]) == math.inf
+
+
+def test_time_to_collision_counts_a_car_reaching_into_the_corridor_and_needs_one_velocity_per_car():
+    cutting_in = (9.0, 1.9, 0.0, 2.5, 1.0)  # its side 0.1 m inside the ego's corridor; 4 m between the bumpers
+    assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [cutting_in], [(6.0, 0.0)]) == pytest.approx(4.0 / 4.0)
+    assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [], []) == math.inf
+    with pytest.raises(ValueError, match="one velocity per other vehicle: got 0 velocities for 1 boxes"):
+        time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [cutting_in], [])
+
+
+@pytest.mark.parametrize("threshold, ttc, expected", [
+    (0.0, 0.5, 0.0),  # threshold 0: the term is off, however close the collision
+    (3.0, 1.2, -(1.0 - 1.2 / 3.0)),
+    (3.0, 0.0, -1.0),  # at contact, closing in
+    (3.0, 3.0, 0.0),  # from the threshold on, nothing
+    (3.0, math.inf, 0.0),
+])
+def test_the_time_to_collision_term_of_the_safety_reward(threshold, ttc, expected):
+    env = scripted_env([make_frame(), make_frame(time_to_collision=ttc)], time_to_collision_threshold=threshold)
+    env.reset()
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["reward/safety"] == pytest.approx(expected) and info["time_to_collision"] == ttc
+    near_miss = scripted_env([make_frame(), make_frame(time_to_collision=ttc, min_npc_distance=1.0)],
+                             time_to_collision_threshold=threshold)  # 1 of 2 m: adds a near miss of 0.5
+    near_miss.reset()
+    assert near_miss.step(np.zeros(2, np.float32))[4]["reward/safety"] == pytest.approx(expected - 0.5)
+
+
+@pytest.mark.parametrize("threshold", [-1.0, float("nan"), float("inf"), True, "3"])
+def test_the_time_to_collision_threshold_is_validated(threshold):
+    message = rf"time_to_collision_threshold={threshold!r} must be a finite number of seconds >= 0: 0 turns"
+    with pytest.raises(ValueError, match=message):
+        scripted_env([make_frame()], time_to_collision_threshold=threshold)
+    assert ScenarioConfig(time_to_collision_threshold=0).time_to_collision_threshold == 0
+
+
 def test_reward_weights_scale_the_components():
     frame = make_frame(speed=8.0)
     env = scripted_env([make_frame(), frame], reward_weights={"efficiency": 3.0, "comfort": 0.0})
@@ -170,11 +243,11 @@ def test_reward_weights_scale_the_components():
 
 def test_max_abs_reward_bounds_the_worst_steps():
     env = scripted_env([make_frame()])
-    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 12.0 + 1.0)
+    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 13.0 + 1.0)
     worst = make_frame(speed=1e3, lateral_deviation=-9.0, heading_error=math.pi, route_completion=0.0,
-                       collision=True, off_road=True, min_npc_distance=0.0)
+                       collision=True, off_road=True, min_npc_distance=0.0, time_to_collision=0.0)
     start = make_frame(route_completion=1.0)
-    env = scripted_env([start, worst])
+    env = scripted_env([start, worst], time_to_collision_threshold=3.0)
     env.reset()
     env._previous_action = np.array([1.0, 1.0], np.float32)
     _, reward, *_ = env.step(np.array([-1.0, -1.0], np.float32))
@@ -183,8 +256,10 @@ def test_max_abs_reward_bounds_the_worst_steps():
     for _ in range(50):
         frame = make_frame(speed=rng.uniform(0, 40), lateral_deviation=rng.normal(0, 3), heading_error=rng.normal(),
                            route_completion=rng.uniform(), collision=bool(rng.integers(2)),
-                           off_road=bool(rng.integers(2)), min_npc_distance=rng.uniform(0, 10))
-        env = scripted_env([make_frame(route_completion=rng.uniform()), frame])
+                           off_road=bool(rng.integers(2)), min_npc_distance=rng.uniform(0, 10),
+                           time_to_collision=rng.uniform(0, 10))
+        env = scripted_env([make_frame(route_completion=rng.uniform()), frame],
+                           time_to_collision_threshold=rng.uniform(0, 5))
         env.reset()
         _, reward, *_ = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
         assert abs(reward) <= env.max_abs_reward
@@ -216,8 +291,8 @@ def test_info_keys_after_reset_and_step():
     env = scripted_env([make_frame(speed=2.0)], scenario=1)
     _, info = env.reset()
     expected = {"speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal", "collision",
-                "off_road", "lane_invasion", "min_npc_distance", "termination_reason", "is_success", "simulator",
-                "scenario", "n_npcs", "backend/probe"}
+                "off_road", "lane_invasion", "min_npc_distance", "time_to_collision", "termination_reason", "is_success",
+                "simulator", "scenario", "n_npcs", "backend/probe"}
     assert set(info) == expected
     assert (info["simulator"], info["scenario"], info["n_npcs"], info["speed"]) == ("scripted", 1, 50, 2.0)
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
@@ -346,7 +421,7 @@ def test_set_scenario_and_scenario_through_a_vec_env():
     vec_env.env_method("set_scenario", 1)
     vec_env.reset()
     assert vec_env.get_attr("scenario") == [1]
-    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(4 * 14.6)]  # four ticks per step by default
+    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(4 * 15.6)]  # four ticks per step by default
 
 
 def test_render_and_idempotent_close():

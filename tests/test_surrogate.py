@@ -169,6 +169,27 @@ def test_a_car_at_bumper_contact_ahead_is_a_full_near_miss():
     env.close()
 
 
+def test_time_to_collision_is_to_the_slower_car_ahead_in_the_ego_lane_not_the_one_beside():
+    env = surrogate_env(n_npcs=0, time_to_collision_threshold=3.0)
+    env.reset(seed=0)
+    backend = env.backend
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ego.speed = 10.0
+    start = lane.local_coordinates(ego.position)[0]
+    other_lane = road.network.get_lane(("0", "1", 0))
+    ahead = Vehicle(road, lane.position(start + 15.0, 0.0), lane.heading_at(start + 15.0), speed=6.0)
+    beside = Vehicle(road, other_lane.position(start + 8.0, 0.0), 0.0, speed=0.0)  # stopped, nearer, other lane
+    road.vehicles += [ahead, beside]
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))  # no throttle, no brake: both keep their speeds
+    gap = lane.local_coordinates(ahead.position)[0] - lane.local_coordinates(ego.position)[0] - Vehicle.LENGTH
+    assert gap == pytest.approx(10.0 - 0.05 * 4.0)  # 15 m between centres, closing at 4 m/s for one tick
+    assert info["time_to_collision"] == pytest.approx(gap / (10.0 - 6.0))
+    assert info["reward/safety"] == pytest.approx(-(1.0 - info["time_to_collision"] / 3.0))
+    ahead.speed = 12.0
+    assert env.step(np.zeros(2, np.float32))[4]["time_to_collision"] == math.inf
+    env.close()
+
+
 @pytest.mark.parametrize("npc_class, reverses", [(IDMVehicle, True), (TownVehicle, False)])
 def test_npcs_brake_to_a_stop_without_reversing(npc_class, reverses):
     """An NPC that brakes hard behind a stopped car: highway-env's own IDM vehicle backs up, the surrogate's stops."""

@@ -34,6 +34,9 @@ class Frame:
     :param lane_invasion: whether the ego crossed a lane marking since the previous tick
     :param min_npc_distance: gap in metres between the ego's bounding box and the nearest other vehicle's (0 at
         contact; ``inf`` when there is none), see :func:`~sb3_td3_cnnclip.envs.geometry.nearest_gap`
+    :param time_to_collision: seconds until the ego reaches the nearest vehicle ahead in its path at the current
+        velocities (``inf`` when no vehicle is ahead in the ego's corridor or the ego is not closing in on it), see
+        :func:`~sb3_td3_cnnclip.envs.geometry.time_to_collision`
     :param waypoints: the route points :data:`WAYPOINT_SPACING`, 2 :data:`WAYPOINT_SPACING`, ... metres along the
         route beyond the ego's projection onto it (the goal where that passes the route's end), in the ego frame
         (x forward, y left), shape ``(n_waypoints, 2)``
@@ -50,6 +53,7 @@ class Frame:
     off_road: bool
     lane_invasion: bool
     min_npc_distance: float
+    time_to_collision: float
     waypoints: np.ndarray
     extra: dict[str, float] = field(default_factory=dict)
 

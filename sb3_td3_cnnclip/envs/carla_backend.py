@@ -26,7 +26,7 @@ import numpy as np
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError, install_hint
-from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap, time_to_collision
 
 #: attempts of ``connect_timeout`` seconds each before the server counts as unavailable
 CONNECT_ATTEMPTS = 3
@@ -467,6 +467,8 @@ class CarlaBackend(Backend):
         self._segment = position.segment
         road = self._map.get_waypoint(location, project_to_road=False, lane_type=self._carla.LaneType.Any)
         goal_x, goal_y = self._route.points[-1]
+        ego_box, others = _box(self._ego, transform), [_box(npc) for npc in self._npcs]
+        npc_velocities = [(v.x, v.y) for v in (npc.get_velocity() for npc in self._npcs)]
         return Frame(
             image=bgra_to_gray(image.raw_data, image.height, image.width),
             speed=math.hypot(velocity.x, velocity.y, velocity.z),
@@ -478,7 +480,8 @@ class CarlaBackend(Backend):
             collision=_drained(self._collisions),
             off_road=road is None or road.lane_type != self._carla.LaneType.Driving,
             lane_invasion=_drained(self._lane_invasions),
-            min_npc_distance=nearest_gap(_box(self._ego, transform), [_box(npc) for npc in self._npcs]),
+            min_npc_distance=nearest_gap(ego_box, others),
+            time_to_collision=time_to_collision(ego_box, (velocity.x, velocity.y), others, npc_velocities),
             waypoints=self._route.ahead(position.arc_length, location.x, location.y, yaw, self.config.n_waypoints),
             extra=dict(self._extra),
         )

@@ -71,6 +71,10 @@ class ScenarioConfig:
     :param near_miss_distance: gap in metres between the bounding boxes of the ego and another vehicle under which
         the safety reward penalises a near miss (linearly, up to the full penalty at contact); the default 2 m
         leaves a car passing in the neighbouring lane unpenalised
+    :param time_to_collision_threshold: seconds of time to collision with the vehicle ahead in the ego's path
+        (``Frame.time_to_collision``) under which the safety reward penalises closing in on it (linearly, up to the
+        full penalty at contact), early enough to ask for braking where ``near_miss_distance`` comes too late;
+        0 (the default) turns the term off
     :param weather: CARLA weather preset, the name of a ``carla.WeatherParameters`` attribute such as
         ``"ClearNoon"``; ``None`` keeps the map's weather (the surrogate has no weather and warns if one is set)
     :param reward_weights: weights of the reward components
@@ -98,6 +102,7 @@ class ScenarioConfig:
     max_lateral_deviation: float = 2.5
     goal_tolerance: float = 3.0
     near_miss_distance: float = 2.0
+    time_to_collision_threshold: float = 0.0
     weather: str | None = None
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
     seed: int | None = None
@@ -127,6 +132,13 @@ class ScenarioConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive finite number.")
+        threshold = self.time_to_collision_threshold
+        is_number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+        if not is_number or not math.isfinite(threshold) or threshold < 0:
+            raise ValueError(
+                f"time_to_collision_threshold={threshold!r} must be a finite number of seconds >= 0: 0 turns the "
+                "time-to-collision penalty off, e.g. 3.0 penalises closing in on the vehicle ahead under 3 s."
+            )
 
 
 def make_reward_weights(weights: dict[str, float]) -> RewardWeights:

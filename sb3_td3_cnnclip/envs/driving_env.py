@@ -9,7 +9,9 @@ expose the same spaces, reward and info keys.
 - ``speed`` (m/s), ``lateral_deviation`` (m, left positive), ``heading_error`` (rad, left positive),
   ``route_completion`` (``[0, 1]``), ``distance_to_goal`` (m), ``collision``, ``off_road``, ``lane_invasion``
   (bools), ``min_npc_distance`` (m between the bounding boxes of the ego and the nearest
-  other vehicle, 0 at contact, ``inf`` without NPCs): the backend's :class:`Frame`;
+  other vehicle, 0 at contact, ``inf`` without NPCs), ``time_to_collision`` (s until the ego reaches the vehicle
+  ahead in its path at the current velocities, ``inf`` when none is ahead or the ego is not closing in): the
+  backend's :class:`Frame`;
 - ``termination_reason``: ``"collision"``, ``"off_lane"`` or ``"goal"`` when ``terminated``; ``"time_limit"``
   when the episode is truncated after ``max_episode_ticks`` simulator ticks (or by a ``TimeLimit`` wrapper that
   :class:`TimeLimitReason` labels); ``None`` otherwise;
@@ -42,7 +44,7 @@ from sb3_td3_cnnclip.envs.errors import MissingExtraError, install_hint
 #: Frame fields copied into ``info`` under their own names
 FRAME_INFO_KEYS = (
     "speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal",
-    "collision", "off_road", "lane_invasion", "min_npc_distance",
+    "collision", "off_road", "lane_invasion", "min_npc_distance", "time_to_collision",
 )
 #: the start of the ``"vector"`` observation; ``n_waypoints`` (x forward, y left) pairs of ``Frame.waypoints`` follow
 VECTOR_KINEMATICS = ("speed", "lateral_deviation", "heading_error", "previous_steering", "previous_throttle_brake")

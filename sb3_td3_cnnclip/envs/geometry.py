@@ -1,7 +1,9 @@
-"""Vehicle footprints: the gap between the ego's bounding box and the nearest other vehicle's, on every backend.
+"""Vehicle footprints: the gap between the ego's bounding box and the nearest other vehicle's, and the time to
+collision with the vehicle ahead in the ego's path, on every backend.
 
 A box is ``(x, y, yaw, half_length, half_width)`` in metres and radians, in any planar frame (left- or
-right-handed alike: the gap does not depend on it).
+right-handed alike: neither the gap nor the time to collision depends on it). Velocities are ``(vx, vy)`` in m/s in
+the same frame.
 """
 
 from __future__ import annotations
@@ -77,3 +79,39 @@ def nearest_gap(ego: Box, others: Sequence[Box]) -> float:
             break
         best = min(best, box_gap(ego, other))
     return best
+
+
+def time_to_collision(
+    ego: Box, ego_velocity: Sequence[float], others: Sequence[Box], velocities: Sequence[Sequence[float]]
+) -> float:
+    """Seconds until the ego reaches the vehicle ahead in its path, if both keep their velocities.
+
+    The vehicle ahead is the one with the smallest :func:`box_gap` among the others whose centre lies ahead of the
+    ego's (along its heading) and within its corridor: the lateral offset of its centre from the ego's heading line
+    below the sum of both half widths. The closing speed is the ego's velocity minus that vehicle's, along the ego's
+    heading.
+
+    :param ego: the ego's box
+    :param ego_velocity: the ego's velocity ``(vx, vy)``
+    :param others: the other vehicles' boxes
+    :param velocities: the other vehicles' velocities, one per box
+    :return: the gap over the closing speed; ``inf`` when no vehicle is ahead in the corridor or the ego is not
+        closing in on it
+    """
+    if len(velocities) != len(others):
+        raise ValueError(f"time_to_collision needs one velocity per other vehicle: got {len(velocities)} velocities "
+                         f"for {len(others)} boxes.")
+    heading = np.array([math.cos(ego[2]), math.sin(ego[2])])
+    side = np.array([-heading[1], heading[0]])
+    gap, lead_velocity = math.inf, None
+    for other, velocity in zip(others, velocities):
+        offset = np.array(other[:2]) - ego[:2]
+        if offset @ heading <= 0 or abs(offset @ side) >= ego[4] + other[4]:
+            continue  # behind, or beside the ego's corridor
+        other_gap = box_gap(ego, other)
+        if other_gap < gap:
+            gap, lead_velocity = other_gap, velocity
+    if lead_velocity is None:
+        return math.inf
+    closing = float((np.asarray(ego_velocity, dtype=np.float64) - lead_velocity) @ heading)
+    return gap / closing if closing > 0 else math.inf

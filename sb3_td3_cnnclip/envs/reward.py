@@ -8,9 +8,11 @@ Unweighted components and their ranges (``v*`` = ``target_speed``, ``d_max`` = `
   (a linear ``v / v*`` would sum to ``D / (v* dt)`` at every speed, and crawling, being safest, would win);
 - ``lane_keeping`` in ``[-1, 0]``: ``-(min(|lateral| / d_max, 1) + min(|heading error| / (pi/2), 1)) / 2``;
 - ``comfort`` in ``[-1, 0]``: ``-(|change of steering| + |change of throttle/brake|) / 4``;
-- ``safety`` in ``[-(TERMINAL_PENALTY + 2), 0]``: ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max]
-  + [off road] + near_miss)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
-  (``min_npc_distance``: the gap between bounding boxes);
+- ``safety`` in ``[-(TERMINAL_PENALTY + 3), 0]``: ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max]
+  + [off road] + near_miss + closing)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
+  (``min_npc_distance``: the gap between bounding boxes) and, when ``time_to_collision_threshold`` > 0,
+  ``closing = clip(1 - time_to_collision / time_to_collision_threshold, 0, 1)`` (else 0): closing in on the vehicle
+  ahead in the ego's path costs from the threshold on, long before the near-miss gap;
 - ``progress`` in ``[-1, 1]``: ``PROGRESS_SCALE * (change of route completion)``, clipped (a full route is worth 100).
 
 The reward is ``sum(weight * component)``, so ``|reward| <= sum(|weight| * bound)`` (:func:`max_abs_reward`).
@@ -35,7 +37,7 @@ COMPONENT_BOUNDS: dict[str, float] = {
     "efficiency": 1.0,
     "lane_keeping": 1.0,
     "comfort": 1.0,
-    "safety": TERMINAL_PENALTY + 2.0,
+    "safety": TERMINAL_PENALTY + 3.0,
     "progress": 1.0,
 }
 
@@ -62,7 +64,8 @@ def reward_components(
     :param action: the (clipped) action of this step: steering, throttle/brake
     :param previous_action: the action of the previous step (zeros after a reset)
     :param previous_completion: route completion before the step
-    :param config: the scenario configuration (target speed, lateral limit, near-miss distance)
+    :param config: the scenario configuration (target speed, lateral limit, near-miss distance, time-to-collision
+        threshold)
     """
     relative_speed = frame.speed / config.target_speed
     lateral = min(abs(frame.lateral_deviation) / config.max_lateral_deviation, 1.0)
@@ -70,12 +73,14 @@ def reward_components(
     change = np.abs(np.asarray(action, dtype=np.float64) - np.asarray(previous_action, dtype=np.float64))
     failure = frame.collision or is_off_lane(frame, config)
     near_miss = min(max(1.0 - frame.min_npc_distance / config.near_miss_distance, 0.0), 1.0)
+    threshold = config.time_to_collision_threshold
+    closing = min(max(1.0 - frame.time_to_collision / threshold, 0.0), 1.0) if threshold > 0 else 0.0
     progress = PROGRESS_SCALE * (frame.route_completion - previous_completion)
     return {
         "efficiency": relative_speed**2 if relative_speed <= 1.0 else max(2.0 - relative_speed, -1.0),
         "lane_keeping": -(lateral + heading) / 2.0,
         "comfort": -float(change.sum()) / 4.0,
-        "safety": -(TERMINAL_PENALTY * float(failure) + float(frame.off_road) + near_miss),
+        "safety": -(TERMINAL_PENALTY * float(failure) + float(frame.off_road) + near_miss + closing),
         "progress": min(max(progress, -1.0), 1.0),
     }
 
