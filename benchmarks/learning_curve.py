@@ -35,6 +35,11 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   keeps SB3's progress on the budget across the run's ``learn()`` calls and restarts; a run extended by a larger
   ``--ticks`` goes on at the new budget's rate), so that the policy at the end of the budget is the settled one the
   goals judge;
+- ``+ttc3``: ``time_to_collision_threshold=3.0``, an option of the envs rather than of the model (a configuration's
+  ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward penalises closing
+  in on the vehicle ahead under 3 s of time to collision, asking for braking before a rear-end collision (its
+  returns include that penalty, so they do not compare with the other configurations'; the scripted driver's
+  reference drives the default reward);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -99,9 +104,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "scripted": {"warmup_actions": "scripted"},
     "freq2": {"train_freq": 2},
     "lindecay": {"lr_schedule": "linear"},
+    "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
 }
-#: configuration name -> keyword arguments of its class (besides COMMON and the size's), and its ``"algo"`` (a key of
-#: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's)
+#: configuration name -> keyword arguments of its class (besides COMMON and the size's), its ``"algo"`` (a key of
+#: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's) and its ``"env_kwargs"`` (options of
+#: its envs' ``gymnasium.make``; none by default)
 CONFIGS: dict[str, dict[str, Any]] = {
     "td3": {**DELAY, **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {**DELAY, "pre_tanh_penalty": 0.01},
@@ -114,7 +121,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
-               ["nstep3", "bf16", "lindecay"]):
+               ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
@@ -176,7 +183,7 @@ def expert_reference(args: argparse.Namespace, scenario: int) -> dict[str, Any]:
     path = args.run_dir / f"expert_scenario_{scenario}.json"
     if path.exists() and (cached := json.loads(path.read_text()))["settings"] == settings:
         return cached
-    env = make_env(args, scenario, args.eval_max_steps)
+    env = make_env(args, scenario, args.eval_max_steps)  # the default reward: only speed and route are compared
     episodes = []
     for seed in range(args.eval_seed, args.eval_seed + args.eval_episodes):
         info = drive_expert_episode(env, seed=seed)
@@ -193,15 +200,28 @@ def expert_reference(args: argparse.Namespace, scenario: int) -> dict[str, Any]:
     return reference
 
 
-def make_env(args: argparse.Namespace, scenario: int, max_episode_steps: int | None = None) -> gym.Env:
+def make_env(args: argparse.Namespace, scenario: int, max_episode_steps: int | None = None, **env_kwargs: Any) -> gym.Env:
     """A surrogate env of ``scenario`` with the run's action repeat.
 
     :param args: the flags (``action_repeat``)
     :param scenario: the scenario id
     :param max_episode_steps: a step limit in decisions on top of the env's own 60 s (``None``: none)
+    :param env_kwargs: other ``gymnasium.make`` options (a configuration's ``"env_kwargs"``)
     """
     limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return gym.make(SCENARIO_IDS[scenario], simulator="surrogate", action_repeat=args.action_repeat, **limit)
+    return gym.make(SCENARIO_IDS[scenario], simulator="surrogate", action_repeat=args.action_repeat, **limit, **env_kwargs)
+
+
+def make_envs(args: argparse.Namespace, config: str, scenario: int) -> tuple[gym.Env, gym.Env]:
+    """The training env and the evaluation env (limited to ``--eval-max-steps``) of one configuration on ``scenario``,
+    both with the configuration's ``"env_kwargs"``.
+
+    :param args: the flags
+    :param config: the configuration's name
+    :param scenario: the scenario id
+    """
+    env_kwargs = CONFIGS[config].get("env_kwargs", {})
+    return make_env(args, scenario, **env_kwargs), make_env(args, scenario, args.eval_max_steps, **env_kwargs)
 
 
 #: the arrays of an SB3 ReplayBuffer (and NStepReplayBuffer) that a checkpoint keeps
@@ -268,6 +288,7 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     :return: the model
     """
     kwargs = {**COMMON, **CONFIGS[config]}
+    kwargs.pop("env_kwargs", None)  # the envs' (:func:`make_envs`)
     algo = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")]
     kwargs["learning_rate"] = learning_rate_schedule(kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"))
     n_actions = env.action_space.shape[0]
@@ -318,7 +339,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
             "--run-dir, or delete that folder to start it again."
         )
     settings_file.write_text(json.dumps(settings, indent=2))
-    env, eval_env = make_env(args, scenario), make_env(args, scenario, args.eval_max_steps)
+    env, eval_env = make_envs(args, config, scenario)
     steps, eval_every = ticks_budget(args, scenario) // args.action_repeat, max(1, args.eval_every // args.action_repeat)
     checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
     if checkpoint.exists():

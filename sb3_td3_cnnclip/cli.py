@@ -27,7 +27,7 @@ from sb3_td3_cnnclip.session import ModelFileError, model_file, run_config, run_
 from sb3_td3_cnnclip.vec_env import EnvWorkerError, parse_servers
 
 #: env options ``evaluate`` takes from the model's run (config.json beside the model), unless flags override them
-INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "action_repeat")
+INHERITED_OPTIONS = ("scenario", "simulator", "host", "port", "tm_port", "action_repeat", "time_to_collision_threshold")
 #: options of ``evaluate`` shared with ``train``
 EVALUATE_OPTIONS = (*INHERITED_OPTIONS, "seed", "device")
 #: ``evaluate``'s own help of a shared option

@@ -93,6 +93,7 @@ class TrainConfig:
     worker_timeout: float = option(120.0, "seconds to wait for an env worker's answer (--n-envs above 1) before the run ends with an error naming its server; raise it for CARLA servers slow to load a map", POSITIVE)
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
+    time_to_collision_threshold: float = option(0.0, "seconds of time to collision with the vehicle ahead in the ego's path under which the safety reward penalises closing in on it, linearly up to the full penalty at contact (0: off, the reward every benchmark so far measured; e.g. 3.0)", NON_NEGATIVE)
     policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
@@ -136,7 +137,8 @@ class TrainConfig:
 
     def env_kwargs(self) -> dict[str, Any]:
         """The ``gymnasium.make`` options of every env these options train or evaluate on, besides the server."""
-        return {"observation": "dict" if self.policy in DICT_POLICIES else "image", "action_repeat": self.action_repeat}
+        return {"observation": "dict" if self.policy in DICT_POLICIES else "image", "action_repeat": self.action_repeat,
+                "time_to_collision_threshold": self.time_to_collision_threshold}
 
     def action_noise(self) -> float:
         """The std of the exploration noise: ``action_noise_sigma``, or the algorithm's default when it is ``None``."""

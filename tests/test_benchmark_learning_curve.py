@@ -98,6 +98,24 @@ def test_each_configuration_builds_its_algorithm_with_its_exploration(monkeypatc
         assert (model.actor_cnn_max_grad_norm is None) == (config in ("td3", "sac"))
 
 
+def test_ttc3_sets_the_time_to_collision_threshold_of_the_envs_not_of_the_model(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+    from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+
+    args = learning_curve.parse_args(["--size", "tiny"])
+    for config, threshold in (("recommended+nstep3+ttc3", 3.0), ("recommended+nstep3", 0.0)):
+        envs = learning_curve.make_envs(args, config, 1)
+        assert [env.unwrapped.config.time_to_collision_threshold for env in envs] == [threshold, threshold]
+        assert envs[1].spec.max_episode_steps == args.eval_max_steps and envs[0].spec.max_episode_steps is None
+        for env in envs:
+            env.close()
+        model = learning_curve.make_model(args, config, ToyImageEnv(size=36), seed=0)
+        assert model.n_steps == 3  # built: the env option did not reach the model
+    assert learning_curve.job_settings(args, "recommended+nstep3+ttc3", 1, 0)["kwargs"]["env_kwargs"] == {
+        "time_to_collision_threshold": 3.0}  # a resumed run checks it
+
+
 def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_calls_and_a_reload(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import learning_curve

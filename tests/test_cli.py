@@ -346,30 +346,37 @@ def test_evaluate_inherits_the_run_options(tmp_path: Path, closed_port: int, cap
         assert f"localhost:{closed_port}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("saved, flags, expected", [
-    ({"action_repeat": 2}, [], 2),  # the run's
-    ({}, [], 1),  # a run from before action_repeat existed decided every tick
-    ({"action_repeat": 2}, ["--action-repeat", "3"], 3),  # a flag overrides the run's
+@pytest.mark.parametrize("option, saved, flags, expected", [
+    ("action_repeat", 2, [], 2),  # the run's
+    ("action_repeat", None, [], 1),  # a run from before action_repeat existed decided every tick
+    ("action_repeat", 2, ["--action-repeat", "3"], 3),  # a flag overrides the run's
+    ("time_to_collision_threshold", 3.0, [], 3.0),
+    ("time_to_collision_threshold", None, [], 0.0),  # a run from before the option existed had no such term
+    ("time_to_collision_threshold", 3.0, ["--time-to-collision-threshold", "0"], 0.0),
 ])
-def test_evaluate_drives_with_the_runs_action_repeat(saved: dict, flags: list[str], expected: int, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_drives_with_the_runs_env_options(option: str, saved: float | None, flags: list[str], expected: float,
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     TD3CnnClip("CnnPolicy", ToyImageEnv(), buffer_size=10).save(tmp_path / "model.zip")
-    config = {key: value for key, value in TrainConfig().__dict__.items() if key != "action_repeat"}
-    (tmp_path / "config.json").write_text(json.dumps({"config": {**config, **saved}}))
+    config = {key: value for key, value in TrainConfig().__dict__.items() if key != option}
+    (tmp_path / "config.json").write_text(json.dumps({"config": {**config, **({} if saved is None else {option: saved})}}))
     seen = []
     monkeypatch.setattr(cli, "run_evaluate", lambda model, config, *_: seen.append(config) or [])
     monkeypatch.setattr(cli, "print_evaluation", lambda results: None)
     assert main(["evaluate", str(tmp_path), *flags]) == 0
-    assert seen[0].action_repeat == expected
+    assert getattr(seen[0], option) == expected
     assert seen[0].algo == "td3"  # a run from before algo existed trained TD3
 
 
-def test_action_repeat_reaches_the_training_env() -> None:
+def test_action_repeat_and_the_time_to_collision_threshold_reach_the_training_env() -> None:
     require("highway_env")
-    env = session.make_train_env(parse_train("--simulator", "surrogate", "--action-repeat", "2", "--policy", "MultiInputPolicy"))
-    assert env.get_attr("config")[0].action_repeat == 2 and env.get_attr("config")[0].observation == "dict"
+    env = session.make_train_env(parse_train("--simulator", "surrogate", "--action-repeat", "2", "--policy", "MultiInputPolicy",
+                                             "--time-to-collision-threshold", "3"))  # fmt: skip
+    config = env.get_attr("config")[0]
+    assert (config.action_repeat, config.observation, config.time_to_collision_threshold) == (2, "dict", 3.0)
     env.close()
-    assert TrainConfig().env_kwargs() == {"observation": "image", "action_repeat": 4}
+    assert TrainConfig().env_kwargs() == {"observation": "image", "action_repeat": 4, "time_to_collision_threshold": 0.0}
+    with pytest.raises(ValueError, match=r"time_to_collision_threshold=-1.0 must be >= 0"):
+        TrainConfig(time_to_collision_threshold=-1)
 
 
 def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
