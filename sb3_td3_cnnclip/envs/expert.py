@@ -121,21 +121,22 @@ def drive_episode(env: gym.Env, seed: int | None = None, cruise_speed: float = S
     :param env: a ``DrivingEnv`` on the surrogate, wrapped or not (e.g. from ``gymnasium.make``)
     :param seed: the reset seed
     :param cruise_speed: the driver's speed in m/s on a free road (below the default: a careful crawler)
-    :return: the last step's ``info`` plus ``steps``, ``return`` (the sum of the rewards), ``mean_speed`` (m/s over
-        the steps) and ``cut_ins``: the steps on which a vehicle moved into the lane ahead less than
+    :return: the last step's ``info`` plus ``steps``, ``return`` (the sum of the rewards), ``safety_return`` (the sum
+        of their ``reward/safety`` components), ``mean_speed`` (m/s over the steps) and ``cut_ins``: the steps on which a vehicle moved into the lane ahead less than
         :data:`CUT_IN_GAP` metres away and nearer than the previous lead by more than 1 m (closing speeds cover at
         most 0.5 m per tick)
     """
     env.reset(seed=seed)
     expert = ExpertDriver(env.unwrapped.backend, cruise_speed=cruise_speed)  # after the reset, which may rebuild it
-    speeds, total, cut_ins, previous_gap = [], 0.0, 0, expert.lead_gap()
+    speeds, total, safety, cut_ins, previous_gap = [], 0.0, 0.0, 0, expert.lead_gap()
     while True:
         _, reward, terminated, truncated, info = env.step(expert.act())
         speeds.append(info["speed"])
         total += reward
+        safety += info["reward/safety"]
         gap = expert.lead_gap()
         cut_ins += gap < min(previous_gap - 1.0, CUT_IN_GAP)
         previous_gap = gap
         if terminated or truncated:
-            return {**info, "steps": len(speeds), "return": total, "mean_speed": float(np.mean(speeds)),
-                    "cut_ins": cut_ins}
+            return {**info, "steps": len(speeds), "return": total, "safety_return": safety,
+                    "mean_speed": float(np.mean(speeds)), "cut_ins": cut_ins}
