@@ -121,7 +121,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
-               ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"]):
+               ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"]):
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
     }
