@@ -65,20 +65,30 @@ def box_gap(a: Box, b: Box) -> float:
 def nearest_gap(ego: Box, others: Sequence[Box]) -> float:
     """The smallest :func:`box_gap` between ``ego`` and any of ``others`` (``inf`` when there are none).
 
-    Boxes are checked nearest centre first, and only while their centre distance minus both boxes' half
-    diagonals can still beat the best gap so far.
-
     :param ego: the ego's box
     :param others: the other vehicles' boxes
     """
-    best = math.inf
+    return _nearest(ego, others)[0]
+
+
+def _nearest(ego: Box, others: Sequence[Box]) -> tuple[float, int | None]:
+    """The smallest :func:`box_gap` between ``ego`` and any of ``others``, and the index of that box.
+
+    Boxes are checked nearest centre first, and only while their centre distance minus both boxes' half
+    diagonals can still beat the best gap so far.
+
+    :return: the gap (``inf`` when there are no boxes) and its box's index in ``others`` (``None`` when there are none)
+    """
+    best, best_index = math.inf, None
     reach = math.hypot(ego[3], ego[4])
-    bounds = [(math.hypot(o[0] - ego[0], o[1] - ego[1]) - reach - math.hypot(o[3], o[4]), o) for o in others]
-    for bound, other in sorted(bounds, key=lambda pair: pair[0]):
+    bounds = [math.hypot(o[0] - ego[0], o[1] - ego[1]) - reach - math.hypot(o[3], o[4]) for o in others]
+    for bound, index in sorted(zip(bounds, range(len(others)))):
         if bound >= best:
             break
-        best = min(best, box_gap(ego, other))
-    return best
+        gap = box_gap(ego, others[index])
+        if gap < best:
+            best, best_index = gap, index
+    return best, best_index
 
 
 def time_to_collision(
@@ -101,17 +111,17 @@ def time_to_collision(
     if len(velocities) != len(others):
         raise ValueError(f"time_to_collision needs one velocity per other vehicle: got {len(velocities)} velocities "
                          f"for {len(others)} boxes.")
+    if not others:
+        return math.inf
     heading = np.array([math.cos(ego[2]), math.sin(ego[2])])
     side = np.array([-heading[1], heading[0]])
-    gap, lead_velocity = math.inf, None
-    for other, velocity in zip(others, velocities):
-        offset = np.array(other[:2]) - ego[:2]
-        if offset @ heading <= 0 or abs(offset @ side) >= ego[4] + other[4]:
-            continue  # behind, or beside the ego's corridor
-        other_gap = box_gap(ego, other)
-        if other_gap < gap:
-            gap, lead_velocity = other_gap, velocity
-    if lead_velocity is None:
+    boxes = np.asarray(others, dtype=np.float64)
+    offsets = boxes[:, :2] - np.asarray(ego[:2])
+    in_path = (offsets @ heading > 0) & (np.abs(offsets @ side) < ego[4] + boxes[:, 4])  # ahead, in the corridor
+    ahead = np.flatnonzero(in_path)
+    gap, lead = _nearest(ego, [others[index] for index in ahead])
+    if lead is None:
         return math.inf
+    lead_velocity = velocities[ahead[lead]]
     closing = float((np.asarray(ego_velocity, dtype=np.float64) - lead_velocity) @ heading)
     return gap / closing if closing > 0 else math.inf
