@@ -243,7 +243,8 @@ def test_reward_weights_scale_the_components():
 
 def test_max_abs_reward_bounds_the_worst_steps():
     env = scripted_env([make_frame()])
-    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 13.0 + 1.0)
+    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 12.0 + 1.0)  # no time-to-collision term
+    assert scripted_env([make_frame()], time_to_collision_threshold=3.0).max_abs_reward == pytest.approx(15.6)
     worst = make_frame(speed=1e3, lateral_deviation=-9.0, heading_error=math.pi, route_completion=0.0,
                        collision=True, off_road=True, min_npc_distance=0.0, time_to_collision=0.0)
     start = make_frame(route_completion=1.0)

@@ -173,7 +173,7 @@ class DrivingEnv(gym.Env):
             self.observation_space = image_space
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         #: bound on ``|reward|`` of any step, e.g. for the Q bound ``max_abs_reward / (1 - gamma)``
-        self.max_abs_reward = config.action_repeat * reward.max_abs_reward(config.reward_weights)
+        self.max_abs_reward = config.action_repeat * reward.max_abs_reward(config)
 
         self._pending_config: ScenarioConfig | None = None
         self._next_seed = config.seed

@@ -8,8 +8,8 @@ Unweighted components and their ranges (``v*`` = ``target_speed``, ``d_max`` = `
   (a linear ``v / v*`` would sum to ``D / (v* dt)`` at every speed, and crawling, being safest, would win);
 - ``lane_keeping`` in ``[-1, 0]``: ``-(min(|lateral| / d_max, 1) + min(|heading error| / (pi/2), 1)) / 2``;
 - ``comfort`` in ``[-1, 0]``: ``-(|change of steering| + |change of throttle/brake|) / 4``;
-- ``safety`` in ``[-(TERMINAL_PENALTY + 3), 0]``: ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max]
-  + [off road] + near_miss + closing)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
+- ``safety`` in ``[-(TERMINAL_PENALTY + 3), 0]`` (``+ 2`` with the time-to-collision term off):
+  ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max] + [off road] + near_miss + closing)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
   (``min_npc_distance``: the gap between bounding boxes) and, when ``time_to_collision_threshold`` > 0,
   ``closing = clip(1 - time_to_collision / time_to_collision_threshold, 0, 1)`` (else 0): closing in on the vehicle
   ahead in the ego's path costs from the threshold on, long before the near-miss gap;
@@ -94,9 +94,14 @@ def weighted_components(components: dict[str, float], weights: RewardWeights) ->
     return {name: getattr(weights, name) * value for name, value in components.items()}
 
 
-def max_abs_reward(weights: RewardWeights) -> float:
-    """The bound ``sum(|weight| * component bound)`` on the absolute reward of one step.
+def max_abs_reward(config: ScenarioConfig) -> float:
+    """The bound ``sum(|weight| * component bound)`` on the absolute reward of one tick under ``config``: the bounds
+    of :data:`COMPONENT_BOUNDS`, whose safety bound counts the time-to-collision term only when that term is on.
 
-    :param weights: the weights of the components
+    :param config: the scenario configuration (the weights, and whether ``time_to_collision_threshold`` is > 0)
     """
-    return float(sum(abs(value) * COMPONENT_BOUNDS[name] for name, value in dataclasses.asdict(weights).items()))
+    bounds = dict(COMPONENT_BOUNDS)
+    if config.time_to_collision_threshold <= 0:
+        bounds["safety"] -= 1.0
+    weights = dataclasses.asdict(config.reward_weights)
+    return float(sum(abs(value) * bounds[name] for name, value in weights.items()))
