@@ -11,8 +11,9 @@ each element; together they left about half of all clipped norms a few ulps *abo
 within 2e-8 of the float64 norm at a tenth of the cost of converting to float64, and the clip aims at
 ``limit * (1 - CLIP_MARGIN)``, so that every logged AFTER norm is <= the limit.
 
-:func:`clip_and_step` decides on the host whether a step is finite (one wait for the device per step);
-:func:`clip_and_step_on_device` leaves that decision to a fused optimizer's ``found_inf``, for a step without any.
+:func:`clip_and_step` reads the norms on the host (one wait for the device per step), decides there whether the step
+is finite and which groups to clip, and clips only those; :func:`clip_and_step_on_device` clips every group with a
+limit branch-free and leaves the skip to a fused optimizer's ``found_inf``, for a step without any wait.
 """
 
 from __future__ import annotations
@@ -125,39 +126,50 @@ def split_cnn_mlp(
 
 def clip_and_step(
     optimizer: th.optim.Optimizer, groups: list[ParamGroup], on_nonfinite_grad: str = "skip"
-) -> tuple[dict[str, tuple[th.Tensor, th.Tensor | None]], bool]:
+) -> tuple[dict[str, tuple[float, float | th.Tensor | None]], bool]:
     """Measure each group's gradient norm, clip it to its limit, measure again, then step the optimizer.
 
     Called after ``loss.backward()``; everything is measured before ``optimizer.step()``.
     When any group's norm is NaN or infinite the step is skipped and the gradients are zeroed
     (or :class:`NonFiniteGradientError` is raised), so a bad gradient never reaches the weights.
-    The norms stay on the device: the only host-device transfer (when every norm is finite) is the one that decides
-    whether to step.
-    A group under its limit is multiplied by exactly 1.0, which leaves its gradient bit for bit as it was.
+    The step's one host-device transfer reads every group's norm at once; from those the host decides whether to
+    step and which groups to clip, so a group under its limit costs no further kernel (its gradient is left bit for
+    bit as it was, and its norm after is its norm before).
 
     :param optimizer: the optimizer to step
     :param groups: the groups whose parameters the optimizer updates
     :param on_nonfinite_grad: ``"skip"`` or ``"raise"``
-    :return: for each group name ``(norm before, norm after)`` as 0-dim float64 tensors (after is ``None`` on a
-        skipped step; groups without any gradient are absent), and whether the step was taken
+    :return: for each group name ``(norm before, norm after)``: before as a float, after as a float (the same, for a
+        group under its limit), a 0-dim float64 tensor measured on the clipped gradients (read with the other
+        statistics), or ``None`` on a skipped step; groups without any gradient are absent. And whether the step was
+        taken.
     """
     grads = _grads(groups)
-    before = {name: group_norm(g) for name, g in grads.items()}
-    finite = True
-    if before and not th.stack(list(before.values())).isfinite().all():  # the step's one wait for the device
+    norms = [group_norm(g) for g in grads.values()]
+    before = dict(zip(grads, th.stack(norms).tolist() if norms else []))  # the step's one wait for the device
+    if not all(map(math.isfinite, before.values())):
         # float32 chunk norms overflow for elements above ~1e19: measure such a group again in float64
-        before = {name: norm if norm.isfinite() else _float64_norm(grads[name]) for name, norm in before.items()}
-        finite = bool(th.stack(list(before.values())).isfinite().all())
-    if not finite:
-        if on_nonfinite_grad == "raise":
-            bad = {name: norm.item() for name, norm in before.items()}
-            raise NonFiniteGradientError(
-                f"Non-finite gradient norm(s) {bad}; lower the learning rate or reward scale, "
-                'or pass on_nonfinite_grad="skip" to skip such steps.'
-            )
-        optimizer.zero_grad()
-        return {name: (norm, None) for name, norm in before.items()}, False
-    stats = _clip(groups, grads, before)
+        before = {name: norm if math.isfinite(norm) else _float64_norm(grads[name]).item()
+                  for name, norm in before.items()}  # fmt: skip
+        if not all(map(math.isfinite, before.values())):
+            if on_nonfinite_grad == "raise":
+                raise NonFiniteGradientError(
+                    f"Non-finite gradient norm(s) {before}; lower the learning rate or reward scale, "
+                    'or pass on_nonfinite_grad="skip" to skip such steps.'
+                )
+            optimizer.zero_grad()
+            return {name: (norm, None) for name, norm in before.items()}, False
+    stats: dict[str, tuple[float, float | th.Tensor | None]] = {}
+    for group in groups:
+        if group.name not in before:
+            continue
+        norm = before[group.name]
+        target = None if group.max_norm is None else group.max_norm * (1 - CLIP_MARGIN)
+        if target is None or norm <= target:
+            stats[group.name] = (norm, norm)
+            continue
+        th._foreach_mul_(grads[group.name], target / (norm + 1e-6))
+        stats[group.name] = (norm, group_norm(grads[group.name]))
     optimizer.step()
     return stats, True
 
@@ -186,7 +198,7 @@ def clip_and_step_on_device(
     before = {name: group_norm(g) for name, g in grads.items()}
     norms = th.stack(list(before.values())) if before else th.zeros(1, dtype=th.float64)
     found_inf = (~norms.isfinite().all()).float()
-    stats = _clip(groups, grads, before)
+    stats = _clip_on_device(groups, grads, before)
     optimizer.found_inf = found_inf
     try:
         optimizer.step()
@@ -201,10 +213,11 @@ def _grads(groups: list[ParamGroup]) -> dict[str, list[th.Tensor]]:
     return {name: g for name, g in grads.items() if g}
 
 
-def _clip(
+def _clip_on_device(
     groups: list[ParamGroup], grads: dict[str, list[th.Tensor]], before: dict[str, th.Tensor]
 ) -> dict[str, tuple[th.Tensor, th.Tensor]]:
-    """Clip each group with a gradient to its limit from its norm ``before``; measure the clipped ones again.
+    """Clip each group with a gradient and a limit from its norm ``before``, without a branch on the host: a group
+    under its limit is multiplied by exactly 1.0; measure the clipped ones again.
 
     :return: ``(norm before, norm after)`` by group name
     """

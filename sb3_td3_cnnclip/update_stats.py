@@ -40,9 +40,16 @@ class UpdateStatsAccumulator:
         :return: one dict per update, oldest first, with the keys in the order they were written and Python numbers
         """
         pending, self._pending = self._pending, []
-        tensors = [value.detach().reshape(()).double() for stats in pending for value in stats.values()
+        tensors = [value.detach().reshape(()) for stats in pending for value in stats.values()
                    if isinstance(value, th.Tensor)]  # fmt: skip
-        values = iter(th.stack(tensors).tolist() if tensors else [])
+        # one stack per dtype, converted to float64 at once (not one conversion per value), and one transfer
+        by_dtype: dict[th.dtype, list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_dtype.setdefault(tensor.dtype, []).append(index)
+        stacks = [th.stack([tensors[index] for index in indices]).double() for indices in by_dtype.values()]
+        read = dict(zip((index for indices in by_dtype.values() for index in indices),
+                        th.cat(stacks).tolist() if stacks else []))  # fmt: skip
+        values = (read[index] for index in range(len(tensors)))
         return [{key: next(values) if isinstance(value, th.Tensor) else value for key, value in stats.items()}
                 for stats in pending]  # fmt: skip
 
