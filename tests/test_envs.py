@@ -176,10 +176,11 @@ def moved_scene(boxes, velocities, turn, shift, mirror):
 @pytest.mark.parametrize("turn, shift, mirror", [(0.0, (0.0, 0.0), False), (2.1, (40.0, -13.0), False),
                                                  (-0.6, (-5.0, 8.0), True)])
 def test_time_to_collision_is_the_gap_over_the_closing_speed_to_the_car_ahead_in_the_ego_lane(turn, shift, mirror):
+    beside = (10.0, 3.5, 0.0, 2.5, 1.0)  # stopped in the next lane, listed first (its velocity would give 0.7 s)
     ahead = (12.0, 0.3, 0.0, 2.5, 1.0)  # 0.3 m off the ego's centre line: 12 - 2.5 - 2.5 = 7 m between the bumpers
     far_ahead = (30.0, 0.0, 0.0, 2.5, 1.0)  # stopped, but behind the first one
-    boxes, velocities = moved_scene([TTC_EGO, ahead, far_ahead], [TTC_EGO_VELOCITY, (7.2, 0.0), (0.0, 0.0)],
-                                    turn, shift, mirror)
+    boxes, velocities = moved_scene([TTC_EGO, beside, ahead, far_ahead],
+                                    [TTC_EGO_VELOCITY, (0.0, 0.0), (7.2, 0.0), (0.0, 0.0)], turn, shift, mirror)
     ttc = time_to_collision(boxes[0], velocities[0], boxes[1:], velocities[1:])
     assert ttc == pytest.approx(7.0 / (10.0 - 7.2))  # 2.5 s
 
@@ -197,9 +198,17 @@ def test_time_to_collision_is_inf_without_a_car_closing_in_ahead(other, velocity
     assert time_to_collision(boxes[0], velocities[0], boxes[1:], velocities[1:]) == math.inf
 
 
-def test_time_to_collision_counts_a_car_reaching_into_the_corridor_and_needs_one_velocity_per_car():
+@pytest.mark.parametrize("mirror", [False, True])
+def test_time_to_collision_counts_a_car_reaching_into_the_corridor_and_needs_one_velocity_per_car(mirror):
     cutting_in = (9.0, 1.9, 0.0, 2.5, 1.0)  # its side 0.1 m inside the ego's corridor; 4 m between the bumpers
     assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [cutting_in], [(6.0, 0.0)]) == pytest.approx(4.0 / 4.0)
+    # turned across the road, its centre 2.2 m to the side: its nose reaches 0.3 m past the ego's centre line, and
+    # its near side is 8 - 1 - 2.5 = 4.5 m from the ego's front bumper
+    crossing = (8.0, 2.2, math.pi / 2, 2.5, 1.0)
+    boxes, velocities = moved_scene([TTC_EGO, crossing], [TTC_EGO_VELOCITY, (0.0, -3.0)], 0.4, (3.0, 2.0), mirror)
+    assert time_to_collision(boxes[0], velocities[0], boxes[1:], velocities[1:]) == pytest.approx(4.5 / 10.0)
+    clear = (8.0, 3.6, math.pi / 2, 2.5, 1.0)  # the same car 1.4 m farther: its nose 0.1 m short of the corridor
+    assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [clear], [(0.0, -3.0)]) == math.inf
     assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [], []) == math.inf
     with pytest.raises(ValueError, match="one velocity per other vehicle: got 0 velocities for 1 boxes"):
         time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [cutting_in], [])
@@ -241,14 +250,14 @@ def test_reward_weights_scale_the_components():
     assert reward == pytest.approx(3.0)
 
 
-def test_max_abs_reward_bounds_the_worst_steps():
-    env = scripted_env([make_frame()])
-    assert env.max_abs_reward == pytest.approx(1.0 + 0.5 + 0.1 + 12.0 + 1.0)  # no time-to-collision term
-    assert scripted_env([make_frame()], time_to_collision_threshold=3.0).max_abs_reward == pytest.approx(15.6)
+@pytest.mark.parametrize("threshold, bound", [(0.0, 1.0 + 0.5 + 0.1 + 12.0 + 1.0), (3.0, 1.0 + 0.5 + 0.1 + 13.0 + 1.0)])
+def test_max_abs_reward_bounds_the_worst_steps(threshold, bound):
+    """The bound is reached, and counts the time-to-collision term only when it is on."""
+    assert scripted_env([make_frame()], time_to_collision_threshold=threshold).max_abs_reward == pytest.approx(bound)
     worst = make_frame(speed=1e3, lateral_deviation=-9.0, heading_error=math.pi, route_completion=0.0,
                        collision=True, off_road=True, min_npc_distance=0.0, time_to_collision=0.0)
     start = make_frame(route_completion=1.0)
-    env = scripted_env([start, worst], time_to_collision_threshold=3.0)
+    env = scripted_env([start, worst], time_to_collision_threshold=threshold)
     env.reset()
     env._previous_action = np.array([1.0, 1.0], np.float32)
     _, reward, *_ = env.step(np.array([-1.0, -1.0], np.float32))
@@ -260,7 +269,7 @@ def test_max_abs_reward_bounds_the_worst_steps():
                            off_road=bool(rng.integers(2)), min_npc_distance=rng.uniform(0, 10),
                            time_to_collision=rng.uniform(0, 10))
         env = scripted_env([make_frame(route_completion=rng.uniform()), frame],
-                           time_to_collision_threshold=rng.uniform(0, 5))
+                           time_to_collision_threshold=threshold and rng.uniform(0, 5))
         env.reset()
         _, reward, *_ = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
         assert abs(reward) <= env.max_abs_reward
@@ -422,7 +431,7 @@ def test_set_scenario_and_scenario_through_a_vec_env():
     vec_env.env_method("set_scenario", 1)
     vec_env.reset()
     assert vec_env.get_attr("scenario") == [1]
-    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(4 * 15.6)]  # four ticks per step by default
+    assert vec_env.get_attr("max_abs_reward") == [pytest.approx(4 * 14.6)]  # four ticks per step by default
 
 
 def test_render_and_idempotent_close():

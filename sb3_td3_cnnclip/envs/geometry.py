@@ -97,9 +97,10 @@ def time_to_collision(
     """Seconds until the ego reaches the vehicle ahead in its path, if both keep their velocities.
 
     The vehicle ahead is the one with the smallest :func:`box_gap` among the others whose centre lies ahead of the
-    ego's (along its heading) and within its corridor: the lateral offset of its centre from the ego's heading line
-    below the sum of both half widths. The closing speed is the ego's velocity minus that vehicle's, along the ego's
-    heading.
+    ego's (along its heading) and whose footprint reaches into its corridor: the lateral offset of its centre from
+    the ego's heading line below the ego's half width plus the other's half extent across that line (its half width
+    when it is parallel to the ego, more when it is turned: a car crossing or cutting in at an angle). The closing
+    speed is the ego's velocity minus that vehicle's, along the ego's heading.
 
     :param ego: the ego's box
     :param ego_velocity: the ego's velocity ``(vx, vy)``
@@ -117,7 +118,9 @@ def time_to_collision(
     side = np.array([-heading[1], heading[0]])
     boxes = np.asarray(others, dtype=np.float64)
     offsets = boxes[:, :2] - np.asarray(ego[:2])
-    in_path = (offsets @ heading > 0) & (np.abs(offsets @ side) < ego[4] + boxes[:, 4])  # ahead, in the corridor
+    relative_yaw = boxes[:, 2] - ego[2]
+    across = np.abs(boxes[:, 3] * np.sin(relative_yaw)) + np.abs(boxes[:, 4] * np.cos(relative_yaw))
+    in_path = (offsets @ heading > 0) & (np.abs(offsets @ side) < ego[4] + across)  # ahead, reaching the corridor
     ahead = np.flatnonzero(in_path)
     gap, lead = _nearest(ego, [others[index] for index in ahead])
     if lead is None:

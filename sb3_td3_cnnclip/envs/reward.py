@@ -9,8 +9,9 @@ Unweighted components and their ranges (``v*`` = ``target_speed``, ``d_max`` = `
 - ``lane_keeping`` in ``[-1, 0]``: ``-(min(|lateral| / d_max, 1) + min(|heading error| / (pi/2), 1)) / 2``;
 - ``comfort`` in ``[-1, 0]``: ``-(|change of steering| + |change of throttle/brake|) / 4``;
 - ``safety`` in ``[-(TERMINAL_PENALTY + 3), 0]`` (``+ 2`` with the time-to-collision term off):
-  ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max] + [off road] + near_miss + closing)`` with ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)``
-  (``min_npc_distance``: the gap between bounding boxes) and, when ``time_to_collision_threshold`` > 0,
+  ``-(TERMINAL_PENALTY * [collision or |lateral| > d_max] + [off road] + near_miss + closing)`` with
+  ``near_miss = clip(1 - min_npc_distance / near_miss_distance, 0, 1)`` (``min_npc_distance``: the gap between
+  bounding boxes) and, when ``time_to_collision_threshold`` > 0,
   ``closing = clip(1 - time_to_collision / time_to_collision_threshold, 0, 1)`` (else 0): closing in on the vehicle
   ahead in the ego's path costs from the threshold on, long before the near-miss gap;
 - ``progress`` in ``[-1, 1]``: ``PROGRESS_SCALE * (change of route completion)``, clipped (a full route is worth 100).
@@ -32,12 +33,15 @@ from sb3_td3_cnnclip.envs.config import RewardWeights, ScenarioConfig
 TERMINAL_PENALTY = 10.0
 #: progress reward per unit of route completion
 PROGRESS_SCALE = 100.0
+#: largest value of each of the safety component's per-tick penalties besides the terminal one: off road, near
+#: miss, and closing in (the time-to-collision term)
+SAFETY_TERM_BOUND = 1.0
 #: largest absolute value of each unweighted component
 COMPONENT_BOUNDS: dict[str, float] = {
     "efficiency": 1.0,
     "lane_keeping": 1.0,
     "comfort": 1.0,
-    "safety": TERMINAL_PENALTY + 3.0,
+    "safety": TERMINAL_PENALTY + 3 * SAFETY_TERM_BOUND,
     "progress": 1.0,
 }
 
@@ -102,6 +106,6 @@ def max_abs_reward(config: ScenarioConfig) -> float:
     """
     bounds = dict(COMPONENT_BOUNDS)
     if config.time_to_collision_threshold <= 0:
-        bounds["safety"] -= 1.0
+        bounds["safety"] -= SAFETY_TERM_BOUND
     weights = dataclasses.asdict(config.reward_weights)
     return float(sum(abs(value) * bounds[name] for name, value in weights.items()))
