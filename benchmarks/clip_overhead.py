@@ -21,7 +21,9 @@ convolution weights in torch's default layout, to show what the ``channels_last`
 the device, with the batches drawn there by ``torch.randint``, so its batches are not the others'). Every
 variant of the package's class runs with ``pre_tanh_penalty=0`` (TD3CnnClip's default is 0.01), so that the ratios measure clipping and measuring alone. ``--variants`` picks some of them. The
 warm-up calls (``compiled`` compiles there; its compiled code is reset before each batch size, so each size is
-compiled once, for that static shape, as in training) are timed too and reported as the first-call cost.
+compiled once, for that static shape, as in training) are timed too and reported as the first-call cost. The
+compiled variants share the compiled code of the package's loss functions: only the first of them in a batch size
+pays the compilation, and the others' first-call cost is that of a warm cache.
 
 ``--device`` (``cpu``, ``cuda``, ``auto``) puts every model on that device; on CUDA each timed call ends with
 ``torch.cuda.synchronize()``. The load average (``os.getloadavg``) before and after each batch size is recorded:

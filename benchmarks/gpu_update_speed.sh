@@ -11,8 +11,9 @@
 #     benchmarks/gpu_update_speed.sh
 # It writes into $OUT (or benchmarks/results/gpu/ without $OUT), each stage's files as soon as the stage ends:
 #   log.txt                 everything printed, with the card's name first
-#   tests.txt               the CUDA checks: the tests whose name or parameters say cuda, and the host's waits per
-#                           update (once per optimizer step on the default path, never inside a step on the fast path)
+#   tests.txt               the CUDA checks: the device replay buffer and augmentation tests, and those of
+#                           test_update_speed.py whose name or parameters say cuda or waits (the host's waits per
+#                           update: once per optimizer step on the default path, never inside a step on the fast path)
 #   b256/                   clip_overhead.{json,md}: time per update vs SB3 TD3 (base), of B256_VARIANTS
 #   kernels.json            per gradient step of a train() call at batch 256: CUDA kernel and graph launches, copies
 #                           and waits (torch.profiler), and the host's time, of SB3's TD3, TD3CnnClip's default path
@@ -22,10 +23,11 @@
 #                           with action_repeat=LEARN_ACTION_REPEAT when highway-env imports there, else on the 4x84x84
 #                           toy image env (the file names the env)
 #   b64/                    as b256/, of B64_VARIANTS (last: the stage most likely cut by the time limit)
-# Each stage has its own time limit (TEST_TIMEOUT + 150 + 90 + 240 + 90 s), within a 600 s call.
+# Each stage has its own time limit (TEST_TIMEOUT + 150 + 60 + 200 + 60 s: 580 s with the defaults, within a 600 s
+# call); on an H100 the whole script took 220 s.
 # Environment: LEARN_STEPS (5000), LEARN_PATHS (compiled+device_buffer td3), LEARN_ACTION_REPEAT (1: the setting of
 # the earlier figures), REPEATS (15), STEPS_PER_CALL (20), B256_VARIANTS (base clip compiled compiled_device_buffer),
-# B64_VARIANTS (base clip compiled_device_buffer), TEST_TIMEOUT (150 s).
+# B64_VARIANTS (base clip compiled_device_buffer), TEST_TIMEOUT (110 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,9 +61,9 @@ CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== CUDA checks"
-timeout "${TEST_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider -k "cuda or waits" tests/test_update_speed.py \
-    tests/test_device_buffer.py tests/test_augmentation.py tests/test_fast_path.py >"$OUT/tests.txt" 2>&1 \
-    || echo "CUDA checks FAILED (see tests.txt)"
+timeout "${TEST_TIMEOUT:-110}" bash -c 'python -m pytest -q -p no:cacheprovider tests/test_device_buffer.py \
+    tests/test_augmentation.py && python -m pytest -q -p no:cacheprovider -k "cuda or waits" tests/test_update_speed.py' \
+    >"$OUT/tests.txt" 2>&1 || echo "CUDA checks FAILED (see tests.txt)"
 tail -3 "$OUT/tests.txt"
 
 echo "== time per update, batch 256"
@@ -70,7 +72,7 @@ timeout 150 python benchmarks/clip_overhead.py --device cuda --batch-sizes 256 -
     --machine "$CARD" --output-dir "$OUT/b256" | tail -7 || echo "batch 256 FAILED"
 
 echo "== kernel launches per gradient step, batch 256"
-timeout 90 python - "$OUT/kernels.json" "$CARD" "$STEPS_PER_CALL" <<'EOF' || echo "kernel count FAILED"
+timeout 60 python - "$OUT/kernels.json" "$CARD" "$STEPS_PER_CALL" <<'EOF' || echo "kernel count FAILED"
 import json, sys, time
 import torch as th
 from torch.profiler import ProfilerActivity, profile
@@ -91,7 +93,7 @@ for name, (cls, kwargs) in paths.items():
                 device="cuda", **kwargs)
     model.learn(300)
     model.set_logger(Logger(folder=None, output_formats=[]))
-    for warm_up in (True, True, True, True, False):  # compiles (also for profiling) and records the CUDA graphs
+    for _ in range(5):  # the first calls compile (also for profiling) and record the CUDA graphs; the last counts
         th.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             start = time.perf_counter()
@@ -106,7 +108,7 @@ for name, (cls, kwargs) in paths.items():
 EOF
 
 echo "== learn($LEARN_STEPS)"
-timeout 240 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda "${LEARN_ACTION_REPEAT:-1}" $LEARN_PATHS <<'EOF' \
+timeout 200 python - "$OUT/learn.json" "$LEARN_STEPS" "$CARD" cuda "${LEARN_ACTION_REPEAT:-1}" $LEARN_PATHS <<'EOF' \
     || echo "learn FAILED or timed out (learn.json has the paths done)"
 import json, sys, time
 import gymnasium as gym
@@ -145,7 +147,7 @@ for name, (cls, kwargs) in paths.items():
         json.dump(results, file, indent=2)
 EOF
 echo "== time per update, batch 64"
-timeout 90 python benchmarks/clip_overhead.py --device cuda --batch-sizes 64 --repeats "$REPEATS" \
+timeout 60 python benchmarks/clip_overhead.py --device cuda --batch-sizes 64 --repeats "$REPEATS" \
     --gradient-steps "$STEPS_PER_CALL" --variants ${B64_VARIANTS:-base clip compiled_device_buffer} --machine "$CARD" \
     --output-dir "$OUT/b64" | tail -6 || echo "batch 64 FAILED"
 echo "== done"

@@ -53,8 +53,8 @@ LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, Bo
 def polyak_update(params: Iterable[th.Tensor], target_params: Iterable[th.Tensor], tau: float) -> None:
     """SB3's :func:`~stable_baselines3.common.utils.polyak_update`, ``target = (1 - tau) * target + tau * param``
     by the same two in-place operations, each run once over the whole list (``torch._foreach_mul_``,
-    ``torch._foreach_add_``) instead of once per tensor: the same result bit for bit on the CPU, and two kernel
-    launches instead of two per tensor on a GPU.
+    ``torch._foreach_add_``) instead of once per tensor: the same result bit for bit on the CPU (tested; on CUDA the
+    test runs where a GPU is), and on a GPU a few multi-tensor kernel launches instead of two per tensor.
 
     :param params: the parameters (or buffers) to move towards
     :param target_params: the target parameters, updated in place

@@ -127,7 +127,7 @@ def split_cnn_mlp(
 def clip_and_step(
     optimizer: th.optim.Optimizer, groups: list[ParamGroup], on_nonfinite_grad: str = "skip"
 ) -> tuple[dict[str, tuple[float, float | th.Tensor | None]], bool]:
-    """Measure each group's gradient norm, clip it to its limit, measure again, then step the optimizer.
+    """Measure each group's gradient norm, clip the groups above their limits and measure those again, then step.
 
     Called after ``loss.backward()``; everything is measured before ``optimizer.step()``.
     When any group's norm is NaN or infinite the step is skipped and the gradients are zeroed

@@ -88,6 +88,28 @@ def test_huge_gradients_are_clipped_to_just_below_the_limit():
                    for n in seen[name])  # fmt: skip
 
 
+def test_only_the_groups_over_their_limit_are_clipped_and_measured_again():
+    """The host reads every norm once and clips only the groups above their limits: the others keep their gradients
+    bit for bit and log their norm before as their norm after."""
+    gen = th.Generator().manual_seed(0)
+    over, under, unlimited = (th.nn.Parameter(th.zeros(n)) for n in (500, 300, 200))
+    for param in (over, under, unlimited):
+        param.grad = th.randn(param.shape, generator=gen)
+    original = {id(param): param.grad.clone() for param in (over, under, unlimited)}
+    exact = {id(param): th.linalg.vector_norm(param.grad.double()).item() for param in (over, under, unlimited)}
+    groups = [ParamGroup("critic_cnn", [over], 1.0), ParamGroup("critic_mlp", [under], 100.0),
+              ParamGroup("actor_mlp", [unlimited], None)]  # fmt: skip
+    norms, stepped = clip_and_step(th.optim.SGD([over, under, unlimited], lr=0.0), groups)
+    assert stepped
+    before, after = norms["critic_cnn"]
+    assert before == pytest.approx(exact[id(over)], rel=1e-7) and before > 1.0
+    assert after.item() == pytest.approx(th.linalg.vector_norm(over.grad.double()).item(), rel=1e-7)
+    assert 0.999 < after.item() <= 1.0
+    for name, param in (("critic_mlp", under), ("actor_mlp", unlimited)):
+        assert th.equal(param.grad, original[id(param)])
+        assert norms[name][0] == norms[name][1] == pytest.approx(exact[id(param)], rel=1e-7)
+
+
 def test_finite_gradients_beyond_float32_chunk_range_are_clipped_not_skipped():
     """Elements of 1e20 overflow a float32 sum of squares; the gradient is finite, so it is clipped and stepped."""
     weight = th.nn.Parameter(th.zeros(3000, dtype=th.float32))

@@ -395,16 +395,17 @@ def test_bf16_encoders_warn_on_a_cpu_without_bfloat16(monkeypatch):
         make_model(bf16_encoders=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tau", [0.005, 1.0])
-def test_polyak_update_in_one_foreach_call_per_list_equals_sb3s_bit_for_bit(tau):
+def test_polyak_update_in_one_foreach_call_per_list_equals_sb3s_bit_for_bit(tau, device):
     from stable_baselines3.common.utils import polyak_update as sb3_polyak_update
 
     from sb3_td3_cnnclip.cnnclip import polyak_update
 
     generator = th.Generator().manual_seed(0)
     shapes = [(32, 4, 8, 8), (32,), (7, 3), ()]
-    params = [th.randn(shape, generator=generator) for shape in shapes]
-    targets = [th.randn(shape, generator=generator) for shape in shapes]
+    params = [th.randn(shape, generator=generator).to(device) for shape in shapes]
+    targets = [th.randn(shape, generator=generator).to(device) for shape in shapes]
     want = [t.clone() for t in targets]
     sb3_polyak_update(params, want, tau)
     polyak_update(params, targets, tau)
