@@ -9,6 +9,10 @@
 # Python's pygame-ce as a wheel for the GPU machine's Python 3.12 (the surrogate's renderer). Then run there,
 # carrying that folder (device tool: carry [".gpu_site"], timeout_s 600):
 #     benchmarks/gpu_update_speed.sh
+# To keep uncommitted edits in the working tree off the GPU machine, run a clean export of HEAD instead: here
+#     rm -rf .gpu_clean && mkdir .gpu_clean && git archive HEAD | tar -x -C .gpu_clean
+# (git-ignored), carry [".gpu_site", ".gpu_clean"], and there
+#     cd .gpu_clean && ln -s ../.gpu_site .gpu_site && SDL_VIDEODRIVER=offscreen bash benchmarks/gpu_update_speed.sh
 # It writes into $OUT (or benchmarks/results/gpu/ without $OUT), each stage's files as soon as the stage ends:
 #   log.txt                 everything printed, with the card's name first
 #   tests.txt               the CUDA checks: the device replay buffer and augmentation tests, and those of
