@@ -27,7 +27,8 @@ from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
 #: operations that launch no kernel on a device: views, and reads of a value by the host
 NO_KERNEL = {"view", "_unsafe_view", "slice", "select", "detach", "t", "transpose", "permute", "reshape", "expand",
-             "alias", "unsqueeze", "squeeze", "as_strided", "split", "unbind", "lift_fresh", "_local_scalar_dense"}  # fmt: skip
+             "alias", "unsqueeze", "squeeze", "as_strided", "split", "unbind", "lift_fresh",
+             "_local_scalar_dense"}  # fmt: skip
 
 
 class OperationCounter(TorchDispatchMode):
@@ -42,11 +43,6 @@ class OperationCounter(TorchDispatchMode):
         if name not in NO_KERNEL:
             self.counts[name] += 1
         return func(*args, **(kwargs or {}))
-
-
-def cuda_form_group_norm(grads: list[th.Tensor]) -> th.Tensor:
-    """:func:`~sb3_td3_cnnclip.grad_clip.group_norm` as it runs on CUDA."""
-    return th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2, dtype=th.float64)))
 
 
 def count(model: TD3 | TD3CnnClip, gradient_steps: int, batch_size: int) -> collections.Counter[str]:
@@ -71,7 +67,7 @@ def main() -> None:
     add_common_args(parser, threads=1)
     args = parser.parse_args()
     set_threads(args.threads)
-    grad_clip.group_norm = cuda_form_group_norm
+    grad_clip.group_norm = grad_clip.foreach_group_norm  # the CUDA form, whatever the device
 
     results: dict[str, Any] = {"run": run_description(args), "models": {}}
     for name, cls, kwargs in (("td3", TD3, {}), ("clip", TD3CnnClip, {"channels_last": False})):

@@ -66,7 +66,7 @@ def group_norm(grads: list[th.Tensor]) -> th.Tensor:
     :return: ``sqrt(sum of the squares of every element)`` as a 0-dim float64 tensor
     """
     if grads[0].is_cuda:
-        return th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2, dtype=th.float64)))
+        return foreach_group_norm(grads)
     partial = []
     for grad in grads:
         flat = grad.reshape(-1)
@@ -74,6 +74,21 @@ def group_norm(grads: list[th.Tensor]) -> th.Tensor:
         partial.append(th.linalg.vector_norm(flat[:whole].view(-1, NORM_CHUNK), dim=1))
         partial.append(th.linalg.vector_norm(flat[whole:]).reshape(1))
     return th.linalg.vector_norm(th.cat(partial).double())
+
+
+def foreach_group_norm(grads: list[th.Tensor]) -> th.Tensor:
+    """:func:`group_norm` on CUDA: one fused ``torch._foreach_norm`` accumulating in float64.
+
+    :param grads: the gradients (one device)
+    :return: the total L2 norm as a 0-dim float64 tensor
+    """
+    return th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2, dtype=th.float64)))
+
+
+def _clip_coefficient(target: float, norm: float | th.Tensor) -> float | th.Tensor:
+    """The factor that scales gradients of total norm ``norm`` to ``target``
+    (:func:`torch.nn.utils.clip_grads_with_norm_`'s, with its epsilon)."""
+    return target / (norm + 1e-6)
 
 
 def _float64_norm(grads: list[th.Tensor]) -> th.Tensor:
@@ -93,6 +108,11 @@ class ParamGroup:
     name: str
     params: list[nn.Parameter]
     max_norm: float | None
+
+    @property
+    def clip_target(self) -> float | None:
+        """The norm a clipped gradient is scaled to: ``max_norm * (1 - CLIP_MARGIN)`` (``None`` without a limit)."""
+        return None if self.max_norm is None else self.max_norm * (1 - CLIP_MARGIN)
 
 
 def split_cnn_mlp(
@@ -163,12 +183,11 @@ def clip_and_step(
     for group in groups:
         if group.name not in before:
             continue
-        norm = before[group.name]
-        target = None if group.max_norm is None else group.max_norm * (1 - CLIP_MARGIN)
+        norm, target = before[group.name], group.clip_target
         if target is None or norm <= target:
             stats[group.name] = (norm, norm)
             continue
-        th._foreach_mul_(grads[group.name], target / (norm + 1e-6))
+        th._foreach_mul_(grads[group.name], _clip_coefficient(target, norm))
         stats[group.name] = (norm, group_norm(grads[group.name]))
     optimizer.step()
     return stats, True
@@ -226,10 +245,10 @@ def _clip_on_device(
         if group.name not in before:
             continue
         norm = after = before[group.name]
-        if group.max_norm is not None:
-            target = group.max_norm * (1 - CLIP_MARGIN)
+        target = group.clip_target
+        if target is not None:
             clipped = norm > target
-            th._foreach_mul_(grads[group.name], th.where(clipped, target / (norm + 1e-6), 1.0))
+            th._foreach_mul_(grads[group.name], th.where(clipped, _clip_coefficient(target, norm), 1.0))
             after = th.where(clipped, group_norm(grads[group.name]), norm)
         stats[group.name] = (norm, after)
     return stats

@@ -122,9 +122,9 @@ def drive_episode(env: gym.Env, seed: int | None = None, cruise_speed: float = S
     :param seed: the reset seed
     :param cruise_speed: the driver's speed in m/s on a free road (below the default: a careful crawler)
     :return: the last step's ``info`` plus ``steps``, ``return`` (the sum of the rewards), ``safety_return`` (the sum
-        of their ``reward/safety`` components), ``mean_speed`` (m/s over the steps) and ``cut_ins``: the steps on which a vehicle moved into the lane ahead less than
-        :data:`CUT_IN_GAP` metres away and nearer than the previous lead by more than 1 m (closing speeds cover at
-        most 0.5 m per tick)
+        of their ``reward/safety`` components), ``mean_speed`` (m/s over the steps) and ``cut_ins``: the steps on
+        which a vehicle moved into the lane ahead less than :data:`CUT_IN_GAP` metres away and nearer than the
+        previous lead by more than 1 m (closing speeds cover at most 0.5 m per tick)
     """
     env.reset(seed=seed)
     expert = ExpertDriver(env.unwrapped.backend, cruise_speed=cruise_speed)  # after the reset, which may rebuild it
