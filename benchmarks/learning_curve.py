@@ -40,6 +40,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   in on the vehicle ahead under 3 s of time to collision, asking for braking before a rear-end collision (its
   returns include that penalty, so they do not compare with the other configurations'; the scripted driver's
   reference drives the default reward);
+- ``+state``: ``MlpPolicy`` on the privileged ``observation="state"`` (kinematics, waypoints and the 6 nearest
+  vehicles' positions and velocities relative to the ego; no camera): the ceiling of what the same algorithm,
+  reward and budget reach without vision, telling a perception shortfall from one of the reward or the algorithm;
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -105,10 +108,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "freq2": {"train_freq": 2},
     "lindecay": {"lr_schedule": "linear"},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
+    "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), its ``"algo"`` (a key of
-#: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's) and its ``"env_kwargs"`` (options of
-#: its envs' ``gymnasium.make``; none by default)
+#: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's), its ``"policy"`` (``"CnnPolicy"``
+#: by default) and its ``"env_kwargs"`` (options of its envs' ``gymnasium.make``; none by default)
 CONFIGS: dict[str, dict[str, Any]] = {
     "td3": {**DELAY, **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "recommended": {**DELAY, "pre_tanh_penalty": 0.01},
@@ -121,9 +125,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
 RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
-               ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"]):
+               ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
+               ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"]):
+    _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
-        **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()}
+        **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
+        **({"env_kwargs": _env_kwargs} if _env_kwargs else {}),  # the options' env_kwargs merged
     }
 
 #: the flags each ``--size`` sets; ``runs`` lists (configuration, scenario) pairs, ``ticks`` the budget per scenario
@@ -289,12 +296,12 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     """
     kwargs = {**COMMON, **CONFIGS[config]}
     kwargs.pop("env_kwargs", None)  # the envs' (:func:`make_envs`)
-    algo = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")]
+    algo, policy = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")], kwargs.pop("policy", "CnnPolicy")
     kwargs["learning_rate"] = learning_rate_schedule(kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"))
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
     return algo(
-        "CnnPolicy", env, buffer_size=args.buffer_size, learning_starts=args.learning_starts,
+        policy, env, buffer_size=args.buffer_size, learning_starts=args.learning_starts,
         batch_size=args.batch_size, action_noise=noise if algo is TD3CnnClip else None, seed=seed,
         device=args.device, **kwargs,
     )  # fmt: skip

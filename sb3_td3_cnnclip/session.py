@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import ALGORITHMS, TrainConfig, learning_rate_schedule
+from sb3_td3_cnnclip.config_file import ALGORITHMS, STATE_POLICY, TrainConfig, learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE
@@ -312,6 +312,17 @@ def run_config(model_path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())["config"] if path.is_file() else {}
 
 
+def policy_of(observation_space: gym.Space) -> str:
+    """The policy that observes ``observation_space`` (the inverse of
+    :func:`~sb3_td3_cnnclip.config_file.observation_of`, unbounded).
+
+    :param observation_space: a model's observation space
+    """
+    if isinstance(observation_space, gym.spaces.Dict):
+        return "MultiInputPolicy"
+    return STATE_POLICY if len(observation_space.shape) == 1 else "CnnPolicy"
+
+
 def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, video: str | Path | None = None) -> list[dict[str, Any]]:
     """Drive ``episodes`` episodes with the model's deterministic policy; optionally save the camera view as a GIF.
 
@@ -322,8 +333,7 @@ def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, vid
     :return: one dict of driving metrics per episode
     """
     model = load_model(model_file(model_path), config.device, config.algo)
-    policy = "MultiInputPolicy" if isinstance(model.observation_space, gym.spaces.Dict) else "CnnPolicy"
-    env = make_env(dataclasses.replace(config, policy=policy), render_mode="rgb_array" if video else None)
+    env = make_env(dataclasses.replace(config, policy=policy_of(model.observation_space)), render_mode="rgb_array" if video else None)
     frames, results = [], []
     try:
         for episode in range(episodes):

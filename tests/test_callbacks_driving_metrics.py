@@ -40,7 +40,7 @@ def frame(speed=0.0, lateral=0.0, route_completion=0.0, end=None) -> Frame:
         image=np.zeros((SIZE, SIZE), np.uint8), speed=speed, lateral_deviation=lateral, heading_error=0.0,
         route_completion=route_completion, distance_to_goal=0.0 if end == "goal" else 100.0,
         collision=end == "collision", off_road=False, lane_invasion=False, min_npc_distance=math.inf,
-        time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32),
+        time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32), vehicles=np.zeros((6, 5), np.float32),
     )  # fmt: skip
 
 

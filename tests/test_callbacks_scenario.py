@@ -50,7 +50,7 @@ class TwoStepBackend(Backend):
             image=np.zeros((SIZE, SIZE), np.uint8), speed=5.0, lateral_deviation=0.0, heading_error=0.0,
             route_completion=self._k / EPISODE_STEPS, distance_to_goal=0.0 if end and self.goal else 100.0,
             collision=end and not self.goal, off_road=False, lane_invasion=False, min_npc_distance=math.inf,
-            time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32),
+            time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32), vehicles=np.zeros((6, 5), np.float32),
         )  # fmt: skip
 
     def close(self):

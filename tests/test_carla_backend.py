@@ -303,6 +303,25 @@ def test_time_to_collision_is_to_the_car_ahead_in_the_ego_lane(server, carla):
     env.close()
 
 
+def test_the_state_observation_holds_the_nearest_car_relative_to_the_ego(server, carla):
+    """The car of the time-to-collision test, in the ego's frame: ahead, then beside on the left (CARLA's -y)."""
+    env = make_env(n_npcs=1, observation="state", n_vehicles=2)
+    sb3_check_env(env, warn=False)
+    env.reset()
+    transform = ego(server).get_transform()
+    (npc,) = [a for a in server.actors.values() if a.type_id.startswith("vehicle.") and a._autopilot_port is not None]
+    ahead = 2 * carla.VEHICLE_EXTENT[0] + 6.0
+    npc._transform = carla.Transform(carla.Location(x=transform.location.x + ahead, y=transform.location.y),
+                                     carla.Rotation(yaw=transform.rotation.yaw))
+    npc._velocity = carla.Vector3D(x=-3.0)
+    observation, *_ = env.step(np.zeros(2, np.float32))
+    np.testing.assert_allclose(observation[-10:].reshape(2, 5), [[1, ahead, 0, -3, 0], [0] * 5], atol=1e-5)
+    npc._transform.location.y -= 3.5
+    observation, *_ = env.step(np.zeros(2, np.float32))
+    np.testing.assert_allclose(observation[-10:-5], [1, ahead, 3.5, -3, 0], atol=1e-5)
+    env.close()
+
+
 def test_route_geometry_in_a_left_handed_frame():
     route = Route([(0.0, 0.0), (10.0, 0.0), (10.0, 0.0), (10.0, 10.0)])
     assert route.length == 20.0 and len(route.points) == 3

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
 import numpy as np
 import pytest
 from conftest import require
@@ -26,7 +27,7 @@ from sb3_td3_cnnclip.envs import (
 from sb3_td3_cnnclip.envs import driving_env
 from sb3_td3_cnnclip.envs.driving_env import resolve_simulator
 from sb3_td3_cnnclip.envs.errors import EXTRA_PACKAGES
-from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap, time_to_collision
+from sb3_td3_cnnclip.envs.geometry import box_gap, nearest_gap, nearest_vehicles, time_to_collision
 
 SIZE = 8
 
@@ -36,7 +37,7 @@ def make_frame(**changes) -> Frame:
     values = dict(
         image=np.zeros((SIZE, SIZE), np.uint8), speed=0.0, lateral_deviation=0.0, heading_error=0.0,
         route_completion=0.0, distance_to_goal=100.0, collision=False, off_road=False, lane_invasion=False,
-        min_npc_distance=math.inf, time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32),
+        min_npc_distance=math.inf, time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32), vehicles=np.zeros((6, 5), np.float32),
         extra={"probe": 1.0},
     )
     values.update(changes)
@@ -113,6 +114,24 @@ def test_dict_observation_vector_layout():
     observation, *_ = env.step(np.array([0.5, -0.25], np.float32))
     assert observation["vector"].tolist() == [3.0, -0.5, 0.25, 0.5, -0.25, *range(10)]
     assert env.observation_space.contains(observation)
+
+
+def test_state_observation_is_the_vector_then_the_nearest_vehicles_and_passes_the_checker():
+    waypoints = np.arange(10, dtype=np.float32).reshape(5, 2)
+    vehicles = np.arange(30, dtype=np.float32).reshape(6, 5)
+    frames = [make_frame(), make_frame(speed=3.0, lateral_deviation=-0.5, heading_error=0.25, waypoints=waypoints,
+                                       vehicles=vehicles)]
+    env = scripted_env(frames, observation="state")
+    assert env.observation_space == gym.spaces.Box(-np.inf, np.inf, (5 + 2 * 5 + 5 * 6,), np.float32)
+    observation, _ = env.reset()
+    assert observation.tolist() == [0.0] * 45
+    observation, *_ = env.step(np.array([0.5, -0.25], np.float32))
+    assert observation.tolist() == [3.0, -0.5, 0.25, 0.5, -0.25, *range(10), *range(30)]
+    assert env.observation_space.contains(observation)
+    fewer = scripted_env([make_frame(vehicles=np.zeros((2, 5), np.float32))], observation="state", n_vehicles=2)
+    check_env(fewer)
+    with pytest.raises(ValueError, match="n_vehicles=0 must be a positive integer"):
+        scripted_env([make_frame()], observation="state", n_vehicles=0)
 
 
 def test_reward_components_match_the_formulas_and_sum_to_the_reward():
@@ -212,6 +231,27 @@ def test_time_to_collision_counts_a_car_reaching_into_the_corridor_and_needs_one
     assert time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [], []) == math.inf
     with pytest.raises(ValueError, match="one velocity per other vehicle: got 0 velocities for 1 boxes"):
         time_to_collision(TTC_EGO, TTC_EGO_VELOCITY, [cutting_in], [])
+
+
+@pytest.mark.parametrize("turn, shift", [(0.0, (0.0, 0.0)), (2.1, (40.0, -13.0)), (-0.6, (-5.0, 8.0))])
+def test_nearest_vehicles_are_sorted_by_centre_distance_in_the_ego_frame_and_padded(turn, shift):
+    # the scene in a frame whose y axis points to the right of x (CARLA's and highway-env's), the ego at the origin
+    # heading along x at 10 m/s: "left" is -y
+    others = [(30.0, 0.0, 0.0, 2.5, 1.0), (-8.0, 3.5, 0.0, 2.5, 1.0), (6.0, -3.5, 0.3, 2.5, 1.0)]
+    velocities = [(7.0, 0.0), (12.0, 0.0), (9.0, -1.0)]
+    boxes, moved = moved_scene([TTC_EGO, *others], [TTC_EGO_VELOCITY, *velocities], turn, shift, mirror=False)
+    rows = nearest_vehicles(boxes[0], moved[0], boxes[1:], moved[1:], count=5)
+    expected = [[1, 6.0, 3.5, -1.0, 1.0],  # 6.9 m away, ahead on the left, 1 m/s slower, drifting left
+                [1, -8.0, -3.5, 2.0, 0.0],  # 8.7 m, behind on the right, 2 m/s faster
+                [1, 30.0, 0.0, -3.0, 0.0],  # 30 m ahead in the ego's lane
+                [0] * 5, [0] * 5]  # no more vehicles
+    np.testing.assert_allclose(rows, expected, atol=1e-5)
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(nearest_vehicles(boxes[0], moved[0], boxes[1:], moved[1:], count=1), expected[:1],
+                               atol=1e-5)
+    assert not nearest_vehicles(TTC_EGO, TTC_EGO_VELOCITY, [], [], count=2).any()
+    with pytest.raises(ValueError, match="nearest_vehicles needs one velocity per other vehicle"):
+        nearest_vehicles(TTC_EGO, TTC_EGO_VELOCITY, others, velocities[:2], count=2)
 
 
 @pytest.mark.parametrize("threshold, ttc, expected", [
@@ -393,7 +433,7 @@ def test_kwargs_override_defaults_and_are_validated():
         ({"scenario": 3}, r"scenario=3 does not exist; choose one of \[0, 1, 2\]"),
         ({"simulator": "gazebo"}, r"simulator='gazebo' is unknown; choose one of \('auto', 'carla', 'surrogate'\)"),
         ({"image_size": 0}, r"image_size=0 must be a positive integer"),
-        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict'\)"),
+        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict', 'state'\)"),
         ({"reward_weights": {"speed": 1.0}}, r"\['speed'\]; valid components are \['comfort', 'efficiency', "
                                              r"'lane_keeping', 'progress', 'safety'\]"),
         ({"target_speed": float("nan")}, r"target_speed=nan must be a positive finite number"),

@@ -48,7 +48,7 @@ def drive(env: DrivingEnv, action, steps: int) -> list[tuple]:
     return results
 
 
-@pytest.mark.parametrize("observation", ["image", "dict"])
+@pytest.mark.parametrize("observation", ["image", "dict", "state"])
 def test_passes_the_gymnasium_and_sb3_checkers(observation):
     env = surrogate_env(observation=observation, frame_stack=2)
     gym_check_env(env, skip_render_check=True)
@@ -187,6 +187,24 @@ def test_time_to_collision_is_to_the_slower_car_ahead_in_the_ego_lane_not_the_on
     assert info["reward/safety"] == pytest.approx(-(1.0 - info["time_to_collision"] / 3.0))
     ahead.speed = 12.0
     assert env.step(np.zeros(2, np.float32))[4]["time_to_collision"] == math.inf
+    env.close()
+
+
+def test_the_state_observation_holds_the_nearest_vehicles_relative_to_the_ego():
+    env = surrogate_env(n_npcs=0, observation="state", n_vehicles=3)
+    env.reset(seed=0)
+    backend = env.backend
+    road, lane, ego = backend.env.road, backend.route_lane, backend.env.vehicle
+    ego.speed = 10.0
+    start = lane.local_coordinates(ego.position)[0]
+    left_lane = road.network.get_lane(("0", "1", 0))  # the route is the right-hand lane: lane 0 is 4 m to its left
+    ahead = Vehicle(road, lane.position(start + 15.0, 0.0), lane.heading_at(start + 15.0), speed=6.0)
+    beside = Vehicle(road, left_lane.position(start + 8.0, 0.0), 0.0, speed=0.0)
+    road.vehicles += [ahead, beside]
+    observation, *_ = env.step(np.zeros(2, np.float32))  # no throttle, no brake: every car keeps its speed
+    moved = 10.0 * 0.05  # the ego's metres in the tick (ahead moved 0.3 m, beside none)
+    expected = [[1.0, 8.0 - moved, 4.0, -10.0, 0.0], [1.0, 15.0 + 0.3 - moved, 0.0, -4.0, 0.0], [0.0] * 5]
+    np.testing.assert_allclose(observation[-15:].reshape(3, 5), expected, atol=1e-4)
     env.close()
 
 

@@ -40,6 +40,10 @@ class Frame:
     :param waypoints: the route points :data:`WAYPOINT_SPACING`, 2 :data:`WAYPOINT_SPACING`, ... metres along the
         route beyond the ego's projection onto it (the goal where that passes the route's end), in the ego frame
         (x forward, y left), shape ``(n_waypoints, 2)``
+    :param vehicles: the ``n_vehicles`` other vehicles nearest the ego, nearest first, relative to it in its frame:
+        rows ``(present, forward, left, forward_speed, left_speed)`` of
+        :func:`~sb3_td3_cnnclip.envs.geometry.nearest_vehicles`, zeros where there are fewer vehicles;
+        shape ``(n_vehicles, 5)``
     :param extra: backend-specific diagnostics, copied into ``info`` under ``backend/``
     """
 
@@ -55,6 +59,7 @@ class Frame:
     min_npc_distance: float
     time_to_collision: float
     waypoints: np.ndarray
+    vehicles: np.ndarray
     extra: dict[str, float] = field(default_factory=dict)
 
 

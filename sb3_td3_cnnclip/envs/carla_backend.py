@@ -26,7 +26,7 @@ import numpy as np
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, SimulatorUnavailableError, install_hint
-from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap, time_to_collision
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap, nearest_vehicles, time_to_collision
 
 #: attempts of ``connect_timeout`` seconds each before the server counts as unavailable
 CONNECT_ATTEMPTS = 3
@@ -483,6 +483,7 @@ class CarlaBackend(Backend):
             min_npc_distance=nearest_gap(ego_box, others),
             time_to_collision=time_to_collision(ego_box, (velocity.x, velocity.y), others, npc_velocities),
             waypoints=self._route.ahead(position.arc_length, location.x, location.y, yaw, self.config.n_waypoints),
+            vehicles=nearest_vehicles(ego_box, (velocity.x, velocity.y), others, npc_velocities, self.config.n_vehicles),
             extra=dict(self._extra),
         )
 

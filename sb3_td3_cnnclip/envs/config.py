@@ -12,7 +12,7 @@ SCENARIO_NPCS: dict[int, int] = {0: 20, 1: 50, 2: 100}
 SPEED_LIMIT = 30 / 3.6
 
 SIMULATORS = ("auto", "carla", "surrogate")
-OBSERVATIONS = ("image", "dict")
+OBSERVATIONS = ("image", "dict", "state")
 
 
 @dataclass
@@ -63,9 +63,13 @@ class ScenarioConfig:
     :param target_speed: speed in m/s the efficiency reward aims for
     :param image_size: side of the square grayscale camera image
     :param frame_stack: frames stacked on the channel axis, one per decision (the last tick's camera frame)
-    :param observation: ``"image"`` (uint8 Box) or ``"dict"`` (image + kinematics/waypoints vector)
-    :param n_waypoints: route waypoints in the ``"dict"`` observation, 5 m apart along the route starting 5 m
-        beyond the ego (``backend.WAYPOINT_SPACING``)
+    :param observation: ``"image"`` (uint8 Box), ``"dict"`` (image + kinematics/waypoints vector) or ``"state"``
+        (privileged, no camera: a float32 vector of the kinematics, the waypoints and the ``n_vehicles`` nearest
+        vehicles' positions and velocities relative to the ego, for ``MlpPolicy``: the ceiling of what a policy
+        learns without vision)
+    :param n_waypoints: route waypoints in the ``"dict"`` and ``"state"`` observations, 5 m apart along the route
+        starting 5 m beyond the ego (``backend.WAYPOINT_SPACING``)
+    :param n_vehicles: other vehicles in the ``"state"`` observation, nearest first (``Frame.vehicles``)
     :param max_lateral_deviation: metres off the route centre that terminate the episode
     :param goal_tolerance: metres from the route end that count as reaching the goal
     :param near_miss_distance: gap in metres between the bounding boxes of the ego and another vehicle under which
@@ -99,6 +103,7 @@ class ScenarioConfig:
     frame_stack: int = 4
     observation: str = "image"
     n_waypoints: int = 5
+    n_vehicles: int = 6
     max_lateral_deviation: float = 2.5
     goal_tolerance: float = 3.0
     near_miss_distance: float = 2.0
@@ -120,7 +125,8 @@ class ScenarioConfig:
             self.reward_weights = make_reward_weights(self.reward_weights)
         if self.n_npcs is None:
             self.n_npcs = SCENARIO_NPCS[self.scenario]
-        integers = ("port", "tm_port", "image_size", "frame_stack", "n_waypoints", "action_repeat", "max_episode_ticks")
+        integers = ("port", "tm_port", "image_size", "frame_stack", "n_waypoints", "n_vehicles", "action_repeat",
+                    "max_episode_ticks")
         for name in integers:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -39,6 +39,7 @@ from gymnasium import spaces
 from sb3_td3_cnnclip.envs import reward
 from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
+from sb3_td3_cnnclip.envs.geometry import VEHICLE_COLUMNS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, install_hint
 
 #: Frame fields copied into ``info`` under their own names
@@ -46,7 +47,8 @@ FRAME_INFO_KEYS = (
     "speed", "lateral_deviation", "heading_error", "route_completion", "distance_to_goal",
     "collision", "off_road", "lane_invasion", "min_npc_distance", "time_to_collision",
 )
-#: the start of the ``"vector"`` observation; ``n_waypoints`` (x forward, y left) pairs of ``Frame.waypoints`` follow
+#: the start of the ``"vector"`` and ``"state"`` observations; ``n_waypoints`` (x forward, y left) pairs of
+#: ``Frame.waypoints`` follow, then in ``"state"`` the ``n_vehicles`` rows of ``Frame.vehicles``
 VECTOR_KINEMATICS = ("speed", "lateral_deviation", "heading_error", "previous_steering", "previous_throttle_brake")
 
 
@@ -124,7 +126,9 @@ class DrivingEnv(gym.Env):
     last (filled with the first frame on reset); with ``observation="dict"``, ``Dict(image=<that Box>,
     vector=Box(-inf, inf, (5 + 2 * n_waypoints,), float32))`` where the vector is :data:`VECTOR_KINEMATICS`
     followed by ``n_waypoints`` route points 5, 10, ... m ahead along the route in the ego frame
-    (:attr:`Frame.waypoints`, the same on every backend). Action: ``Box([-1, -1], [1, 1])`` =
+    (:attr:`Frame.waypoints`, the same on every backend); with ``observation="state"`` (privileged, for
+    ``MlpPolicy``), ``Box(-inf, inf, (5 + 2 * n_waypoints + 5 * n_vehicles,), float32)``: that vector followed by
+    the ``n_vehicles`` nearest vehicles relative to the ego (:attr:`Frame.vehicles`), and no image. Action: ``Box([-1, -1], [1, 1])`` =
     steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
     Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
     Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
@@ -165,12 +169,14 @@ class DrivingEnv(gym.Env):
 
         size = config.image_size
         image_space = spaces.Box(0, 255, (config.frame_stack, size, size), np.uint8)
+        vector_size = len(VECTOR_KINEMATICS) + 2 * config.n_waypoints
+        if config.observation == "state":
+            vector_size += len(VEHICLE_COLUMNS) * config.n_vehicles
+        vector_space = spaces.Box(-np.inf, np.inf, (vector_size,), np.float32)
         if config.observation == "dict":
-            vector_size = len(VECTOR_KINEMATICS) + 2 * config.n_waypoints
-            vector_space = spaces.Box(-np.inf, np.inf, (vector_size,), np.float32)
             self.observation_space = spaces.Dict({"image": image_space, "vector": vector_space})
         else:
-            self.observation_space = image_space
+            self.observation_space = vector_space if config.observation == "state" else image_space
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         #: bound on ``|reward|`` of any step, e.g. for the Q bound ``max_abs_reward / (1 - gamma)``
         self.max_abs_reward = config.action_repeat * reward.max_abs_reward(config)
@@ -301,12 +307,20 @@ class DrivingEnv(gym.Env):
         return None
 
     def _observation(self, frame: Frame) -> np.ndarray | dict[str, np.ndarray]:
+        if self.config.observation == "state":
+            return self._vector(frame)
         image = self._frames.copy()
         if self.config.observation == "image":
             return image
-        kinematics = [frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action]
-        vector = np.concatenate([kinematics, np.asarray(frame.waypoints).ravel()]).astype(np.float32)
-        return {"image": image, "vector": vector}
+        return {"image": image, "vector": self._vector(frame)}
+
+    def _vector(self, frame: Frame) -> np.ndarray:
+        """The kinematics and waypoints (``"dict"``), and the nearest vehicles (``"state"``)."""
+        parts = [[frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action],
+                 np.asarray(frame.waypoints).ravel()]
+        if self.config.observation == "state":
+            parts.append(np.asarray(frame.vehicles).ravel())
+        return np.concatenate(parts).astype(np.float32)
 
     def _info(self, frame: Frame, reason: str | None) -> dict[str, Any]:
         info = {name: getattr(frame, name) for name in FRAME_INFO_KEYS}

@@ -1,9 +1,10 @@
-"""Vehicle footprints: the gap between the ego's bounding box and the nearest other vehicle's, and the time to
-collision with the vehicle ahead in the ego's path, on every backend.
+"""Vehicle footprints: the gap between the ego's bounding box and the nearest other vehicle's, the time to
+collision with the vehicle ahead in the ego's path, and the nearest vehicles in the ego's frame, on every backend.
 
 A box is ``(x, y, yaw, half_length, half_width)`` in metres and radians, in any planar frame (left- or
-right-handed alike: neither the gap nor the time to collision depends on it). Velocities are ``(vx, vy)`` in m/s in
-the same frame.
+right-handed alike: neither the gap nor the time to collision depends on it; :func:`nearest_vehicles`, which tells
+left from right, takes the frame of both backends, whose y axis points to the right of x). Velocities are
+``(vx, vy)`` in m/s in the same frame.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 Box = tuple[float, float, float, float, float]
+#: the columns of :func:`nearest_vehicles`' rows
+VEHICLE_COLUMNS = ("present", "forward", "left", "forward_speed", "left_speed")
 
 
 def box_corners(box: Box) -> np.ndarray:
@@ -109,9 +112,7 @@ def time_to_collision(
     :return: the gap over the closing speed; ``inf`` when no vehicle is ahead in the corridor or the ego is not
         closing in on it
     """
-    if len(velocities) != len(others):
-        raise ValueError(f"time_to_collision needs one velocity per other vehicle: got {len(velocities)} velocities "
-                         f"for {len(others)} boxes.")
+    _check_velocities("time_to_collision", others, velocities)
     if not others:
         return math.inf
     heading = np.array([math.cos(ego[2]), math.sin(ego[2])])
@@ -128,3 +129,42 @@ def time_to_collision(
     lead_velocity = velocities[ahead[lead]]
     closing = float((np.asarray(ego_velocity, dtype=np.float64) - lead_velocity) @ heading)
     return gap / closing if closing > 0 else math.inf
+
+
+def nearest_vehicles(
+    ego: Box, ego_velocity: Sequence[float], others: Sequence[Box], velocities: Sequence[Sequence[float]], count: int
+) -> np.ndarray:
+    """The ``count`` other vehicles whose centres are nearest the ego's, nearest first, in the ego's frame.
+
+    A row is ``(1, forward, left, forward_speed, left_speed)`` (:data:`VEHICLE_COLUMNS`): the other's centre minus
+    the ego's and its velocity minus the ego's, along the ego's heading and across it to the ego's left. Rows beyond
+    the vehicles there are are zeros (``present`` 0). The frame's y axis must point to the right of its x axis, as
+    CARLA's and highway-env's do.
+
+    :param ego: the ego's box
+    :param ego_velocity: the ego's velocity ``(vx, vy)``
+    :param others: the other vehicles' boxes
+    :param velocities: the other vehicles' velocities, one per box
+    :param count: rows to return
+    :return: ``float32`` array of shape ``(count, 5)``
+    """
+    _check_velocities("nearest_vehicles", others, velocities)
+    rows = np.zeros((count, len(VEHICLE_COLUMNS)), np.float32)
+    if not others:
+        return rows
+    forward = np.array([math.cos(ego[2]), math.sin(ego[2])])
+    basis = np.stack([forward, [forward[1], -forward[0]]], axis=1)  # columns: forward, left (y points right)
+    offsets = np.asarray(others, dtype=np.float64)[:, :2] - np.asarray(ego[:2])
+    nearest = np.argsort(np.hypot(offsets[:, 0], offsets[:, 1]), kind="stable")[:count]
+    relative = np.asarray(velocities, dtype=np.float64)[nearest] - np.asarray(ego_velocity, dtype=np.float64)
+    rows[: len(nearest), 0] = 1.0
+    rows[: len(nearest), 1:3] = offsets[nearest] @ basis
+    rows[: len(nearest), 3:5] = relative @ basis
+    return rows
+
+
+def _check_velocities(caller: str, others: Sequence[Box], velocities: Sequence[Sequence[float]]) -> None:
+    """Raise ``ValueError`` unless there is one velocity per box."""
+    if len(velocities) != len(others):
+        raise ValueError(f"{caller} needs one velocity per other vehicle: got {len(velocities)} velocities "
+                         f"for {len(others)} boxes.")

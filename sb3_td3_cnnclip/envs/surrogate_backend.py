@@ -28,7 +28,7 @@ import numpy as np
 
 from sb3_td3_cnnclip.envs.backend import WAYPOINT_SPACING, Backend, Frame
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SPEED_LIMIT, ScenarioConfig
-from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap, time_to_collision
+from sb3_td3_cnnclip.envs.geometry import Box, nearest_gap, nearest_vehicles, time_to_collision
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
@@ -229,6 +229,7 @@ class SurrogateBackend(Backend):
         self.lane_index = ego.lane_index
         npcs = [vehicle for vehicle in self.env.road.vehicles if vehicle is not ego]
         ego_box, others = _box(ego), [_box(vehicle) for vehicle in npcs]
+        velocities = [vehicle.velocity for vehicle in npcs]
         return Frame(
             image=observation[0][::-1].copy(),  # rows: forward is up; columns: the driver's right is right
             speed=float(ego.speed),
@@ -240,8 +241,9 @@ class SurrogateBackend(Backend):
             off_road=not ego.on_road,
             lane_invasion=bool(lane_invasion),
             min_npc_distance=nearest_gap(ego_box, others),
-            time_to_collision=time_to_collision(ego_box, ego.velocity, others, [vehicle.velocity for vehicle in npcs]),
+            time_to_collision=time_to_collision(ego_box, ego.velocity, others, velocities),
             waypoints=self._waypoints(longitudinal, ego.position, ego.heading),
+            vehicles=nearest_vehicles(ego_box, ego.velocity, others, velocities, self.config.n_vehicles),
             extra={"vehicles_count": float(self.vehicles_count), "vehicles_density": self.vehicles_density},
         )
 
