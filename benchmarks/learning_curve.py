@@ -43,6 +43,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+state``: ``MlpPolicy`` on the privileged ``observation="state"`` (kinematics, waypoints and the 6 nearest
   vehicles' positions and velocities relative to the ego; no camera): the ceiling of what the same algorithm,
   reward and budget reach without vision, telling a perception shortfall from one of the reward or the algorithm;
+- ``+privileged``: ``PrivilegedCriticPolicy`` on ``observation="privileged"``, the asymmetric actor-critic: the
+  actor drives from the camera (as ``CnnPolicy``'s), the critics learn from that state (no critic CNN);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -109,6 +111,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lindecay": {"lr_schedule": "linear"},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
+    "privileged": {"policy": "PrivilegedCriticPolicy", "env_kwargs": {"observation": "privileged"}},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's), its ``"policy"`` (``"CnnPolicy"``
@@ -126,7 +129,8 @@ RECIPE = "recommended+nstep3"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
                ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
-               ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"]):
+               ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"],
+               ["nstep3", "bf16", "lindecay", "privileged"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},

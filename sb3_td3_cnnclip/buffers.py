@@ -270,7 +270,8 @@ class FrameStackReplayBuffer(ReplayBuffer):
     :param n_stack: frames per observation; the first axis of an image holds ``n_stack`` frames of equal channels.
         ``None``: one channel per frame (``VecFrameStack`` of grayscale frames). With the wrong value the buffer stays
         exact but saves less.
-    :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions)
+    :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` computes them (1: one-step transitions), for Dict
+        observations too (which SB3's does not take)
     :param gamma: discount factor of the n-step returns
     """
 
@@ -295,10 +296,6 @@ class FrameStackReplayBuffer(ReplayBuffer):
             )
         if n_steps < 1 or int(n_steps) != n_steps:
             raise ValueError(f"n_steps={n_steps!r} must be a positive integer (1: one-step transitions).")
-        if n_steps > 1 and isinstance(observation_space, spaces.Dict):
-            raise ValueError(
-                f"n_steps={n_steps} with Dict observations is not supported (neither is it by SB3's NStepReplayBuffer)."
-            )
         self.buffer_size = max(buffer_size // n_envs, 1)
         self.optimize_memory_usage = False
         self.handle_timeout_termination = handle_timeout_termination
@@ -370,18 +367,54 @@ class FrameStackReplayBuffer(ReplayBuffer):
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
     ) -> ReplayBufferSamples | DictReplayBufferSamples:
         if isinstance(self.observation_space, spaces.Dict):
+            if self.n_steps > 1:
+                return self._n_step_dict_samples(batch_inds, env)
             return DictReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
         if self.n_steps > 1:
             return NStepReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
         return ReplayBuffer._get_samples(self, batch_inds, env)
 
 
+    def _n_step_dict_samples(self, batch_inds: np.ndarray, env: VecNormalize | None) -> DictReplayBufferSamples:
+        """SB3's ``NStepReplayBuffer._get_samples`` for Dict observations: the same returns, bootstrap discounts and
+        dones, from the same draws of the random generator, each observation key gathered as ``DictReplayBuffer``
+        gathers it (the next observations at the last transition of each n-step window)."""
+        env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
+        # the newest transition ends a window (SB3: the slot after it belongs to an older episode once the buffer is full)
+        last_valid = self.pos - 1
+        saved_timeouts = self.timeouts[last_valid].copy()
+        self.timeouts[last_valid] = np.logical_or(saved_timeouts, np.logical_not(self.dones[last_valid]))
+        windows = (batch_inds[:, None] + np.arange(self.n_steps).reshape(1, -1)) % self.buffer_size
+        columns = env_indices[:, None]
+        ended = np.logical_or(self.dones[windows, columns], self.timeouts[windows, columns])
+        end = np.where(ended.any(axis=1), ended.argmax(axis=1), self.n_steps - 1)
+        mask = np.arange(self.n_steps).reshape(1, -1) <= end[:, None]
+        discounts = self.gamma ** mask.sum(axis=1, keepdims=True).astype(np.float32)
+        step_discounts = self.gamma ** np.arange(self.n_steps, dtype=np.float32).reshape(1, -1)
+        rewards = self._normalize_reward(self.rewards[windows, columns], env)
+        returns = (rewards * step_discounts * mask).sum(axis=1, keepdims=True)
+        last = (batch_inds + end) % self.buffer_size
+        dones = self.dones[last, env_indices][:, None].astype(np.float32)
+        dones = dones * (1.0 - self.timeouts[last, env_indices][:, None].astype(np.float32))
+        self.timeouts[last_valid] = saved_timeouts
+        observations = self._normalize_obs({k: v[batch_inds, env_indices, :] for k, v in self.observations.items()}, env)
+        next_observations = self._normalize_obs({k: v[last, env_indices, :] for k, v in self.next_observations.items()}, env)
+        return DictReplayBufferSamples(
+            observations={key: self.to_torch(value) for key, value in observations.items()},
+            actions=self.to_torch(self.actions[batch_inds, env_indices]),
+            next_observations={key: self.to_torch(value) for key, value in next_observations.items()},
+            dones=self.to_torch(dones),
+            rewards=self.to_torch(returns),
+            discounts=self.to_torch(discounts),
+        )
+
+
 def default_replay_buffer_class(
     observation_space: spaces.Space, n_steps: int = 1, optimize_memory_usage: bool = False
 ) -> type[ReplayBuffer] | None:
     """The replay buffer class ``TD3CnnClip`` picks when given none: :class:`FrameStackReplayBuffer` for
-    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key; with ``n_steps > 1``
-    a Box only, as in SB3), else ``None`` (SB3's own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or
+    channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key, with n-step returns
+    for either), else ``None`` (SB3's own choice: ``ReplayBuffer``, ``DictReplayBuffer``, or
     ``NStepReplayBuffer`` for ``n_steps > 1``; ``optimize_memory_usage=True`` keeps SB3's buffer as well). With
     ``n_steps > 1`` the caller passes ``n_steps`` and ``gamma`` to the buffer, as SB3 does for its own.
 
@@ -393,8 +426,7 @@ def default_replay_buffer_class(
     keyed = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {None: observation_space}
     images = [space for space in keyed.values() if is_image_space(space, check_channels=False)]
     stackable = bool(images) and all(is_image_space_channels_first(space) for space in images)
-    n_step_ok = n_steps == 1 or not isinstance(observation_space, spaces.Dict)
-    return FrameStackReplayBuffer if stackable and n_step_ok and not optimize_memory_usage else None
+    return FrameStackReplayBuffer if stackable and not optimize_memory_usage else None
 
 
 def _n_stack(key: str | None, space: spaces.Box, n_stack: int | None) -> int:

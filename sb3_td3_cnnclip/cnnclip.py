@@ -39,7 +39,7 @@ from sb3_td3_cnnclip.grad_clip import (
     clip_and_step_on_device,
     split_cnn_mlp,
 )
-from sb3_td3_cnnclip.policies import DetachedEncoder, use_critic_encoder
+from sb3_td3_cnnclip.policies import DetachedEncoder, ObservationKey, use_critic_encoder
 from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
 
 #: an action this close to a bound of [-1, 1] counts as saturated
@@ -67,6 +67,16 @@ def polyak_update(params: Iterable[th.Tensor], target_params: Iterable[th.Tensor
         with th.no_grad():
             th._foreach_mul_(target_params, 1 - tau)
             th._foreach_add_(target_params, params, alpha=tau)
+
+
+def _layout_agnostic(extractor: nn.Module) -> bool:
+    """Whether a features extractor computes the same from ``channels_last`` images and weights: one of
+    :data:`LAYOUT_AGNOSTIC_EXTRACTORS`, or an :class:`~sb3_td3_cnnclip.policies.ObservationKey` of one or of a
+    vector entry (which has no memory layout)."""
+    if isinstance(extractor, ObservationKey):
+        entry = extractor._observation_space[extractor.key]
+        return len(entry.shape) == 1 or _layout_agnostic(extractor.extractor)
+    return type(extractor) in LAYOUT_AGNOSTIC_EXTRACTORS
 
 
 class _OutputCapture:
@@ -295,7 +305,7 @@ class CnnClipMixin:
         if self.channels_last is not None:
             return self.channels_last
         extractors = (self.actor.features_extractor, self.critic.features_extractor)
-        return self.device.type == "cpu" and all(type(e) in LAYOUT_AGNOSTIC_EXTRACTORS for e in extractors)
+        return self.device.type == "cpu" and all(_layout_agnostic(extractor) for extractor in extractors)
 
     def _find_preprocessing(self) -> None:
         """Decide whether ``train()`` preprocesses each batch once.

@@ -24,10 +24,14 @@ from sb3_td3_cnnclip.vec_env import env_addresses
 #: the algorithms of the command line (``--algo``): TD3CnnClip, SACCnnClip, DDPGCnnClip, TQCCnnClip
 ALGORITHMS = ("td3", "sac", "ddpg", "tqc")
 #: policies the command line offers; the MultiInput ones observe the env's Dict (image + kinematics) observation
-POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy", "MlpPolicy")
+POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy", "MlpPolicy",
+            "PrivilegedCriticPolicy")
 DICT_POLICIES = ("MultiInputPolicy", "BoundedMultiInputPolicy")
 #: the policy that observes the privileged ``observation="state"`` vector (no camera)
 STATE_POLICY = "MlpPolicy"
+#: the asymmetric actor-critic, whose envs observe ``observation="privileged"`` (camera for the actor, state for
+#: the critics)
+PRIVILEGED_POLICY = "PrivilegedCriticPolicy"
 #: the Bounded* policies are TD3's policies with a bounded encoder: the algorithms that take them
 BOUNDED_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
@@ -96,7 +100,7 @@ class TrainConfig:
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
     time_to_collision_threshold: float = option(0.0, "seconds of time to collision with the vehicle ahead in the ego's path under which the safety reward penalises closing in on it, linearly up to the full penalty at contact (0: off, the reward every benchmark so far measured; e.g. 3.0)", NON_NEGATIVE)
-    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics, MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera)", choices=POLICIES)
+    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics, MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera), PrivilegedCriticPolicy drives from the camera with critics that learn from that state (td3 and ddpg)", choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
@@ -170,17 +174,24 @@ class TrainConfig:
                 f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(BOUNDED_POLICY_ALGORITHMS)}); with "
                 f"algo={self.algo!r} choose {self.policy.removeprefix('Bounded')!r}."
             )
+        if self.policy == PRIVILEGED_POLICY and self.algo not in BOUNDED_POLICY_ALGORITHMS:
+            raise ValueError(
+                f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(BOUNDED_POLICY_ALGORITHMS)}); with "
+                f"algo={self.algo!r} choose CnnPolicy."
+            )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
 
 
 def observation_of(policy: str) -> str:
     """The ``observation`` option of the envs a policy observes: ``"dict"`` for the MultiInput policies, ``"state"``
-    for :data:`STATE_POLICY`, else ``"image"``.
+    for :data:`STATE_POLICY`, ``"privileged"`` for :data:`PRIVILEGED_POLICY`, else ``"image"``.
 
     :param policy: one of :data:`POLICIES`
     """
-    return "dict" if policy in DICT_POLICIES else "state" if policy == STATE_POLICY else "image"
+    if policy in DICT_POLICIES:
+        return "dict"
+    return {STATE_POLICY: "state", PRIVILEGED_POLICY: "privileged"}.get(policy, "image")
 
 
 def learning_rate_schedule(learning_rate: float, lr_schedule: str) -> float | Schedule:

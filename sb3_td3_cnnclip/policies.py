@@ -1,7 +1,9 @@
-"""TD3 policies whose image encoders are bounded (:mod:`sb3_td3_cnnclip.encoders`), and the DrQ-v2 encoder arrangement.
+"""TD3 policies whose image encoders are bounded (:mod:`sb3_td3_cnnclip.encoders`), the asymmetric actor-critic
+whose critics learn from the simulator's state, and the DrQ-v2 encoder arrangement.
 
 The bounded policies are available in :class:`~sb3_td3_cnnclip.TD3CnnClip` as ``"BoundedCnnPolicy"`` and
-``"BoundedMultiInputPolicy"``; :func:`use_critic_encoder` is ``TD3CnnClip(critic_trained_encoder=True)``.
+``"BoundedMultiInputPolicy"``, the asymmetric one as ``"PrivilegedCriticPolicy"``; :func:`use_critic_encoder` is
+``TD3CnnClip(critic_trained_encoder=True)``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.td3.policies import CnnPolicy, MultiInputPolicy
+from stable_baselines3.td3.policies import Actor, CnnPolicy, MultiInputPolicy, TD3Policy
+from stable_baselines3.common.policies import ContinuousCritic
 from torch import nn
 
 from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
@@ -77,6 +80,95 @@ class BoundedMultiInputPolicy(MultiInputPolicy):
         super().__init__(
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
+
+
+class ObservationKey(BaseFeaturesExtractor):
+    """The features of one entry of a Dict observation, computed by an extractor of that entry's space.
+
+    :param observation_space: the Dict observation space
+    :param key: the entry read
+    :param extractor_class: the features extractor of the entry's space
+    :param extractor_kwargs: its keyword arguments
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        key: str,
+        extractor_class: type[BaseFeaturesExtractor],
+        extractor_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        extractor = extractor_class(observation_space[key], **(extractor_kwargs or {}))
+        super().__init__(observation_space, extractor.features_dim)
+        self.key = key
+        self.extractor = extractor
+
+    def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
+        return self.extractor(observations[self.key])
+
+
+class PrivilegedCriticPolicy(TD3Policy):
+    """
+    The asymmetric actor-critic (Pinto et al., 2018) for TD3: the actor drives from the camera, the critics learn
+    from the simulator's privileged state.
+
+    Observations are ``Dict(image=<frame stack>, state=<vector>)``: the ``CarlaScenario`` envs with
+    ``observation="privileged"``. The actor and its target read only ``image``, through ``features_extractor_class``
+    (``NatureCNN``, as ``CnnPolicy``'s actor); the critics and their targets read only ``state``, flattened (no CNN:
+    their updates cost a fraction of an image critic's). A trained actor needs only the camera; the state is needed
+    while training, where the simulator has it. With the default ``net_arch`` both networks have ``CnnPolicy``'s
+    hidden layers, ``[256, 256]``.
+
+    :param observation_space: a Dict with the entries ``"image"`` and ``"state"``
+    :param action_space: action space
+    :param lr_schedule: learning rate schedule
+    :param net_arch: sizes of the actor's and critic's hidden layers (``None``: ``[256, 256]``)
+    :param features_extractor_class: the actor's extractor of ``image``
+    :param features_extractor_kwargs: its keyword arguments
+    :param share_features_extractor: must be False: the actor and the critics read different entries
+    :param kwargs: every other keyword of :class:`~stable_baselines3.td3.policies.TD3Policy`
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        *,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        share_features_extractor: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {"image", "state"}:
+            raise ValueError(
+                f"PrivilegedCriticPolicy observes Dict(image=..., state=...), not {observation_space}: make the env "
+                "with observation='privileged' (e.g. gymnasium.make('CarlaScenario0-v0', observation='privileged'))."
+            )
+        if share_features_extractor:
+            raise ValueError("PrivilegedCriticPolicy cannot share a features extractor: its actor reads the image and "
+                             "its critics the state. Use share_features_extractor=False.")  # fmt: skip
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=[256, 256] if net_arch is None else net_arch,
+            features_extractor_class=features_extractor_class,
+            share_features_extractor=False,
+            **kwargs,
+        )
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Actor:
+        if features_extractor is None:
+            features_extractor = ObservationKey(
+                self.observation_space, "image", self.features_extractor_class, self.features_extractor_kwargs
+            )
+        return super().make_actor(features_extractor)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        if features_extractor is None:
+            features_extractor = ObservationKey(self.observation_space, "state", FlattenExtractor)
+        return super().make_critic(features_extractor)
 
 
 class DetachedEncoder(nn.Module):

@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import ALGORITHMS, STATE_POLICY, TrainConfig, learning_rate_schedule
+from sb3_td3_cnnclip.config_file import ALGORITHMS, PRIVILEGED_POLICY, STATE_POLICY, TrainConfig, learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE
@@ -319,7 +319,7 @@ def policy_of(observation_space: gym.Space) -> str:
     :param observation_space: a model's observation space
     """
     if isinstance(observation_space, gym.spaces.Dict):
-        return "MultiInputPolicy"
+        return PRIVILEGED_POLICY if "state" in observation_space.spaces else "MultiInputPolicy"
     return STATE_POLICY if len(observation_space.shape) == 1 else "CnnPolicy"
 
 

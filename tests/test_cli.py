@@ -379,19 +379,25 @@ def test_action_repeat_and_the_time_to_collision_threshold_reach_the_training_en
         TrainConfig(time_to_collision_threshold=-1)
 
 
-def test_mlp_policy_trains_and_evaluates_on_the_privileged_state(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("policy, observation", [("MlpPolicy", "state"), ("PrivilegedCriticPolicy", "privileged")])
+def test_the_privileged_policies_train_and_evaluate_on_their_observations(
+    policy: str, observation: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     require("highway_env")
-    assert TrainConfig(policy="MlpPolicy").env_kwargs()["observation"] == "state"
-    flags = ["--policy", "MlpPolicy", "--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "6",
-             "--batch-size", "4", "--buffer-size", "20", "--seed", "0", "--verbose", "0", "--no-progress-bar",
-             "--log-dir", str(tmp_path)]  # fmt: skip
+    assert TrainConfig(policy=policy).env_kwargs()["observation"] == observation
+    flags = ["--policy", policy, "--simulator", "surrogate", "--max-timesteps", "12", "--learning-starts", "6",
+             "--batch-size", "4", "--buffer-size", "20", "--n-steps", "3", "--seed", "0", "--verbose", "0",
+             "--no-progress-bar", "--log-dir", str(tmp_path)]  # fmt: skip
     assert main(["train", *flags]) == 0
     run_dir = tmp_path / "TD3CnnClip_1"
     # kinematics, 5 waypoints and 6 vehicles: evaluate must rebuild this env, not the camera's, from the model
-    assert session.load_model(run_dir / "model.zip", "cpu", "td3").observation_space.shape == (5 + 2 * 5 + 5 * 6,)
+    space = session.load_model(run_dir / "model.zip", "cpu", "td3").observation_space
+    assert (space["state"] if observation == "privileged" else space).shape == (5 + 2 * 5 + 5 * 6,)
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--episodes", "1"]) == 0
     assert "simulator: surrogate" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="policy='PrivilegedCriticPolicy' is a TD3 policy"):
+        TrainConfig(policy="PrivilegedCriticPolicy", algo="sac")
 
 
 def test_evaluate_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ SCENARIO_NPCS: dict[int, int] = {0: 20, 1: 50, 2: 100}
 SPEED_LIMIT = 30 / 3.6
 
 SIMULATORS = ("auto", "carla", "surrogate")
-OBSERVATIONS = ("image", "dict", "state")
+OBSERVATIONS = ("image", "dict", "state", "privileged")
 
 
 @dataclass
@@ -66,7 +66,8 @@ class ScenarioConfig:
     :param observation: ``"image"`` (uint8 Box), ``"dict"`` (image + kinematics/waypoints vector) or ``"state"``
         (privileged, no camera: a float32 vector of the kinematics, the waypoints and the ``n_vehicles`` nearest
         vehicles' positions and velocities relative to the ego, for ``MlpPolicy``: the ceiling of what a policy
-        learns without vision)
+        learns without vision) or ``"privileged"`` (``Dict(image=<the image Box>, state=<the "state" vector>)``, for
+        ``PrivilegedCriticPolicy``: an actor that drives from the camera, with critics that learn from the state)
     :param n_waypoints: route waypoints in the ``"dict"`` and ``"state"`` observations, 5 m apart along the route
         starting 5 m beyond the ego (``backend.WAYPOINT_SPACING``)
     :param n_vehicles: other vehicles in the ``"state"`` observation, nearest first (``Frame.vehicles``)

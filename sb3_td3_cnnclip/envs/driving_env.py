@@ -128,7 +128,9 @@ class DrivingEnv(gym.Env):
     followed by ``n_waypoints`` route points 5, 10, ... m ahead along the route in the ego frame
     (:attr:`Frame.waypoints`, the same on every backend); with ``observation="state"`` (privileged, for
     ``MlpPolicy``), ``Box(-inf, inf, (5 + 2 * n_waypoints + 5 * n_vehicles,), float32)``: that vector followed by
-    the ``n_vehicles`` nearest vehicles relative to the ego (:attr:`Frame.vehicles`), and no image. Action: ``Box([-1, -1], [1, 1])`` =
+    the ``n_vehicles`` nearest vehicles relative to the ego (:attr:`Frame.vehicles`), and no image; with
+    ``observation="privileged"`` (for ``PrivilegedCriticPolicy``), ``Dict(image=<the image Box>, state=<that
+    vector>)``. Action: ``Box([-1, -1], [1, 1])`` =
     steering (positive turns right), throttle (> 0) / brake (< 0); actions are clipped to the box.
     Reward: see :mod:`~sb3_td3_cnnclip.envs.reward`; ``max_abs_reward`` bounds ``|reward|``.
     Terminated on collision, on ``|lateral_deviation| > max_lateral_deviation`` and on reaching the goal;
@@ -170,13 +172,15 @@ class DrivingEnv(gym.Env):
         size = config.image_size
         image_space = spaces.Box(0, 255, (config.frame_stack, size, size), np.uint8)
         vector_size = len(VECTOR_KINEMATICS) + 2 * config.n_waypoints
-        if config.observation == "state":
+        if config.observation in ("state", "privileged"):
             vector_size += len(VEHICLE_COLUMNS) * config.n_vehicles
         vector_space = spaces.Box(-np.inf, np.inf, (vector_size,), np.float32)
-        if config.observation == "dict":
-            self.observation_space = spaces.Dict({"image": image_space, "vector": vector_space})
-        else:
-            self.observation_space = vector_space if config.observation == "state" else image_space
+        self.observation_space = {
+            "image": image_space,
+            "dict": spaces.Dict({"image": image_space, "vector": vector_space}),
+            "state": vector_space,
+            "privileged": spaces.Dict({"image": image_space, "state": vector_space}),
+        }[config.observation]
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         #: bound on ``|reward|`` of any step, e.g. for the Q bound ``max_abs_reward / (1 - gamma)``
         self.max_abs_reward = config.action_repeat * reward.max_abs_reward(config)
@@ -307,18 +311,19 @@ class DrivingEnv(gym.Env):
         return None
 
     def _observation(self, frame: Frame) -> np.ndarray | dict[str, np.ndarray]:
-        if self.config.observation == "state":
+        observation = self.config.observation
+        if observation == "state":
             return self._vector(frame)
         image = self._frames.copy()
-        if self.config.observation == "image":
+        if observation == "image":
             return image
-        return {"image": image, "vector": self._vector(frame)}
+        return {"image": image, "vector" if observation == "dict" else "state": self._vector(frame)}
 
     def _vector(self, frame: Frame) -> np.ndarray:
-        """The kinematics and waypoints (``"dict"``), and the nearest vehicles (``"state"``)."""
+        """The kinematics and waypoints (``"dict"``), and the nearest vehicles (``"state"``, ``"privileged"``)."""
         parts = [[frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action],
                  np.asarray(frame.waypoints).ravel()]
-        if self.config.observation == "state":
+        if self.config.observation != "dict":
             parts.append(np.asarray(frame.vehicles).ravel())
         return np.concatenate(parts).astype(np.float32)
 

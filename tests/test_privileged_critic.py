@@ -1,0 +1,79 @@
+"""PrivilegedCriticPolicy: the actor reads only the camera, the critics only the state; TD3CnnClip trains, clips,
+saves and loads it, with n-step returns from its Dict observations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
+
+from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.buffers import FrameStackReplayBuffer
+from sb3_td3_cnnclip.envs.toy import ToyImageEnv
+from sb3_td3_cnnclip.policies import ObservationKey, PrivilegedCriticPolicy
+
+
+class PrivilegedToy(ToyImageEnv):
+    """ToyImageEnv observing ``Dict(image, state)``, as ``CarlaScenario`` envs with ``observation="privileged"``."""
+
+    def __init__(self) -> None:
+        super().__init__(size=36, channels=2)
+        self.observation_space = spaces.Dict(
+            {"image": self.observation_space, "state": spaces.Box(-5.0, 5.0, (7,), np.float32)}
+        )
+
+
+def model(**kwargs) -> TD3CnnClip:
+    return TD3CnnClip("PrivilegedCriticPolicy", PrivilegedToy(), buffer_size=200, learning_starts=20, batch_size=8,
+                      seed=0, **kwargs)  # fmt: skip
+
+
+def batch(space: spaces.Dict, seed: int) -> dict[str, np.ndarray]:
+    space.seed(seed)
+    samples = [space.sample() for _ in range(4)]
+    return {key: np.stack([s[key] for s in samples]) for key in space.spaces}
+
+
+def test_the_actor_reads_only_the_image_and_the_critics_only_the_state() -> None:
+    policy = model().policy
+    assert type(policy) is PrivilegedCriticPolicy
+    assert isinstance(policy.actor.features_extractor, ObservationKey)
+    assert type(policy.actor.features_extractor.extractor) is NatureCNN
+    assert type(policy.critic.features_extractor.extractor) is FlattenExtractor
+    assert not any(True for _ in policy.critic.features_extractor.parameters())  # no critic CNN
+    one, other = batch(policy.observation_space, 0), batch(policy.observation_space, 1)
+    actions = th.zeros(4, 2)
+    with th.no_grad():
+        new_state = {"image": one["image"], "state": other["state"]}
+        new_image = {"image": other["image"], "state": one["state"]}
+        assert th.equal(policy.actor(policy.obs_to_tensor(one)[0]), policy.actor(policy.obs_to_tensor(new_state)[0]))
+        assert not th.equal(policy.actor(policy.obs_to_tensor(one)[0]), policy.actor(policy.obs_to_tensor(new_image)[0]))
+        q = policy.critic.q1_forward(policy.obs_to_tensor(one)[0], actions)
+        assert th.equal(q, policy.critic.q1_forward(policy.obs_to_tensor(new_image)[0], actions))
+        assert not th.equal(q, policy.critic.q1_forward(policy.obs_to_tensor(new_state)[0], actions))
+
+
+def test_trains_with_n_step_returns_clips_the_actor_cnn_and_reloads(tmp_path) -> None:
+    agent = model(n_steps=3, actor_cnn_max_grad_norm=1e-3, critic_mlp_max_grad_norm=1e-3).learn(60)
+    assert isinstance(agent.replay_buffer, FrameStackReplayBuffer) and agent.replay_buffer.n_steps == 3
+    assert sorted(group.name for group in agent._groups) == ["actor_cnn", "actor_mlp", "critic_mlp"]
+    actor_updates = [stats for stats in agent.update_stats if "actor_cnn_before" in stats]
+    assert len(agent.update_stats) == 40 and len(actor_updates) == 20  # one actor update per 2 (policy delay)
+    for group, updates in (("actor_cnn", actor_updates), ("critic_mlp", agent.update_stats)):
+        for stats in updates:  # tiny limits: every update clips
+            assert stats[f"{group}_before"] > 1e-3 >= stats[f"{group}_after"]
+    agent.save(tmp_path / "privileged")
+    loaded = TD3CnnClip.load(tmp_path / "privileged")
+    assert type(loaded.policy) is PrivilegedCriticPolicy
+    observation = PrivilegedToy().observation_space.sample()
+    np.testing.assert_array_equal(loaded.predict(observation, deterministic=True)[0],
+                                  agent.predict(observation, deterministic=True)[0])
+
+
+def test_bad_observations_and_a_shared_extractor_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"observes Dict\(image=\.\.\., state=\.\.\.\).*observation='privileged'"):
+        TD3CnnClip("PrivilegedCriticPolicy", ToyImageEnv(size=36, dict_obs=True), buffer_size=10)
+    with pytest.raises(ValueError, match="cannot share a features extractor"):
+        model(policy_kwargs={"share_features_extractor": True})
