@@ -159,6 +159,10 @@ class PrivilegedCriticPolicy(TD3Policy):
         )
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Actor:
+        """An actor reading ``image`` (through a new extractor when ``features_extractor`` is ``None``).
+
+        :param features_extractor: the extractor to use; ``None`` builds one
+        """
         if features_extractor is None:
             features_extractor = ObservationKey(
                 self.observation_space, "image", self.features_extractor_class, self.features_extractor_kwargs
@@ -166,6 +170,10 @@ class PrivilegedCriticPolicy(TD3Policy):
         return super().make_actor(features_extractor)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        """Critics reading ``state``, flattened (through a new extractor when ``features_extractor`` is ``None``).
+
+        :param features_extractor: the extractor to use; ``None`` builds one
+        """
         if features_extractor is None:
             features_extractor = ObservationKey(self.observation_space, "state", FlattenExtractor)
         return super().make_critic(features_extractor)

@@ -433,7 +433,7 @@ def test_kwargs_override_defaults_and_are_validated():
         ({"scenario": 3}, r"scenario=3 does not exist; choose one of \[0, 1, 2\]"),
         ({"simulator": "gazebo"}, r"simulator='gazebo' is unknown; choose one of \('auto', 'carla', 'surrogate'\)"),
         ({"image_size": 0}, r"image_size=0 must be a positive integer"),
-        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict', 'state'\)"),
+        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict', 'state', 'privileged'\)"),
         ({"reward_weights": {"speed": 1.0}}, r"\['speed'\]; valid components are \['comfort', 'efficiency', "
                                              r"'lane_keeping', 'progress', 'safety'\]"),
         ({"target_speed": float("nan")}, r"target_speed=nan must be a positive finite number"),
