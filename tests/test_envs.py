@@ -116,7 +116,7 @@ def test_dict_observation_vector_layout():
     assert env.observation_space.contains(observation)
 
 
-def test_state_observation_is_the_vector_then_the_nearest_vehicles_and_passes_the_checker():
+def test_state_observation_is_the_vector_then_the_nearest_vehicles_and_privileged_adds_the_image():
     waypoints = np.arange(10, dtype=np.float32).reshape(5, 2)
     vehicles = np.arange(30, dtype=np.float32).reshape(6, 5)
     frames = [make_frame(), make_frame(speed=3.0, lateral_deviation=-0.5, heading_error=0.25, waypoints=waypoints,
@@ -128,6 +128,12 @@ def test_state_observation_is_the_vector_then_the_nearest_vehicles_and_passes_th
     observation, *_ = env.step(np.array([0.5, -0.25], np.float32))
     assert observation.tolist() == [3.0, -0.5, 0.25, 0.5, -0.25, *range(10), *range(30)]
     assert env.observation_space.contains(observation)
+    privileged = scripted_env(frames, observation="privileged", frame_stack=2)
+    assert privileged.observation_space == gym.spaces.Dict(
+        {"image": gym.spaces.Box(0, 255, (2, SIZE, SIZE), np.uint8), "state": env.observation_space})
+    privileged.reset()
+    both, *_ = privileged.step(np.array([0.5, -0.25], np.float32))
+    assert both["state"].tolist() == observation.tolist() and both["image"].shape == (2, SIZE, SIZE)
     fewer = scripted_env([make_frame(vehicles=np.zeros((2, 5), np.float32))], observation="state", n_vehicles=2)
     check_env(fewer)
     with pytest.raises(ValueError, match="n_vehicles=0 must be a positive integer"):
