@@ -320,6 +320,10 @@ def test_the_state_observation_holds_the_nearest_car_relative_to_the_ego(server,
     observation, *_ = env.step(np.zeros(2, np.float32))
     np.testing.assert_allclose(observation[-10:-5], [1, ahead, 3.5, -3, 0], atol=1e-5)
     env.close()
+    privileged = make_env(n_npcs=1, observation="privileged", image_size=36)
+    sb3_check_env(privileged, warn=False)
+    privileged.close()
+    assert_nothing_left(server, carla)
 
 
 def test_route_geometry_in_a_left_handed_frame():
