@@ -13,7 +13,9 @@ that differs from the reset one, an environment that does not stack frames) is w
 SB3's own code (:class:`~stable_baselines3.common.buffers.ReplayBuffer`,
 :class:`~stable_baselines3.common.buffers.DictReplayBuffer` or
 :class:`~stable_baselines3.common.buffers.NStepReplayBuffer`) reading the rebuilt stacks, so every sampled field is
-byte for byte what SB3's buffer returns for the same indices.
+byte for byte what SB3's buffer returns for the same indices. The one exception is n-step returns of Dict
+observations, which SB3 has no buffer for: they are this module's copy of ``NStepReplayBuffer``'s sampling, each
+key's samples equal to those of an ``NStepReplayBuffer`` fed that key alone (tested).
 """
 
 from __future__ import annotations
@@ -374,13 +376,12 @@ class FrameStackReplayBuffer(ReplayBuffer):
             return NStepReplayBuffer._get_samples(self, batch_inds, env)  # type: ignore[arg-type]
         return ReplayBuffer._get_samples(self, batch_inds, env)
 
-
     def _n_step_dict_samples(self, batch_inds: np.ndarray, env: VecNormalize | None) -> DictReplayBufferSamples:
-        """SB3's ``NStepReplayBuffer._get_samples`` for Dict observations: the same returns, bootstrap discounts and
-        dones, from the same draws of the random generator, each observation key gathered as ``DictReplayBuffer``
-        gathers it (the next observations at the last transition of each n-step window)."""
+        """SB3's ``NStepReplayBuffer._get_samples`` (stable-baselines3 2.9) for Dict observations: the same returns,
+        bootstrap discounts and dones, from the same draws of the random generator, each observation key gathered as
+        ``DictReplayBuffer`` gathers it (the next observations at the last transition of each n-step window)."""
         env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
-        # the newest transition ends a window (SB3: the slot after it belongs to an older episode once the buffer is full)
+        # the newest transition ends a window (SB3: the slot after it holds an older episode once the buffer is full)
         last_valid = self.pos - 1
         saved_timeouts = self.timeouts[last_valid].copy()
         self.timeouts[last_valid] = np.logical_or(saved_timeouts, np.logical_not(self.dones[last_valid]))
@@ -397,8 +398,10 @@ class FrameStackReplayBuffer(ReplayBuffer):
         dones = self.dones[last, env_indices][:, None].astype(np.float32)
         dones = dones * (1.0 - self.timeouts[last, env_indices][:, None].astype(np.float32))
         self.timeouts[last_valid] = saved_timeouts
-        observations = self._normalize_obs({k: v[batch_inds, env_indices, :] for k, v in self.observations.items()}, env)
-        next_observations = self._normalize_obs({k: v[last, env_indices, :] for k, v in self.next_observations.items()}, env)
+        observations = self._normalize_obs(
+            {key: value[batch_inds, env_indices, :] for key, value in self.observations.items()}, env)
+        next_observations = self._normalize_obs(
+            {key: value[last, env_indices, :] for key, value in self.next_observations.items()}, env)
         return DictReplayBufferSamples(
             observations={key: self.to_torch(value) for key, value in observations.items()},
             actions=self.to_torch(self.actions[batch_inds, env_indices]),
@@ -410,7 +413,7 @@ class FrameStackReplayBuffer(ReplayBuffer):
 
 
 def default_replay_buffer_class(
-    observation_space: spaces.Space, n_steps: int = 1, optimize_memory_usage: bool = False
+    observation_space: spaces.Space, optimize_memory_usage: bool = False
 ) -> type[ReplayBuffer] | None:
     """The replay buffer class ``TD3CnnClip`` picks when given none: :class:`FrameStackReplayBuffer` for
     channel-first ``uint8`` image observations (a Box, or a Dict with at least one image key, with n-step returns
@@ -419,7 +422,6 @@ def default_replay_buffer_class(
     ``n_steps > 1`` the caller passes ``n_steps`` and ``gamma`` to the buffer, as SB3 does for its own.
 
     :param observation_space: the algorithm's observation space
-    :param n_steps: the algorithm's ``n_steps``
     :param optimize_memory_usage: the algorithm's ``optimize_memory_usage``
     :return: the class, or ``None``
     """

@@ -74,8 +74,7 @@ def _layout_agnostic(extractor: nn.Module) -> bool:
     :data:`LAYOUT_AGNOSTIC_EXTRACTORS`, or an :class:`~sb3_td3_cnnclip.policies.ObservationKey` of one or of a
     vector entry (which has no memory layout)."""
     if isinstance(extractor, ObservationKey):
-        entry = extractor._observation_space[extractor.key]
-        return len(entry.shape) == 1 or _layout_agnostic(extractor.extractor)
+        return len(extractor.entry_space.shape) == 1 or _layout_agnostic(extractor.extractor)
     return type(extractor) in LAYOUT_AGNOSTIC_EXTRACTORS
 
 
@@ -239,9 +238,7 @@ class CnnClipMixin:
         if self.warmup_actions == "scripted" and not isinstance(self.action_space, spaces.Box):
             raise ValueError(f"warmup_actions='scripted' needs a Box action space, not {self.action_space}.")
         if self.replay_buffer_class is None:
-            self.replay_buffer_class = default_replay_buffer_class(
-                self.observation_space, self.n_steps, self.optimize_memory_usage
-            )
+            self.replay_buffer_class = default_replay_buffer_class(self.observation_space, self.optimize_memory_usage)
             if self.replay_buffer_class is not None and self.n_steps > 1:  # as SB3 sets up its NStepReplayBuffer
                 self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
         self._check_compile_update()

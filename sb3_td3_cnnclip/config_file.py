@@ -32,8 +32,9 @@ STATE_POLICY = "MlpPolicy"
 #: the asymmetric actor-critic, whose envs observe ``observation="privileged"`` (camera for the actor, state for
 #: the critics)
 PRIVILEGED_POLICY = "PrivilegedCriticPolicy"
-#: the Bounded* policies are TD3's policies with a bounded encoder: the algorithms that take them
-BOUNDED_POLICY_ALGORITHMS = ("td3", "ddpg")
+#: the algorithms that take this package's TD3 policies (the Bounded* ones, with a bounded encoder, and
+#: :data:`PRIVILEGED_POLICY`)
+TD3_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
 #: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
 DEFAULT_ACTION_NOISE_SIGMA = {"td3": 0.1, "ddpg": 0.1, "sac": 0.0, "tqc": 0.0}
@@ -100,7 +101,11 @@ class TrainConfig:
     port_stride: int = option(3, "port distance between consecutive envs (server ports without --servers, Traffic Manager ports); a CARLA server opens port, port+1 and port+2", POSITIVE)
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
     time_to_collision_threshold: float = option(0.0, "seconds of time to collision with the vehicle ahead in the ego's path under which the safety reward penalises closing in on it, linearly up to the full penalty at contact (0: off, the reward every benchmark so far measured; e.g. 3.0)", NON_NEGATIVE)
-    policy: str = option("CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics, MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera), PrivilegedCriticPolicy drives from the camera with critics that learn from that state (td3 and ddpg)", choices=POLICIES)
+    policy: str = option(
+        "CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics, "
+        "MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera), "
+        "PrivilegedCriticPolicy drives from the camera with critics that learn from that state (td3 and ddpg)",
+        choices=POLICIES)
     max_timesteps: int = option(5000, "environment steps to train for", POSITIVE)
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
@@ -169,15 +174,12 @@ class TrainConfig:
                     f"{f.name}={getattr(self, f.name)!r} is an option of algo {' and '.join(f.metadata['algos'])} only; "
                     f"algo={self.algo!r} does not take it: leave it at its default ({f.default!r})."
                 )
-        if self.policy.startswith("Bounded") and self.algo not in BOUNDED_POLICY_ALGORITHMS:
+        td3_policy = self.policy.startswith("Bounded") or self.policy == PRIVILEGED_POLICY
+        if td3_policy and self.algo not in TD3_POLICY_ALGORITHMS:
+            instead = {PRIVILEGED_POLICY: "CnnPolicy"}.get(self.policy, self.policy.removeprefix("Bounded"))
             raise ValueError(
-                f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(BOUNDED_POLICY_ALGORITHMS)}); with "
-                f"algo={self.algo!r} choose {self.policy.removeprefix('Bounded')!r}."
-            )
-        if self.policy == PRIVILEGED_POLICY and self.algo not in BOUNDED_POLICY_ALGORITHMS:
-            raise ValueError(
-                f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(BOUNDED_POLICY_ALGORITHMS)}); with "
-                f"algo={self.algo!r} choose CnnPolicy."
+                f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(TD3_POLICY_ALGORITHMS)}); with "
+                f"algo={self.algo!r} choose {instead!r}."
             )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")

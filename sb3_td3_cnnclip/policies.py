@@ -12,11 +12,10 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.td3.policies import Actor, CnnPolicy, MultiInputPolicy, TD3Policy
-from stable_baselines3.common.policies import ContinuousCritic
 from torch import nn
 
 from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
@@ -101,6 +100,8 @@ class ObservationKey(BaseFeaturesExtractor):
         extractor = extractor_class(observation_space[key], **(extractor_kwargs or {}))
         super().__init__(observation_space, extractor.features_dim)
         self.key = key
+        #: the space of the entry read
+        self.entry_space = observation_space[key]
         self.extractor = extractor
 
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
@@ -123,8 +124,8 @@ class PrivilegedCriticPolicy(TD3Policy):
     :param action_space: action space
     :param lr_schedule: learning rate schedule
     :param net_arch: sizes of the actor's and critic's hidden layers (``None``: ``[256, 256]``)
-    :param features_extractor_class: the actor's extractor of ``image``
-    :param features_extractor_kwargs: its keyword arguments
+    :param features_extractor_class: the actor's extractor of ``image`` (its ``features_extractor_kwargs``, among
+        ``kwargs``, go to it too)
     :param share_features_extractor: must be False: the actor and the critics read different entries
     :param kwargs: every other keyword of :class:`~stable_baselines3.td3.policies.TD3Policy`
     """
@@ -226,6 +227,11 @@ def use_critic_encoder(policy: BasePolicy) -> None:
         raise ValueError(
             "critic_trained_encoder=True needs share_features_extractor=False in policy_kwargs: with a shared "
             "features extractor SB3 trains the encoder with the actor's loss, the opposite arrangement."
+        )
+    if isinstance(policy, PrivilegedCriticPolicy):
+        raise ValueError(
+            "critic_trained_encoder=True trains the critic's image encoder, but PrivilegedCriticPolicy's critics read "
+            "the state and have none. Use critic_trained_encoder=False."
         )
     if not any(True for _ in policy.critic.features_extractor.parameters()):
         raise ValueError(

@@ -31,7 +31,13 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sb3_td3_cnnclip
 from sb3_td3_cnnclip.callbacks import DrivingMetricsCallback, ExplosionEarlyStopping, ScenarioCallback, UpdateStatsWriter
-from sb3_td3_cnnclip.config_file import ALGORITHMS, PRIVILEGED_POLICY, STATE_POLICY, TrainConfig, learning_rate_schedule
+from sb3_td3_cnnclip.config_file import (
+    ALGORITHMS,
+    PRIVILEGED_POLICY,
+    STATE_POLICY,
+    TrainConfig,
+    learning_rate_schedule,
+)
 from sb3_td3_cnnclip.envs import SCENARIO_IDS, MissingExtraError
 from sb3_td3_cnnclip.evaluation import drive_episode
 from sb3_td3_cnnclip.report import CONFIG_FILE, DEBUG_SUBDIR, RESULT_FILE
@@ -333,7 +339,8 @@ def run_evaluate(model_path: str | Path, config: TrainConfig, episodes: int, vid
     :return: one dict of driving metrics per episode
     """
     model = load_model(model_file(model_path), config.device, config.algo)
-    env = make_env(dataclasses.replace(config, policy=policy_of(model.observation_space)), render_mode="rgb_array" if video else None)
+    policy = policy_of(model.observation_space)
+    env = make_env(dataclasses.replace(config, policy=policy), render_mode="rgb_array" if video else None)
     frames, results = [], []
     try:
         for episode in range(episodes):

@@ -37,7 +37,8 @@ def make_frame(**changes) -> Frame:
     values = dict(
         image=np.zeros((SIZE, SIZE), np.uint8), speed=0.0, lateral_deviation=0.0, heading_error=0.0,
         route_completion=0.0, distance_to_goal=100.0, collision=False, off_road=False, lane_invasion=False,
-        min_npc_distance=math.inf, time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32), vehicles=np.zeros((6, 5), np.float32),
+        min_npc_distance=math.inf, time_to_collision=math.inf, waypoints=np.zeros((5, 2), np.float32),
+        vehicles=np.zeros((6, 5), np.float32),
         extra={"probe": 1.0},
     )
     values.update(changes)
@@ -439,7 +440,8 @@ def test_kwargs_override_defaults_and_are_validated():
         ({"scenario": 3}, r"scenario=3 does not exist; choose one of \[0, 1, 2\]"),
         ({"simulator": "gazebo"}, r"simulator='gazebo' is unknown; choose one of \('auto', 'carla', 'surrogate'\)"),
         ({"image_size": 0}, r"image_size=0 must be a positive integer"),
-        ({"observation": "rgb"}, r"observation='rgb' is unknown; choose one of \('image', 'dict', 'state', 'privileged'\)"),
+        ({"observation": "rgb"},
+         r"observation='rgb' is unknown; choose one of \('image', 'dict', 'state', 'privileged'\)"),
         ({"reward_weights": {"speed": 1.0}}, r"\['speed'\]; valid components are \['comfort', 'efficiency', "
                                              r"'lane_keeping', 'progress', 'safety'\]"),
         ({"target_speed": float("nan")}, r"target_speed=nan must be a positive finite number"),

@@ -9,7 +9,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 
-from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip import DDPGCnnClip, TD3CnnClip
 from sb3_td3_cnnclip.buffers import FrameStackReplayBuffer
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.policies import ObservationKey, PrivilegedCriticPolicy
@@ -48,11 +48,12 @@ def test_the_actor_reads_only_the_image_and_the_critics_only_the_state() -> None
     with th.no_grad():
         new_state = {"image": one["image"], "state": other["state"]}
         new_image = {"image": other["image"], "state": one["state"]}
-        assert th.equal(policy.actor(policy.obs_to_tensor(one)[0]), policy.actor(policy.obs_to_tensor(new_state)[0]))
-        assert not th.equal(policy.actor(policy.obs_to_tensor(one)[0]), policy.actor(policy.obs_to_tensor(new_image)[0]))
-        q = policy.critic.q1_forward(policy.obs_to_tensor(one)[0], actions)
-        assert th.equal(q, policy.critic.q1_forward(policy.obs_to_tensor(new_image)[0], actions))
-        assert not th.equal(q, policy.critic.q1_forward(policy.obs_to_tensor(new_state)[0], actions))
+        one, new_state, new_image = (policy.obs_to_tensor(obs)[0] for obs in (one, new_state, new_image))
+        assert th.equal(policy.actor(one), policy.actor(new_state))
+        assert not th.equal(policy.actor(one), policy.actor(new_image))
+        q = policy.critic.q1_forward(one, actions)
+        assert th.equal(q, policy.critic.q1_forward(new_image, actions))
+        assert not th.equal(q, policy.critic.q1_forward(new_state, actions))
 
 
 def test_trains_with_n_step_returns_clips_the_actor_cnn_and_reloads(tmp_path) -> None:
@@ -72,8 +73,17 @@ def test_trains_with_n_step_returns_clips_the_actor_cnn_and_reloads(tmp_path) ->
                                   agent.predict(observation, deterministic=True)[0])
 
 
-def test_bad_observations_and_a_shared_extractor_are_refused() -> None:
+def test_ddpg_takes_it_with_one_critic() -> None:
+    agent = DDPGCnnClip("PrivilegedCriticPolicy", PrivilegedToy(), buffer_size=100, learning_starts=20, batch_size=8,
+                        n_steps=3, seed=0).learn(30)  # fmt: skip
+    assert len(agent.critic.q_networks) == 1 and agent._n_updates == 10
+    assert type(agent.critic.features_extractor.extractor) is FlattenExtractor
+
+
+def test_bad_observations_a_shared_extractor_and_a_critic_trained_encoder_are_refused() -> None:
     with pytest.raises(ValueError, match=r"observes Dict\(image=\.\.\., state=\.\.\.\).*observation='privileged'"):
         TD3CnnClip("PrivilegedCriticPolicy", ToyImageEnv(size=36, dict_obs=True), buffer_size=10)
     with pytest.raises(ValueError, match="cannot share a features extractor"):
         model(policy_kwargs={"share_features_extractor": True})
+    with pytest.raises(ValueError, match="PrivilegedCriticPolicy's critics read the state and have none"):
+        model(critic_trained_encoder=True)

@@ -48,7 +48,7 @@ def drive(env: DrivingEnv, action, steps: int) -> list[tuple]:
     return results
 
 
-@pytest.mark.parametrize("observation", ["image", "dict", "state"])
+@pytest.mark.parametrize("observation", ["image", "dict", "state", "privileged"])
 def test_passes_the_gymnasium_and_sb3_checkers(observation):
     env = surrogate_env(observation=observation, frame_stack=2)
     gym_check_env(env, skip_render_check=True)

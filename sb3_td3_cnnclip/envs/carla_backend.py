@@ -483,7 +483,8 @@ class CarlaBackend(Backend):
             min_npc_distance=nearest_gap(ego_box, others),
             time_to_collision=time_to_collision(ego_box, (velocity.x, velocity.y), others, npc_velocities),
             waypoints=self._route.ahead(position.arc_length, location.x, location.y, yaw, self.config.n_waypoints),
-            vehicles=nearest_vehicles(ego_box, (velocity.x, velocity.y), others, npc_velocities, self.config.n_vehicles),
+            vehicles=nearest_vehicles(
+                ego_box, (velocity.x, velocity.y), others, npc_velocities, self.config.n_vehicles),
             extra=dict(self._extra),
         )
 

@@ -68,9 +68,10 @@ class ScenarioConfig:
         vehicles' positions and velocities relative to the ego, for ``MlpPolicy``: the ceiling of what a policy
         learns without vision) or ``"privileged"`` (``Dict(image=<the image Box>, state=<the "state" vector>)``, for
         ``PrivilegedCriticPolicy``: an actor that drives from the camera, with critics that learn from the state)
-    :param n_waypoints: route waypoints in the ``"dict"`` and ``"state"`` observations, 5 m apart along the route
-        starting 5 m beyond the ego (``backend.WAYPOINT_SPACING``)
-    :param n_vehicles: other vehicles in the ``"state"`` observation, nearest first (``Frame.vehicles``)
+    :param n_waypoints: route waypoints in the ``"dict"``, ``"state"`` and ``"privileged"`` observations, 5 m apart
+        along the route starting 5 m beyond the ego (``backend.WAYPOINT_SPACING``)
+    :param n_vehicles: other vehicles in the ``"state"`` and ``"privileged"`` observations, nearest first
+        (``Frame.vehicles``)
     :param max_lateral_deviation: metres off the route centre that terminate the episode
     :param goal_tolerance: metres from the route end that count as reaching the goal
     :param near_miss_distance: gap in metres between the bounding boxes of the ego and another vehicle under which

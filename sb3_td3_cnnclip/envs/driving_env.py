@@ -39,8 +39,8 @@ from gymnasium import spaces
 from sb3_td3_cnnclip.envs import reward
 from sb3_td3_cnnclip.envs.backend import Backend, Frame
 from sb3_td3_cnnclip.envs.config import ScenarioConfig, make_config
-from sb3_td3_cnnclip.envs.geometry import VEHICLE_COLUMNS
 from sb3_td3_cnnclip.envs.errors import MissingExtraError, install_hint
+from sb3_td3_cnnclip.envs.geometry import VEHICLE_COLUMNS
 
 #: Frame fields copied into ``info`` under their own names
 FRAME_INFO_KEYS = (

@@ -138,7 +138,7 @@ def nearest_vehicles(
 
     A row is ``(1, forward, left, forward_speed, left_speed)`` (:data:`VEHICLE_COLUMNS`): the other's centre minus
     the ego's and its velocity minus the ego's, along the ego's heading and across it to the ego's left. Rows beyond
-    the vehicles there are are zeros (``present`` 0). The frame's y axis must point to the right of its x axis, as
+    the vehicles present are zeros (``present`` 0). The frame's y axis must point to the right of its x axis, as
     CARLA's and highway-env's do.
 
     :param ego: the ego's box
