@@ -63,7 +63,7 @@ class ScenarioConfig:
     :param target_speed: speed in m/s the efficiency reward aims for
     :param image_size: side of the square grayscale camera image
     :param frame_stack: frames stacked on the channel axis, one per decision (the last tick's camera frame)
-    :param observation: ``"image"`` (uint8 Box), ``"dict"`` (image + kinematics/waypoints vector) or ``"state"``
+    :param observation: ``"image"`` (uint8 Box), ``"dict"`` (image + kinematics/waypoints vector), ``"state"``
         (privileged, no camera: a float32 vector of the kinematics, the waypoints and the ``n_vehicles`` nearest
         vehicles' positions and velocities relative to the ego, for ``MlpPolicy``: the ceiling of what a policy
         learns without vision) or ``"privileged"`` (``Dict(image=<the image Box>, state=<the "state" vector>)``, for

@@ -48,7 +48,8 @@ FRAME_INFO_KEYS = (
     "collision", "off_road", "lane_invasion", "min_npc_distance", "time_to_collision",
 )
 #: the start of the ``"vector"`` and ``"state"`` observations; ``n_waypoints`` (x forward, y left) pairs of
-#: ``Frame.waypoints`` follow, then in ``"state"`` the ``n_vehicles`` rows of ``Frame.vehicles``
+#: ``Frame.waypoints`` follow, then in ``"state"`` (and ``"privileged"``'s ``"state"``) the ``n_vehicles`` rows of
+#: ``Frame.vehicles``
 VECTOR_KINEMATICS = ("speed", "lateral_deviation", "heading_error", "previous_steering", "previous_throttle_brake")
 
 
