@@ -8,9 +8,11 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
+from test_update_speed import assert_same_updates_within_rounding
 
 from sb3_td3_cnnclip import DDPGCnnClip, TD3CnnClip
 from sb3_td3_cnnclip.buffers import FrameStackReplayBuffer
+from sb3_td3_cnnclip.cnnclip import CnnClipMixin
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.policies import ObservationKey, PrivilegedCriticPolicy
 
@@ -26,8 +28,8 @@ class PrivilegedToy(ToyImageEnv):
 
 
 def model(**kwargs) -> TD3CnnClip:
-    return TD3CnnClip("PrivilegedCriticPolicy", PrivilegedToy(), buffer_size=200, learning_starts=20, batch_size=8,
-                      seed=0, **kwargs)  # fmt: skip
+    return TD3CnnClip("PrivilegedCriticPolicy", PrivilegedToy(),
+                      **{"buffer_size": 200, "learning_starts": 20, "batch_size": 8, "seed": 0, **kwargs})  # fmt: skip
 
 
 def batch(space: spaces.Dict, seed: int) -> dict[str, np.ndarray]:
@@ -71,6 +73,17 @@ def test_trains_with_n_step_returns_clips_the_actor_cnn_and_reloads(tmp_path) ->
     observation = PrivilegedToy().observation_space.sample()
     np.testing.assert_array_equal(loaded.predict(observation, deterministic=True)[0],
                                   agent.predict(observation, deterministic=True)[0])
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_the_fast_path_updates_it_as_the_default_path_does(compiled, monkeypatch) -> None:
+    """``compile_update=True`` on Dict observations: the default path's updates within rounding (the fused Adam
+    against SB3's), with the loss functions through torch.compile (slow: a compilation) or left eager."""
+    if not compiled:
+        monkeypatch.setattr(CnnClipMixin, "_compiled", lambda self, loss_fn: loss_fn)
+    limits = {"actor_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1}
+    default, fast = (model(learning_starts=40, compile_update=on, **limits) for on in (False, True))
+    assert_same_updates_within_rounding(default, fast)
 
 
 def test_ddpg_takes_it_with_one_critic() -> None:
