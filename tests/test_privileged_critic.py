@@ -84,6 +84,9 @@ def test_the_fast_path_updates_it_as_the_default_path_does(compiled, monkeypatch
     limits = {"actor_cnn_max_grad_norm": 0.05, "critic_mlp_max_grad_norm": 0.1}
     default, fast = (model(learning_starts=40, compile_update=on, **limits) for on in (False, True))
     assert_same_updates_within_rounding(default, fast)
+    for group in limits:  # both limits fire
+        name = group.removesuffix("_max_grad_norm")
+        assert any(s[f"{name}_after"] < s[f"{name}_before"] for s in fast.update_stats if f"{name}_before" in s)
 
 
 def test_ddpg_takes_it_with_one_critic() -> None:
