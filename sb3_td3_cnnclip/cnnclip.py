@@ -21,6 +21,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common import preprocessing
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BaseModel, BasePolicy, ContinuousCritic
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
@@ -45,7 +46,9 @@ from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator, record_update
 #: an action this close to a bound of [-1, 1] counts as saturated
 SATURATION_EPS = 1e-3
 #: the values of ``warmup_actions``
-WARMUP_ACTIONS = ("random", "scripted")
+WARMUP_ACTIONS = ("random", "scripted", "autopilot")
+#: the env method each demonstration warm-up calls (through ``VecEnv.env_method``)
+WARMUP_ENV_METHODS = {"scripted": "scripted_action", "autopilot": "set_autopilot"}
 #: features extractors whose forward works on convolution outputs of any memory layout (``channels_last=None``)
 LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, BoundedCombinedExtractor, DetachedEncoder)
 
@@ -161,7 +164,11 @@ class CnnClipMixin:
         update) come from: ``"random"`` (uniform over the action space, the base algorithm) or ``"scripted"`` (the
         env's own scripted driver, ``env.scripted_action()``, plus the ``action_noise``; the surrogate
         ``CarlaScenario`` envs have one, see :mod:`sb3_td3_cnnclip.envs.expert`): demonstrations in the replay
-        buffer on the same budget of simulator steps. ``"random"`` is the base algorithm.
+        buffer on the same budget of simulator steps; or ``"autopilot"`` (the simulator's own driver steers, through
+        the env's ``set_autopilot(True)``: CARLA's Traffic Manager on the CARLA backend, the scripted driver tick by
+        tick on the surrogate; the replay buffer stores the action the env reports in ``info["applied_action"]``,
+        not the sampled one, and no action noise; the autopilot is switched off at the first step after the
+        warm-up). ``"random"`` is the base algorithm.
     :param stats_history: number of per-update statistics kept in ``update_stats`` for callbacks; a ``train()`` call
         with more gradient steps enlarges the history to hold all of them, so that a callback reading after each
         ``train()`` sees every update
@@ -235,8 +242,9 @@ class CnnClipMixin:
         self._check_learning_options()
         if self.warmup_actions not in WARMUP_ACTIONS:
             raise ValueError(f"warmup_actions={self.warmup_actions!r} is unknown; choose one of {WARMUP_ACTIONS}.")
-        if self.warmup_actions == "scripted" and not isinstance(self.action_space, spaces.Box):
-            raise ValueError(f"warmup_actions='scripted' needs a Box action space, not {self.action_space}.")
+        if self.warmup_actions != "random" and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(
+                f"warmup_actions={self.warmup_actions!r} needs a Box action space, not {self.action_space}.")
         if self.replay_buffer_class is None:
             self.replay_buffer_class = default_replay_buffer_class(self.observation_space, self.optimize_memory_usage)
             if self.replay_buffer_class is not None and self.n_steps > 1:  # as SB3 sets up its NStepReplayBuffer
@@ -406,27 +414,50 @@ class CnnClipMixin:
         return run
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        if self.warmup_actions == "scripted" and self.env is not None and not self.env.has_attr("scripted_action"):
+        method = WARMUP_ENV_METHODS.get(self.warmup_actions)
+        if method is not None and self.env is not None and not self.env.has_attr(method):
             raise ValueError(
-                "warmup_actions='scripted' needs envs with a scripted driver (a scripted_action() method, as the "
-                "surrogate CarlaScenario envs have); this model's env has none. Use warmup_actions='random'."
+                f"warmup_actions={self.warmup_actions!r} needs envs with a {method}() method, as the CarlaScenario "
+                "envs have; this model's env has none. Use warmup_actions='random'."
             )
+        #: whether the envs' autopilot is on (``None``: not known, set at the next step)
+        self._autopilot: bool | None = None
         return super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The base algorithm's exploration action, except during a ``warmup_actions="scripted"`` warm-up, where it
-        is the env's scripted driver's plus ``action_noise``.
+        is the env's scripted driver's plus ``action_noise``. A ``warmup_actions="autopilot"`` warm-up switches the
+        envs' autopilot on (the env ignores the action; :meth:`_store_transition` stores what it applied), and the
+        first step after it switches the autopilot off.
 
         :return: the action for the env and the scaled action that the replay buffer stores
         """
-        if self.warmup_actions == "random" or self.num_timesteps >= learning_starts:
+        if self.warmup_actions == "autopilot" and self._autopilot != (self.num_timesteps < learning_starts):
+            self._autopilot = self.num_timesteps < learning_starts
+            self.env.env_method("set_autopilot", self._autopilot)
+        if self.warmup_actions != "scripted" or self.num_timesteps >= learning_starts:
             return super()._sample_action(learning_starts, action_noise, n_envs)  # type: ignore[misc]
         scaled_action = self.policy.scale_action(np.stack(self.env.env_method("scripted_action")))
         if action_noise is not None:
             scaled_action = np.clip(scaled_action + action_noise(), -1, 1)
         return self.policy.unscale_action(scaled_action), scaled_action
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """SB3's, storing the action the envs applied (``info["applied_action"]``, scaled) while their autopilot
+        drives (``warmup_actions="autopilot"``) instead of the sampled one, which they ignored."""
+        if self._autopilot:
+            buffer_action = self.policy.scale_action(np.stack([info["applied_action"] for info in infos]))
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)  # type: ignore[misc]
 
     def _check_learning_options(self) -> None:
         """Validate ``random_shift_pad`` and ``critic_trained_encoder`` and find the images to shift."""
@@ -496,7 +527,7 @@ class CnnClipMixin:
         return [  # noqa: RUF005
             *super()._excluded_save_params(),  # type: ignore[misc]
             "_actor_groups", "_critic_groups", "_groups", "_actor_features", "_critic_features", "_pre_tanh",
-            "update_stats", "_stats",
+            "update_stats", "_stats", "_autopilot",
         ]  # fmt: skip
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:

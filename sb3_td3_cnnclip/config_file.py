@@ -119,7 +119,7 @@ class TrainConfig:
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
     buffer_size: int = option(200_000, "replay buffer capacity (200_000 is ~1.5 GB when full at 4x84x84)", POSITIVE)
     learning_starts: int = option(200, "warm-up steps (actions from --warmup-actions) before the first gradient step", NON_NEGATIVE)
-    warmup_actions: str = option("random", "actions of the warm-up: random (uniform) or scripted (the surrogate's scripted driver plus the exploration noise: demonstrations)", choices=WARMUP_ACTIONS)
+    warmup_actions: str = option("random", "actions of the warm-up: random (uniform), scripted (the surrogate's scripted driver plus the exploration noise: demonstrations) or autopilot (the simulator's own driver steers, CARLA's Traffic Manager on CARLA, and the buffer stores the controls it applied)", choices=WARMUP_ACTIONS)
     policy_delay: int = option(2, "critic updates per actor update (td3 only)", POSITIVE, algos=("td3",))
     train_freq: int = option(1, "environment steps between training phases", POSITIVE)
     gradient_steps: int = option(1, "gradient steps per training phase", POSITIVE)

@@ -75,6 +75,7 @@ def test_learning_flags_reach_the_model() -> None:
     assert (model.n_steps, model.random_shift_pad, model.critic_trained_encoder, model.compile_update) == (3, 4, True, True)
     assert model.bf16_encoders is True and model.warmup_actions == "scripted"
     assert model.replay_buffer.n_steps == 3
+    assert session.make_model(parse_train("--warmup-actions", "autopilot"), ToyImageEnv()).warmup_actions == "autopilot"
 
 
 def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:

@@ -354,7 +354,7 @@ def test_info_keys_after_reset_and_step():
     assert (info["simulator"], info["scenario"], info["n_npcs"], info["speed"]) == ("scripted", 1, 50, 2.0)
     _, _, _, _, info = env.step(np.zeros(2, np.float32))
     rewards = {f"reward/{name}" for name in ("efficiency", "lane_keeping", "comfort", "safety", "progress")}
-    assert set(info) == expected | rewards | {"ticks"}
+    assert set(info) == expected | rewards | {"ticks", "applied_action"}
     assert env.simulator_name == "scripted"
 
 
@@ -363,8 +363,9 @@ def test_actions_are_clipped_and_validated():
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(2, np.float32))
     env.reset()
-    env.step(np.array([5.0, -7.0], np.float32))
+    _, _, _, _, info = env.step(np.array([5.0, -7.0], np.float32))
     assert env.backends[-1].controls == [(1.0, -1.0)]
+    np.testing.assert_array_equal(info["applied_action"], [1.0, -1.0])
     for bad in (np.array([np.nan, 0.0]), np.zeros(3), np.array([np.inf, 0.0])):
         with pytest.raises(ValueError, match="2 finite numbers"):
             env.step(bad)
@@ -537,3 +538,8 @@ def test_missing_extra_names_the_install_command(monkeypatch, simulator, module)
     with pytest.raises(MissingExtraError, match=rf'pip install {EXTRA_PACKAGES[simulator]} \(or, in a clone of sb3-td3-cnnclip: pip install "\.\[{simulator}\]"\)'):
         driving_env.make_backend(ScenarioConfig(simulator=simulator))
 
+
+def test_a_backend_without_an_autopilot_says_which_have_one():
+    env = scripted_env([make_frame()])
+    with pytest.raises(NotImplementedError, match="scripted backend has no autopilot.*CARLA backend"):
+        env.set_autopilot(True)

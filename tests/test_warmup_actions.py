@@ -97,3 +97,85 @@ def test_the_surrogates_scripted_action_is_the_expert_drivers():
             env.step(action)
     finally:
         env.close()
+
+
+class AutopilotToyEnv(ToyImageEnv):
+    """``ToyImageEnv`` with actions in ``[-2, 2]`` and an autopilot that, while on, ignores the action and applies one
+    that follows the frame's brightness, reported in ``info["applied_action"]``; it records every switch, every action
+    it received and every action it applied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action_space = spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.autopilot = False
+        self.switches: list[bool] = []
+        self.received: list[np.ndarray] = []
+        self.applied: list[np.ndarray] = []
+
+    def set_autopilot(self, enabled: bool) -> None:
+        self.autopilot = enabled
+        self.switches.append(enabled)
+
+    def reset(self, *, seed=None, options=None):
+        self._last, info = super().reset(seed=seed, options=options)
+        return self._last, info
+
+    def step(self, action):
+        self.received.append(np.array(action))
+        brightness = self._last.mean() / 255.0
+        applied = np.array([2.0 - 4.0 * brightness, brightness], np.float32) if self.autopilot else np.array(action)
+        self.applied.append(applied)
+        self._last, reward, terminated, truncated, info = super().step(applied)
+        return self._last, reward, terminated, truncated, {**info, "applied_action": applied}
+
+
+@pytest.mark.parametrize("algorithm", [TD3CnnClip, SACCnnClip])
+def test_the_autopilot_warmup_stores_the_applied_actions_scaled_then_switches_it_off(algorithm):
+    env = AutopilotToyEnv()
+    model = algorithm("CnnPolicy", env, **fast(learning_starts=30, warmup_actions="autopilot", train_freq=1))
+    model.learn(45)
+    assert env.switches == [True, False]  # on for the warm-up, off at its end
+    stored = model.replay_buffer.actions[:45, 0]
+    np.testing.assert_allclose(stored, np.array(env.applied) / 2.0, atol=1e-6)  # [-2, 2] scaled into [-1, 1]
+    autopilot = np.array(env.applied[:30])
+    assert not np.allclose(autopilot, np.array(env.received[:30]), atol=0.1)  # what it stored is not what it sampled
+    np.testing.assert_allclose(np.array(env.applied[30:]), np.array(env.received[30:]))  # then the policy drives
+
+
+def test_an_env_without_an_autopilot_is_a_clear_error():
+    model = TD3CnnClip("CnnPolicy", ToyImageEnv(), **fast(warmup_actions="autopilot"))
+    with pytest.raises(ValueError, match=r"warmup_actions='autopilot' needs envs with a set_autopilot\(\) method"):
+        model.learn(10)
+
+
+def test_the_surrogates_autopilot_is_the_expert_driver_tick_by_tick():
+    require("highway_env")
+    from sb3_td3_cnnclip.envs.expert import ExpertDriver
+
+    per_tick = gym.make("CarlaScenario1-v0", simulator="surrogate", image_size=36, action_repeat=1)
+    per_decision = gym.make("CarlaScenario1-v0", simulator="surrogate", image_size=36, action_repeat=4)
+    try:
+        for env in (per_tick, per_decision):
+            env.unwrapped.set_autopilot(True)
+            env.reset(seed=3)
+        for _ in range(5):
+            ticks = []
+            for _ in range(4):
+                expected = ExpertDriver(per_tick.unwrapped.backend).act()
+                observation, _, terminated, _, info = per_tick.step(np.array([1.0, -1.0], np.float32))  # ignored
+                np.testing.assert_allclose(info["applied_action"], expected, atol=1e-6)
+                ticks.append(expected)
+            repeated, _, _, _, info = per_decision.step(np.array([-1.0, 1.0], np.float32))
+            np.testing.assert_allclose(info["applied_action"], np.mean(ticks, axis=0), atol=1e-6)
+            np.testing.assert_array_equal(repeated[-1], observation[-1])  # the same drive, a tick or 4 per step
+            assert not terminated
+        assert info["speed"] > 1.0  # it drove off, whatever the actions given
+        per_decision.unwrapped.set_scenario(2)
+        per_decision.reset(seed=0)
+        assert per_decision.unwrapped.backend.autopilot  # kept by the new scenario's backend
+        per_tick.unwrapped.set_autopilot(False)
+        _, _, _, _, info = per_tick.step(np.array([0.5, -0.25], np.float32))
+        np.testing.assert_array_equal(info["applied_action"], [0.5, -0.25])
+    finally:
+        per_tick.close()
+        per_decision.close()

@@ -44,6 +44,8 @@ class Frame:
         rows ``(present, forward, left, forward_speed, left_speed)`` of
         :func:`~sb3_td3_cnnclip.envs.geometry.nearest_vehicles`, zeros where there are fewer vehicles;
         shape ``(n_vehicles, 5)``
+    :param applied_control: ``(steering, throttle_brake)`` that the backend's autopilot applied on this tick, in the
+        env's action terms (:meth:`Backend.set_autopilot`); ``None`` when the tick applied the control it was given
     :param extra: backend-specific diagnostics, copied into ``info`` under ``backend/``
     """
 
@@ -60,6 +62,7 @@ class Frame:
     time_to_collision: float
     waypoints: np.ndarray
     vehicles: np.ndarray
+    applied_control: tuple[float, float] | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -74,6 +77,8 @@ class Backend(abc.ABC):
 
     def __init__(self, config: ScenarioConfig) -> None:
         self.config = config
+        #: whether the simulator's own driver steers the ego (:meth:`set_autopilot`)
+        self.autopilot = False
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> Frame:
@@ -95,4 +100,19 @@ class Backend(abc.ABC):
         raise NotImplementedError(
             f"The {self.name} backend has no scripted driver: warmup_actions='scripted' needs the surrogate "
             "(simulator='surrogate'). Use warmup_actions='random' here."
+        )
+
+    def set_autopilot(self, enabled: bool) -> None:
+        """Let the simulator's own driver steer the ego (the warm-up of ``warmup_actions="autopilot"``), or stop it.
+
+        While it is on, :meth:`step` ignores the control it is given and each :class:`Frame` reports the control the
+        driver applied on its tick (:attr:`Frame.applied_control`); it stays on across :meth:`reset`. A backend that
+        has such a driver overrides this method, sets :attr:`autopilot` and steers accordingly.
+
+        :param enabled: on or off
+        """
+        raise NotImplementedError(
+            f"The {self.name} backend has no autopilot: warmup_actions='autopilot' needs the CARLA backend (the "
+            "Traffic Manager drives the ego) or the surrogate (its scripted driver does). Use warmup_actions='random' "
+            "here."
         )

@@ -304,7 +304,8 @@ class CarlaBackend(Backend):
             raise
 
     def step(self, steering: float, throttle_brake: float) -> Frame:
-        """Apply one control and advance the world one tick.
+        """Apply one control and advance the world one tick; under the autopilot (:meth:`set_autopilot`), advance it
+        and report the Traffic Manager's control in :attr:`Frame.applied_control` instead.
 
         :param steering: steering in ``[-1, 1]``, positive to the right (CARLA's ``steer``)
         :param throttle_brake: in ``[-1, 1]``; > 0 throttles, < 0 brakes
@@ -317,11 +318,32 @@ class CarlaBackend(Backend):
         control = self._carla.VehicleControl(
             throttle=max(throttle_brake, 0.0), steer=float(steering), brake=max(-throttle_brake, 0.0))
         try:
-            self._ego.apply_control(control)
-            return self._tick()
+            if not self.autopilot:
+                self._ego.apply_control(control)
+                return self._tick()
+            frame = self._tick()
+            applied = self._ego.get_control()  # what the Traffic Manager applied on that tick
+            frame.applied_control = (float(applied.steer), float(applied.throttle) - float(applied.brake))
+            return frame
         except BaseException:
             self.close()
             raise
+
+    def set_autopilot(self, enabled: bool) -> None:
+        """Put the ego on the Traffic Manager's autopilot (``config.tm_port``), or take it off, now and after every
+        reset; see :meth:`Backend.set_autopilot`. :meth:`step` then reads back the control the Traffic Manager
+        applied (``Vehicle.get_control()`` after the tick) instead of applying its own.
+
+        :param enabled: on or off
+        """
+        self._check_open()
+        self.autopilot = bool(enabled)
+        if self._ego is not None:
+            try:
+                self._ego.set_autopilot(self.autopilot, self._tm.get_port())
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Stop the sensors, destroy every spawned actor in one batch, restore the world's settings and the TM's mode.
@@ -395,6 +417,8 @@ class CarlaBackend(Backend):
                                 carla.Rotation(pitch=0.0, yaw=self._route.start_yaw, roll=0.0))
         self._ego = self._world.spawn_actor(blueprint, start)
         self._actor_ids.append(self._ego.id)
+        if self.autopilot:
+            self._ego.set_autopilot(True, self._tm.get_port())
         self._images, self._collisions, self._lane_invasions = queue.Queue(), queue.Queue(), queue.Queue()
         camera = library.find("sensor.camera.rgb")
         for attribute, value in (("image_size_x", self.config.image_size), ("image_size_y", self.config.image_size),

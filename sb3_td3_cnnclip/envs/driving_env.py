@@ -20,7 +20,10 @@ expose the same spaces, reward and info keys.
 - ``backend/<name>``: backend diagnostics (``Frame.extra``);
 - after ``step`` only, ``reward/<component>`` for ``efficiency``, ``lane_keeping``, ``comfort``, ``safety``,
   ``progress``: the weighted components summed over the step's ticks, whose sum is the reward; ``ticks``: the
-  simulator ticks the step took (``action_repeat``, fewer when the episode ended inside the repeat).
+  simulator ticks the step took (``action_repeat``, fewer when the episode ended inside the repeat);
+  ``applied_action``: the action the step applied, as a ``float32`` array (the clipped action; under the autopilot
+  of :meth:`DrivingEnv.set_autopilot`, the mean over the step's ticks of the controls the simulator's driver applied,
+  which ``warmup_actions="autopilot"`` stores in the replay buffer).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ class DrivingEnv(gym.Env):
     one frame per decision. ``info``: see the module.
 
     Curriculum hooks (reachable through ``VecEnv.env_method`` / ``get_attr``): :meth:`set_scenario` and
-    :attr:`scenario`. ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.
+    :attr:`scenario`. Demonstrations: :meth:`set_autopilot` lets the simulator's own driver steer.
+    ``simulator_name`` tells which backend runs; ``config.simulator`` holds the resolved choice.
 
     :param render_mode: ``None`` or ``"rgb_array"`` (the newest camera frame as an RGB image)
     :param backend_factory: builds the backend from the configuration instead of choosing it by
@@ -233,9 +237,12 @@ class DrivingEnv(gym.Env):
         """
         super().reset(seed=seed)
         if self._pending_config is not None:
+            autopilot = self.backend.autopilot
             self.backend.close()
             self.config, self._pending_config = self._pending_config, None
             self.backend = self._make_backend(self.config)
+            if autopilot:
+                self.backend.set_autopilot(True)
         if seed is None:
             seed = self._next_seed
         self._next_seed = None
@@ -250,9 +257,11 @@ class DrivingEnv(gym.Env):
         """Hold one action for ``config.action_repeat`` simulator ticks (fewer if the episode ends sooner).
 
         The reward is the sum of the ticks' rewards (``info["reward/<component>"]`` the sums of the components),
-        ``info`` holds the last tick's measurements and ``ticks`` (ticks this step took), and the frame stack gains
-        the last tick's frame. The episode terminates on the tick that fails or reaches the goal, and is truncated
-        (``termination_reason="time_limit"``) once ``config.max_episode_ticks`` ticks have run.
+        ``info`` holds the last tick's measurements, ``ticks`` (ticks this step took) and ``applied_action``, and the
+        frame stack gains the last tick's frame. The episode terminates on the tick that fails or reaches the goal,
+        and is truncated (``termination_reason="time_limit"``) once ``config.max_episode_ticks`` ticks have run.
+        Under the autopilot (:meth:`set_autopilot`) the simulator's driver steers each tick: ``action`` is checked and
+        ignored, and the reward and the observation's previous action are those of the controls it applied.
 
         :param action: steering, throttle/brake; clipped to ``[-1, 1]``
         """
@@ -263,13 +272,16 @@ class DrivingEnv(gym.Env):
             raise ValueError(f"action={action!r} must be 2 finite numbers: steering, throttle/brake.")
         action = np.clip(action, -1.0, 1.0)
         summed = dict.fromkeys(reward.COMPONENT_BOUNDS, 0.0)
+        applied_sum = np.zeros(2, np.float64)
         for tick in range(1, self.config.action_repeat + 1):
             frame = self.backend.step(float(action[0]), float(action[1]))
+            applied = action if frame.applied_control is None else np.asarray(frame.applied_control, np.float32)
             components = reward.reward_components(
-                frame, action, self._previous_action, self._frame.route_completion, self.config)
+                frame, applied, self._previous_action, self._frame.route_completion, self.config)
             for name, value in reward.weighted_components(components, self.config.reward_weights).items():
                 summed[name] += value
-            self._frame, self._previous_action = frame, action
+            self._frame, self._previous_action = frame, applied
+            applied_sum += applied
             self._ticks += 1
             reason = self._termination_reason(frame)
             if reason is not None or self._ticks >= self.config.max_episode_ticks:
@@ -278,7 +290,8 @@ class DrivingEnv(gym.Env):
         self._frames[:-1] = self._frames[1:]
         self._frames[-1] = frame.image
         info = self._info(frame, "time_limit" if truncated else reason)
-        info.update({f"reward/{name}": value for name, value in summed.items()}, ticks=tick)
+        info.update({f"reward/{name}": value for name, value in summed.items()}, ticks=tick,
+                    applied_action=(applied_sum / tick).astype(np.float32))
         return self._observation(frame), float(sum(summed.values())), reason is not None, truncated, info
 
     def scripted_action(self) -> np.ndarray:
@@ -288,6 +301,15 @@ class DrivingEnv(gym.Env):
         if self._frame is None:
             raise RuntimeError("DrivingEnv.scripted_action() was called before reset(); call reset() first.")
         return self.backend.scripted_action()
+
+    def set_autopilot(self, enabled: bool) -> None:
+        """Let the simulator's own driver steer the ego from the next step on, or stop it
+        (:meth:`Backend.set_autopilot`: CARLA's Traffic Manager, the surrogate's scripted driver); it stays on across
+        resets and scenario switches. ``warmup_actions="autopilot"`` calls it through ``VecEnv.env_method``.
+
+        :param enabled: on or off
+        """
+        self.backend.set_autopilot(enabled)
 
     def render(self) -> np.ndarray | None:
         """The newest camera frame as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``), else ``None``."""

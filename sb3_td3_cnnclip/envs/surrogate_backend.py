@@ -197,16 +197,30 @@ class SurrogateBackend(Backend):
         return self._frame(observation)
 
     def step(self, steering: float, throttle_brake: float) -> Frame:
-        """Apply one control for one tick.
+        """Apply one control for one tick; under the autopilot, the scripted driver's (:meth:`scripted_action`)
+        instead, reported in :attr:`Frame.applied_control`.
 
         :param steering: in ``[-1, 1]``, positive turns right (up to 45 degrees of wheel angle)
         :param throttle_brake: in ``[-1, 1]``, acceleration of up to 5 m/s^2 forwards (> 0) or braking (< 0)
         """
+        applied = None
+        if self.autopilot:
+            steering, throttle_brake = applied = tuple(float(value) for value in self.scripted_action())
         if throttle_brake < 0:  # brake to a stop, never into reverse (highway-env's speed floor is soft)
             full_brake = ContinuousAction.ACCELERATION_RANGE[1] * self.config.fixed_delta_seconds
             throttle_brake = max(throttle_brake, -self.env.vehicle.speed / full_brake)
         observation, *_ = self.env.step(np.array([throttle_brake, steering], dtype=np.float32))
-        return self._frame(observation)
+        frame = self._frame(observation)
+        frame.applied_control = applied
+        return frame
+
+    def set_autopilot(self, enabled: bool) -> None:
+        """Let the :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver` steer the ego, tick by tick (see
+        :meth:`Backend.set_autopilot`).
+
+        :param enabled: on or off
+        """
+        self.autopilot = bool(enabled)
 
     def scripted_action(self) -> np.ndarray:
         """The :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver`'s action (lane keeping, IDM at the speed limit)."""

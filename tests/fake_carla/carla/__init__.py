@@ -2,9 +2,10 @@
 
 It mirrors, with the names, signatures and semantics of ``carla/libcarla.pyi``, only the part of the API
 that ``sb3_td3_cnnclip.envs.carla_backend`` uses. Its server (:mod:`carla._server`) simulates a straight
-two-lane road along +x between sidewalks, NPCs that stand still under autopilot, and vehicles that move
-with their controls; sensors call their listeners inside ``World.tick`` (cameras deliver nothing in
-no-rendering mode) and every call a test may check is logged on the server.
+two-lane road along +x between sidewalks, NPCs that stand still under autopilot (unless a test gives the
+Traffic Manager a control to apply), and vehicles that move with their controls; sensors call their listeners
+inside ``World.tick`` (cameras deliver nothing in no-rendering mode) and every call a test may check is logged on
+the server.
 
 Like the real Boost.Python bindings, numeric arguments must be Python ``int``/``float``/``bool``
 (``numpy.float32`` and ``numpy.int64`` are rejected) and blueprint attribute values must be ``str``.
@@ -313,9 +314,15 @@ class Vehicle(Actor):
         self._autopilot_port = port if enabled else None
         self._server.log.append(("autopilot", self.id, enabled, port))
 
+    def get_control(self) -> VehicleControl:
+        """The control applied on the last tick (the Traffic Manager's under autopilot); no call to the server."""
+        return copy.deepcopy(self._control)
+
     def _advance(self, dt: float) -> None:
         if self._autopilot_port is not None:
-            return
+            if self._server.autopilot_control is None:
+                return
+            self._control = VehicleControl(*self._server.autopilot_control(self._server.frame))
         control, rotation, location = self._control, self._transform.rotation, self._transform.location
         self._previous_location = copy.deepcopy(location)
         self._speed = max(0.0, self._speed + (ACCELERATION * control.throttle - DECELERATION * control.brake) * dt)

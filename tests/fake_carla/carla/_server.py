@@ -45,6 +45,8 @@ class FakeServer:
     :param lane_invasion_frames: frames at which the lane-invasion sensors report an event
     :param stale_images: whether each camera first delivers a late image of the previous frame on every tick
     :param image_pattern: BGRA image seen from a place, ``(x, y, height, width) -> uint8 (height, width, 4)``
+    :param autopilot_control: ``(throttle, steer, brake)`` that the Traffic Manager applies to every vehicle on
+        autopilot on a frame, ``frame -> tuple``; ``None``: vehicles on autopilot stand still
     :param frame: id of the current frame
     :param settings: the world's current ``WorldSettings`` (``WorldSettings()`` when a world first needs it)
     :param weather: the world's current ``WeatherParameters`` (``WeatherParameters.Default`` when first needed)
@@ -62,6 +64,7 @@ class FakeServer:
     lane_invasion_frames: set[int] = field(default_factory=set)
     stale_images: bool = False
     image_pattern: Callable[[float, float, int, int], np.ndarray] = default_pattern
+    autopilot_control: Callable[[int], tuple[float, float, float]] | None = None
     frame: int = 1000
     settings: Any = None
     weather: Any = None
