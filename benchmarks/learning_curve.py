@@ -130,7 +130,7 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
                ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
                ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"],
-               ["nstep3", "bf16", "lindecay", "privileged"]):
+               ["nstep3", "bf16", "lindecay", "privileged"], ["nstep3", "bf16", "lindecay", "ttc3", "privileged"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
