@@ -424,6 +424,18 @@ class CnnClipMixin:
         self._autopilot: bool | None = None
         return super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
 
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        """The base algorithm's ``learn``; one that returns inside a ``warmup_actions="autopilot"`` warm-up switches
+        the envs' autopilot off, so that they drive the actions they are given again.
+
+        :return: the model
+        """
+        model = super().learn(*args, **kwargs)  # type: ignore[misc]
+        if self._autopilot:
+            self.env.env_method("set_autopilot", False)
+            self._autopilot = False
+        return model
+
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -456,6 +468,11 @@ class CnnClipMixin:
         """SB3's, storing the action the envs applied (``info["applied_action"]``, scaled) while their autopilot
         drives (``warmup_actions="autopilot"``) instead of the sampled one, which they ignored."""
         if self._autopilot:
+            if any("applied_action" not in info for info in infos):
+                raise ValueError(
+                    "warmup_actions='autopilot' stores the action each env reports it applied, info['applied_action'] "
+                    f"(as the CarlaScenario envs do); an env's step gave only {sorted(infos[0])}."
+                )
             buffer_action = self.policy.scale_action(np.stack([info["applied_action"] for info in infos]))
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)  # type: ignore[misc]
 

@@ -408,13 +408,16 @@ def test_scripted_warmup_on_carla_says_it_needs_the_surrogate(server, carla):
     assert_nothing_left(server, carla)
 
 
-def test_autopilot_lets_the_traffic_manager_drive_and_reads_back_its_controls(server, carla):
+def test_autopilot_lets_the_traffic_manager_drive_the_route_and_reads_back_its_controls(server, carla):
     server.autopilot_control = lambda frame: (0.1 * (frame % 4), 0.05 * (frame % 3) - 0.05, 0.2 * (frame % 2))
-    env = make_env(action_repeat=3)
+    env = make_env(action_repeat=3, target_speed=7.5)
     env.set_autopilot(True)  # before the ego exists: applied when reset spawns it
     env.reset(seed=0)
     (hero,) = [a for a in server.actors.values() if a.attributes.get("role_name") == "hero"]
-    assert (hero.id, True, TM_PORT) in server.entries("autopilot")
+    route = [tuple(point) for point in env.backend.route.points[1:]]
+    on = [("autopilot", hero.id, True, TM_PORT), ("tm_path", hero.id, route), ("tm_lane_change", hero.id, False),
+          ("tm_speed", hero.id, 27.0)]  # 7.5 m/s in km/h  # fmt: skip
+    assert [entry for entry in server.log if any(entry[:2] == kind[:2] for kind in on)] == on
     start_x, controls = hero.get_location().x, len(server.entries("control"))
     _, _, _, _, info = env.step(np.array([1.0, -1.0], np.float32))  # ignored: the Traffic Manager drives
     frames = [frame for (frame,) in server.entries("tick")[-3:]]
@@ -422,9 +425,11 @@ def test_autopilot_lets_the_traffic_manager_drive_and_reads_back_its_controls(se
     np.testing.assert_allclose(info["applied_action"], np.mean(applied, axis=0), atol=1e-6)
     assert len(server.entries("control")) == controls and hero.get_location().x > start_x  # it drove, on its own
     env.set_autopilot(False)
-    assert server.entries("autopilot")[-1] == (hero.id, False, TM_PORT)
+    assert server.log[-1] == ("autopilot", hero.id, False, TM_PORT)
     _, _, _, _, info = env.step(np.array([0.25, 0.5], np.float32))
     assert server.entries("control")[controls:] == [(hero.id, 0.5, 0.25, 0.0)] * 3
     np.testing.assert_array_equal(info["applied_action"], [0.25, 0.5])
+    env.set_autopilot(True)  # on the ego that exists
+    assert server.log[-4:] == on
     env.close()
     assert_nothing_left(server, carla)

@@ -1,4 +1,5 @@
-"""``warmup_actions="scripted"``: the warm-up's actions come from the env's scripted driver (demonstrations)."""
+"""``warmup_actions="scripted"`` and ``"autopilot"``: the warm-up's actions come from the env's scripted driver, or
+from the simulator's own driver whose applied actions the replay buffer stores (demonstrations)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_td3_cnnclip import SACCnnClip, TD3CnnClip
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
@@ -104,11 +106,12 @@ class AutopilotToyEnv(ToyImageEnv):
     that follows the frame's brightness, reported in ``info["applied_action"]``; it records every switch, every action
     it received and every action it applied."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, episode_length: int = 50) -> None:
+        super().__init__(episode_length=episode_length)
         self.action_space = spaces.Box(-2.0, 2.0, (2,), np.float32)
         self.autopilot = False
         self.switches: list[bool] = []
+        self.steps_on: list[bool] = []
         self.received: list[np.ndarray] = []
         self.applied: list[np.ndarray] = []
 
@@ -122,6 +125,7 @@ class AutopilotToyEnv(ToyImageEnv):
 
     def step(self, action):
         self.received.append(np.array(action))
+        self.steps_on.append(self.autopilot)
         brightness = self._last.mean() / 255.0
         applied = np.array([2.0 - 4.0 * brightness, brightness], np.float32) if self.autopilot else np.array(action)
         self.applied.append(applied)
@@ -134,12 +138,28 @@ def test_the_autopilot_warmup_stores_the_applied_actions_scaled_then_switches_it
     env = AutopilotToyEnv()
     model = algorithm("CnnPolicy", env, **fast(learning_starts=30, warmup_actions="autopilot", train_freq=1))
     model.learn(45)
-    assert env.switches == [True, False]  # on for the warm-up, off at its end
+    assert env.steps_on == [True] * 30 + [False] * 15 and env.switches == [True, False]  # the warm-up, then off
     stored = model.replay_buffer.actions[:45, 0]
     np.testing.assert_allclose(stored, np.array(env.applied) / 2.0, atol=1e-6)  # [-2, 2] scaled into [-1, 1]
-    autopilot = np.array(env.applied[:30])
-    assert not np.allclose(autopilot, np.array(env.received[:30]), atol=0.1)  # what it stored is not what it sampled
+    sampled = np.array(env.received[:30]) / 2.0
+    assert np.all(np.abs(stored[:30] - sampled).max(axis=1) > 1e-3)  # each stored action is not the sampled one
     np.testing.assert_allclose(np.array(env.applied[30:]), np.array(env.received[30:]))  # then the policy drives
+
+
+def test_the_autopilot_warmup_stores_each_envs_applied_action_across_episode_ends():
+    envs = [AutopilotToyEnv(episode_length=7), AutopilotToyEnv(episode_length=5)]
+    model = TD3CnnClip("CnnPolicy", DummyVecEnv([lambda env=env: env for env in envs]),
+                       **fast(learning_starts=20, warmup_actions="autopilot"))  # fmt: skip
+    model.learn(30)  # 10 warm-up steps of 2 envs, then 5 policy steps
+    for index, env in enumerate(envs):
+        assert env.steps_on == [True] * 10 + [False] * 5
+        np.testing.assert_allclose(model.replay_buffer.actions[:15, index], np.array(env.applied) / 2.0, atol=1e-6)
+
+
+def test_a_learn_that_ends_inside_the_autopilot_warmup_switches_it_off():
+    env = AutopilotToyEnv()
+    TD3CnnClip("CnnPolicy", env, **fast(learning_starts=30, warmup_actions="autopilot")).learn(10)
+    assert env.switches == [True, False] and not env.autopilot
 
 
 def test_an_env_without_an_autopilot_is_a_clear_error():

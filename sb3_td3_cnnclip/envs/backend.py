@@ -99,7 +99,8 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(
             f"The {self.name} backend has no scripted driver: warmup_actions='scripted' needs the surrogate "
-            "(simulator='surrogate'). Use warmup_actions='random' here."
+            "(simulator='surrogate'). Use warmup_actions='random' here, or 'autopilot' on CARLA (demonstrations "
+            "from the Traffic Manager)."
         )
 
     def set_autopilot(self, enabled: bool) -> None:
@@ -107,10 +108,13 @@ class Backend(abc.ABC):
 
         While it is on, :meth:`step` ignores the control it is given and each :class:`Frame` reports the control the
         driver applied on its tick (:attr:`Frame.applied_control`); it stays on across :meth:`reset`. A backend that
-        has such a driver overrides this method, sets :attr:`autopilot` and steers accordingly.
+        has such a driver overrides this method, sets :attr:`autopilot` and steers accordingly; this one has none,
+        so switching it off does nothing and switching it on raises ``NotImplementedError``.
 
         :param enabled: on or off
         """
+        if not enabled:
+            return
         raise NotImplementedError(
             f"The {self.name} backend has no autopilot: warmup_actions='autopilot' needs the CARLA backend (the "
             "Traffic Manager drives the ego) or the surrogate (its scripted driver does). Use warmup_actions='random' "

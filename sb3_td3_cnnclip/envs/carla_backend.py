@@ -313,13 +313,12 @@ class CarlaBackend(Backend):
         self._check_open()
         if self._ego is None:
             raise RuntimeError("CarlaBackend.step() was called before reset(); call reset() first.")
-        # Python floats: the real client's Boost.Python bindings reject numpy.float32
-        throttle_brake = float(throttle_brake)
-        control = self._carla.VehicleControl(
-            throttle=max(throttle_brake, 0.0), steer=float(steering), brake=max(-throttle_brake, 0.0))
         try:
             if not self.autopilot:
-                self._ego.apply_control(control)
+                # Python floats: the real client's Boost.Python bindings reject numpy.float32
+                throttle_brake = float(throttle_brake)
+                self._ego.apply_control(self._carla.VehicleControl(
+                    throttle=max(throttle_brake, 0.0), steer=float(steering), brake=max(-throttle_brake, 0.0)))
                 return self._tick()
             frame = self._tick()
             applied = self._ego.get_control()  # what the Traffic Manager applied on that tick
@@ -330,20 +329,36 @@ class CarlaBackend(Backend):
             raise
 
     def set_autopilot(self, enabled: bool) -> None:
-        """Put the ego on the Traffic Manager's autopilot (``config.tm_port``), or take it off, now and after every
-        reset; see :meth:`Backend.set_autopilot`. :meth:`step` then reads back the control the Traffic Manager
-        applied (``Vehicle.get_control()`` after the tick) instead of applying its own.
+        """Put the ego on the Traffic Manager's autopilot (``config.tm_port``) along the route, or take it off, now
+        and after every reset; see :meth:`Backend.set_autopilot` and :meth:`_follow_route`. :meth:`step` then reads
+        back the control the Traffic Manager applied (``Vehicle.get_control()`` after the tick: "the control applied
+        in the last tick", read from the client's snapshot) instead of applying its own.
 
         :param enabled: on or off
         """
         self._check_open()
         self.autopilot = bool(enabled)
-        if self._ego is not None:
-            try:
-                self._ego.set_autopilot(self.autopilot, self._tm.get_port())
-            except BaseException:
-                self.close()
-                raise
+        if self._ego is None:
+            return
+        try:
+            if self.autopilot:
+                self._follow_route()
+            else:
+                self._ego.set_autopilot(False, self._tm.get_port())
+        except BaseException:
+            self.close()
+            raise
+
+    def _follow_route(self) -> None:
+        """The ego on the Traffic Manager's autopilot, following the route's points (``set_path``: no random turn
+        at a junction) without lane changes, at ``config.target_speed`` (the efficiency reward's; the Traffic
+        Manager takes km/h)."""
+        self._ego.set_autopilot(True, self._tm.get_port())
+        z = self._ego.get_location().z
+        path = [self._carla.Location(x=float(x), y=float(y), z=z) for x, y in self._route.points[1:]]
+        self._tm.set_path(self._ego, path)
+        self._tm.auto_lane_change(self._ego, False)
+        self._tm.set_desired_speed(self._ego, float(self.config.target_speed * 3.6))
 
     def close(self) -> None:
         """Stop the sensors, destroy every spawned actor in one batch, restore the world's settings and the TM's mode.
@@ -418,7 +433,7 @@ class CarlaBackend(Backend):
         self._ego = self._world.spawn_actor(blueprint, start)
         self._actor_ids.append(self._ego.id)
         if self.autopilot:
-            self._ego.set_autopilot(True, self._tm.get_port())
+            self._follow_route()
         self._images, self._collisions, self._lane_invasions = queue.Queue(), queue.Queue(), queue.Queue()
         camera = library.find("sensor.camera.rgb")
         for attribute, value in (("image_size_x", self.config.image_size), ("image_size_y", self.config.image_size),

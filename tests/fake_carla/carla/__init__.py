@@ -442,6 +442,17 @@ class TrafficManager:
             raise TypeError(f"Python argument types did not match C++ signature: value is {type(value).__name__}")
         self._server.log.append(("tm_seed", self._port, value))
 
+    def set_path(self, actor: Actor, path: list[Location]) -> None:
+        if not isinstance(actor, Vehicle) or not all(isinstance(location, Location) for location in path):
+            raise TypeError("Python argument types did not match C++ signature: set_path(Actor, list[Location])")
+        self._server.log.append(("tm_path", actor.id, [(location.x, location.y) for location in path]))
+
+    def auto_lane_change(self, actor: Actor, enable: bool) -> None:
+        self._server.log.append(("tm_lane_change", actor.id, enable))
+
+    def set_desired_speed(self, actor: Actor, speed: float) -> None:
+        self._server.log.append(("tm_speed", actor.id, _number("speed", speed)))
+
 
 def _spawn(server: _server.FakeServer, blueprint: ActorBlueprint, transform: Transform, parent: Actor | None) -> Actor:
     """Create an actor server-side; vehicles fail to spawn on top of another vehicle."""
