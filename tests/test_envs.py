@@ -543,3 +543,13 @@ def test_a_backend_without_an_autopilot_says_which_have_one():
     env = scripted_env([make_frame()])
     with pytest.raises(NotImplementedError, match="scripted backend has no autopilot.*CARLA backend"):
         env.set_autopilot(True)
+
+
+@pytest.mark.parametrize(("observation", "frame", "wrong"), [
+    ("dict", make_frame(waypoints=np.zeros((4, 2), np.float32)), r"Frame.waypoints has shape \(4, 2\).*\(5, 2\)"),
+    ("state", make_frame(vehicles=np.zeros((6, 4), np.float32)), r"Frame.vehicles has shape \(6, 4\).*\(6, 5\)"),
+])  # fmt: skip
+def test_a_backend_frame_of_the_wrong_shape_is_a_clear_error(observation, frame, wrong):
+    env = scripted_env([frame], observation=observation)
+    with pytest.raises(ValueError, match=wrong):
+        env.reset()

@@ -344,10 +344,19 @@ class DrivingEnv(gym.Env):
 
     def _vector(self, frame: Frame) -> np.ndarray:
         """The kinematics and waypoints (``"dict"``), and the nearest vehicles (``"state"``, ``"privileged"``)."""
-        parts = [[frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action],
-                 np.asarray(frame.waypoints).ravel()]
+        arrays = {"waypoints": (self.config.n_waypoints, 2)}
         if self.config.observation != "dict":
-            parts.append(np.asarray(frame.vehicles).ravel())
+            arrays["vehicles"] = (self.config.n_vehicles, len(VEHICLE_COLUMNS))
+        parts = [np.array([frame.speed, frame.lateral_deviation, frame.heading_error, *self._previous_action])]
+        for name, shape in arrays.items():
+            value = np.asarray(getattr(frame, name))
+            if value.shape != shape:
+                raise ValueError(
+                    f"The {self.simulator_name} backend's Frame.{name} has shape {value.shape}; this env's "
+                    f"observation needs {shape} (n_waypoints={self.config.n_waypoints}, "
+                    f"n_vehicles={self.config.n_vehicles}): see the Frame docstring."
+                )
+            parts.append(value.ravel())
         return np.concatenate(parts).astype(np.float32)
 
     def _info(self, frame: Frame, reason: str | None) -> dict[str, Any]:
