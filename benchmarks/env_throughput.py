@@ -2,9 +2,10 @@
 
 Surrogate (``CarlaScenario{0,1,2}-v0``, ``simulator="surrogate"``, random actions, reset on episode end): the envs
 run in interleaved blocks of ``--block`` steps, so load from other processes hits all scenarios alike. Inside each
-env the calls to the backend's highway-env instance (``backend.env.step`` / ``reset``, highway-env with exactly the
-surrogate's configuration, rendering included) are timed, so the wrapper's overhead (frame measurement, reward,
-frame stacking, info, Gymnasium wrappers) is measured on the very same trajectory: ``env step - highway-env step``.
+env the calls to the backend's highway-env instance (``backend.env.tick`` / ``reset``, highway-env with exactly the
+surrogate's configuration, and ``backend.camera_image``, its drawing of the one image per decision) are timed, so the
+wrapper's overhead (frame measurement, reward, frame stacking, info, Gymnasium wrappers) is measured on the very same
+trajectory: ``env step - highway-env step``.
 
 CARLA backend on the fake ``carla`` package of ``tests/fake_carla`` (with ``--fake-carla``): the same random-action
 loop, first timed, then run under cProfile, where the time spent inside the fake package (the stand-in for the
@@ -113,19 +114,21 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
     :param seed: seed of the envs and of the actions
     :return: per scenario the figures
     """
-    drivers, highway_steps, highway_resets = {}, {}, {}
+    drivers, highway_ticks, highway_draws, highway_resets = {}, {}, {}, {}
     for scenario in scenarios:
         env = gym.make(SCENARIO_IDS[scenario], simulator="surrogate")
-        highway = env.unwrapped.backend.env
-        highway_steps[scenario] = highway.step = Stopwatch(highway.step)
-        highway_resets[scenario] = highway.reset = Stopwatch(highway.reset)
+        backend = env.unwrapped.backend
+        highway_ticks[scenario] = backend.env.tick = Stopwatch(backend.env.tick)
+        highway_draws[scenario] = backend.camera_image = Stopwatch(backend.camera_image)
+        highway_resets[scenario] = backend.env.reset = Stopwatch(backend.env.reset)
         drivers[scenario] = RandomDriver(env, seed)
     blocks: dict[int, list[tuple[float, float]]] = {scenario: [] for scenario in scenarios}
     for _ in range(steps // block):
         for scenario in scenarios:
-            inner_before = highway_steps[scenario].seconds
+            inner_before = highway_ticks[scenario].seconds + highway_draws[scenario].seconds
             seconds = drivers[scenario].run(block)
-            blocks[scenario].append((seconds, highway_steps[scenario].seconds - inner_before))
+            inner = highway_ticks[scenario].seconds + highway_draws[scenario].seconds - inner_before
+            blocks[scenario].append((seconds, inner))
     results = {}
     for scenario in scenarios:
         driver, env = drivers[scenario], drivers[scenario].env
@@ -148,6 +151,8 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
             "median_block_step_ratio_vs_highway": statistics.median(a / b for a, b in zip(step_ms, inner_ms)),
             "mean_reset_ms": 1e3 * driver.reset_seconds / driver.resets if driver.resets else None,
             "mean_highway_reset_ms": 1e3 * highway_resets[scenario].seconds / highway_resets[scenario].calls,
+            "drawing_share_of_highway_step": highway_draws[scenario].seconds / (
+                highway_ticks[scenario].seconds + highway_draws[scenario].seconds),
         }
         env.close()
     return results
@@ -307,19 +312,19 @@ def to_markdown(results: dict[str, Any]) -> str:
     rows = [
         [f"CarlaScenario{s}-v0", v["n_npcs"], v["simulated_vehicles"], f"{v['vehicles_density']:.2f}",
          v["steps_per_s_with_resets"], v["steps_per_s_without_resets"], v["median_block_highway_step_ms"],
-         v["median_block_wrapper_overhead_ms"], v["median_block_step_ratio_vs_highway"], v["mean_episode_length"],
-         v["mean_reset_ms"]]
+         v["median_block_wrapper_overhead_ms"], v["median_block_step_ratio_vs_highway"],
+         f"{100 * v['drawing_share_of_highway_step']:.0f} %", v["mean_episode_length"], v["mean_reset_ms"]]
         for s, v in results["surrogate"].items()
     ]  # fmt: skip
     headers = ["env", "n_npcs", "simulated", "density", "steps/s (with resets)", "steps/s (steps only)",
-               "highway-env ms/step", "wrapper overhead ms/step", "env/highway-env", "mean episode length",
-               "reset ms"]  # fmt: skip
+               "highway-env ms/step", "wrapper overhead ms/step", "env/highway-env", "drawing share of highway-env",
+               "mean episode length", "reset ms"]  # fmt: skip
     text = [
         "# Environment throughput (surrogate backend, random actions)",
         "",
         describe_line(results["run"]),
         "Medians over interleaved blocks of steps; the overhead is the env's step minus the highway-env step inside "
-        "it.",
+        "it (its ticks and the drawing of the decision's one image).",
         "",
         markdown_table(headers, rows),
     ]

@@ -60,7 +60,7 @@ class ReplayBackend(Backend):
         self.k = 0
         return frame()
 
-    def step(self, steering, throttle_brake):
+    def step(self, steering, throttle_brake, draw=True):
         name = self.episodes[self.episode]
         script = EPISODES[name]
         speed, lateral = script["steps"][self.k]

@@ -39,7 +39,7 @@ class TwoStepBackend(Backend):
         self._k = 0
         return self._frame()
 
-    def step(self, steering, throttle_brake):
+    def step(self, steering, throttle_brake, draw=True):
         self.steps += 1
         self._k += 1
         return self._frame()

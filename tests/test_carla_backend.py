@@ -201,22 +201,39 @@ def test_bgra_is_decoded_to_bt601_gray():
     np.testing.assert_array_equal(gray, np.array([[29, 150, 76], [255, 0, 22]], np.uint8))
 
 
-def test_observation_is_the_camera_image_of_the_tick_even_with_late_images(server):
+def gray_seen_from(server, location, size: int) -> np.ndarray:
+    """The fake camera's image at ``location`` in BT.601 gray, computed here in integers."""
+    bgra = server.image_pattern(location.x, location.y, size, size).astype(np.int64)
+    return ((114 * bgra[..., 0] + 587 * bgra[..., 1] + 299 * bgra[..., 2] + 500) // 1000).astype(np.uint8)
+
+
+@pytest.mark.parametrize("action_repeat", [1, 4])
+def test_observation_is_the_camera_image_of_the_tick_even_with_late_images(server, action_repeat):
     server.stale_images = True  # each tick, the camera first delivers the previous frame's image, then its own
-    env = make_env(frame_stack=2)
+    env = make_env(frame_stack=2, action_repeat=action_repeat)
     env.reset()
     before = ego(server).get_location()
     observation, *_ = env.step(np.array([0.0, 1.0], np.float32))
     after = ego(server).get_location()
-
-    def gray_seen_from(location) -> np.ndarray:
-        bgra = server.image_pattern(location.x, location.y, 16, 16).astype(np.int64)
-        return ((114 * bgra[..., 0] + 587 * bgra[..., 1] + 299 * bgra[..., 2] + 500) // 1000).astype(np.uint8)
-
-    assert not np.array_equal(gray_seen_from(after), gray_seen_from(before))
-    np.testing.assert_array_equal(observation[-1], gray_seen_from(after))
-    np.testing.assert_array_equal(observation[0], gray_seen_from(before))  # the reset frame, one tick earlier
+    assert not np.array_equal(gray_seen_from(server, after, 16), gray_seen_from(server, before, 16))
+    np.testing.assert_array_equal(observation[-1], gray_seen_from(server, after, 16))  # the step's last tick
+    np.testing.assert_array_equal(observation[0], gray_seen_from(server, before, 16))  # the reset frame
     env.close()
+
+
+def test_an_undrawn_tick_decodes_its_image_on_request(server):
+    backend = make_backend()
+    with pytest.raises(RuntimeError, match="before reset"):
+        backend.camera_image()
+    backend.reset()
+    frame = backend.step(0.0, 1.0, draw=False)
+    assert frame.image is None
+    np.testing.assert_array_equal(backend.camera_image(), gray_seen_from(server, ego(server).get_location(), 8))
+    drawn = backend.step(0.0, 1.0)
+    np.testing.assert_array_equal(drawn.image, gray_seen_from(server, ego(server).get_location(), 8))
+    backend.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.camera_image()
 
 
 def test_collision_event_terminates_the_episode(server):

@@ -62,7 +62,7 @@ class ScriptedBackend(Backend):
         self.controls = []
         return self.frames[0]
 
-    def step(self, steering, throttle_brake) -> Frame:
+    def step(self, steering, throttle_brake, draw=True) -> Frame:
         self.controls.append((steering, throttle_brake))
         return self.frames[min(len(self.controls), len(self.frames) - 1)]
 

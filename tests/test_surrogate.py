@@ -1,5 +1,6 @@
 """The highway-env surrogate backend and DrivingEnv on it."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -105,6 +106,39 @@ def test_the_ego_is_drawn_unlike_the_npcs():
     assert abs(ego_gray - npc_gray) > 100
     assert pixels(EGO_COLOR) >= 10 and pixels(VehicleGraphics.BLUE) >= 10  # both cars fill ~10 x 4 pixels
     backend.close()
+
+
+def test_skipping_the_drawing_changes_nothing_but_the_image():
+    """A tick stepped with draw=False measures exactly what a drawn one does; camera_image() draws it afterwards."""
+    drawn, undrawn = (SurrogateBackend(make_config(image_size=SIZE, scenario=2)) for _ in range(2))
+    np.testing.assert_array_equal(drawn.reset(seed=3).image, undrawn.reset(seed=3).image)
+    actions = np.random.default_rng(0).uniform([-0.05, -0.2], [0.05, 1.0], size=(40, 2))
+    for tick, (steering, throttle_brake) in enumerate(actions, start=1):
+        expected, frame = drawn.step(steering, throttle_brake), undrawn.step(steering, throttle_brake, draw=False)
+        assert frame.image is None
+        for field in dataclasses.fields(frame):
+            if field.name != "image":
+                np.testing.assert_array_equal(getattr(frame, field.name), getattr(expected, field.name), field.name)
+        if tick % 10 == 0:
+            np.testing.assert_array_equal(undrawn.camera_image(), expected.image)
+    assert expected.min_npc_distance < math.inf and expected.speed > 1.0  # the traffic and the ego moved
+    drawn.close(), undrawn.close()
+
+
+@pytest.mark.parametrize("steering", [0.0, 0.4])  # straight on; off the lane on a decision's second tick
+def test_the_env_draws_one_image_per_decision(monkeypatch, steering):
+    env = surrogate_env(action_repeat=4, n_npcs=0)
+    env.reset(seed=0)
+    observe, draws = env.backend.env.observation_type.observe, []
+    monkeypatch.setattr(env.backend.env.observation_type, "observe", lambda: draws.append(1) or observe())
+    for decisions in range(1, 31):
+        observation, _, terminated, _, info = env.step(np.array([steering, 1.0], np.float32))
+        if terminated:
+            break
+    assert len(draws) == decisions
+    assert (terminated, info["ticks"]) == ((True, 2) if steering else (False, 4))
+    np.testing.assert_array_equal(observation[-1], env.backend.camera_image())  # drawn on the decision's last tick
+    env.close()
 
 
 def test_steering_right_leaves_the_road_then_the_lane():

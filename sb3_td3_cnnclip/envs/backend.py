@@ -23,7 +23,8 @@ WAYPOINT_SPACING = 5.0
 class Frame:
     """Raw measurements of the ego vehicle after one simulator tick.
 
-    :param image: front camera as a grayscale ``uint8`` array of shape ``(image_size, image_size)``
+    :param image: front camera as a grayscale ``uint8`` array of shape ``(image_size, image_size)``; ``None`` when
+        the tick was stepped with ``draw=False`` (:meth:`Backend.step`)
     :param speed: ego speed in m/s
     :param lateral_deviation: signed distance in metres from the route's centre line (left positive)
     :param heading_error: signed angle in radians between the ego heading and the route direction
@@ -49,7 +50,7 @@ class Frame:
     :param extra: backend-specific diagnostics, copied into ``info`` under ``backend/``
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     speed: float
     lateral_deviation: float
     heading_error: float
@@ -85,8 +86,23 @@ class Backend(abc.ABC):
         """Start a new episode (spawning or re-placing the ego and the NPCs) and return the first frame."""
 
     @abc.abstractmethod
-    def step(self, steering: float, throttle_brake: float) -> Frame:
-        """Apply one control (both in ``[-1, 1]``; ``throttle_brake`` > 0 throttles, < 0 brakes), advance one tick."""
+    def step(self, steering: float, throttle_brake: float, draw: bool = True) -> Frame:
+        """Apply one control (both in ``[-1, 1]``; ``throttle_brake`` > 0 throttles, < 0 brakes), advance one tick.
+
+        With ``draw=False`` the caller reads no image of this tick unless it asks :meth:`camera_image`, so a backend
+        may skip drawing it and return :attr:`Frame.image` ``None`` (``DrivingEnv`` draws one image per decision);
+        a backend that always draws may ignore the flag.
+        """
+
+    def camera_image(self) -> np.ndarray:
+        """The camera image of the current tick, drawn now: the image a ``step(..., draw=False)`` left out.
+
+        A backend that returns ``Frame.image`` ``None`` overrides this method.
+        """
+        raise NotImplementedError(
+            f"The {self.name} backend returned a frame without an image (step(..., draw=False)) but cannot draw it "
+            "afterwards: override camera_image(), or draw every tick."
+        )
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -261,6 +261,8 @@ class CarlaBackend(Backend):
         #: every actor this backend spawned and has not destroyed yet
         self._actor_ids: list[int] = []
         self._images: queue.Queue = queue.Queue()
+        #: the camera's raw image of the current tick
+        self._image: Any = None
         self._collisions: queue.Queue = queue.Queue()
         self._lane_invasions: queue.Queue = queue.Queue()
         self._segment = 0
@@ -303,12 +305,14 @@ class CarlaBackend(Backend):
             self.close()
             raise
 
-    def step(self, steering: float, throttle_brake: float) -> Frame:
+    def step(self, steering: float, throttle_brake: float, draw: bool = True) -> Frame:
         """Apply one control and advance the world one tick; under the autopilot (:meth:`set_autopilot`), advance it
         and report the Traffic Manager's control in :attr:`Frame.applied_control` instead.
 
         :param steering: steering in ``[-1, 1]``, positive to the right (CARLA's ``steer``)
         :param throttle_brake: in ``[-1, 1]``; > 0 throttles, < 0 brakes
+        :param draw: decode the tick's camera image into :attr:`Frame.image`; with ``False`` the image is still
+            received (the camera streams every tick) and :meth:`camera_image` decodes it
         """
         self._check_open()
         if self._ego is None:
@@ -319,8 +323,8 @@ class CarlaBackend(Backend):
                 throttle_brake = float(throttle_brake)
                 self._ego.apply_control(self._carla.VehicleControl(
                     throttle=max(throttle_brake, 0.0), steer=float(steering), brake=max(-throttle_brake, 0.0)))
-                return self._tick()
-            frame = self._tick()
+                return self._tick(draw)
+            frame = self._tick(draw)
             applied = self._ego.get_control()  # what the Traffic Manager applied on that tick
             frame.applied_control = (float(applied.steer), float(applied.throttle) - float(applied.brake))
             return frame
@@ -479,9 +483,16 @@ class CarlaBackend(Backend):
             )
         self._extra = {"npcs": float(len(spawned)), "npc_spawn_failures": float(failed)}
 
-    def _tick(self) -> Frame:
-        frame_id = self._world.tick()
-        return self._measure(self._image_of(frame_id))
+    def camera_image(self) -> np.ndarray:
+        """The camera image of the current tick as grayscale (see :meth:`Backend.camera_image`)."""
+        self._check_open()
+        if self._image is None:
+            raise RuntimeError("CarlaBackend.camera_image() was called before reset(); call reset() first.")
+        return bgra_to_gray(self._image.raw_data, self._image.height, self._image.width)
+
+    def _tick(self, draw: bool = True) -> Frame:
+        self._image = self._image_of(self._world.tick())
+        return self._measure(self.camera_image() if draw else None)
 
     def _image_of(self, frame_id: int) -> Any:
         """The camera image of frame ``frame_id``; images of earlier frames (late deliveries) are dropped."""
@@ -497,7 +508,7 @@ class CarlaBackend(Backend):
             if image.frame >= frame_id:
                 return image
 
-    def _measure(self, image: Any) -> Frame:
+    def _measure(self, image: np.ndarray | None) -> Frame:
         transform = self._ego.get_transform()
         location = transform.location
         yaw = math.radians(transform.rotation.yaw)
@@ -509,7 +520,7 @@ class CarlaBackend(Backend):
         ego_box, others = _box(self._ego, transform), [_box(npc) for npc in self._npcs]
         npc_velocities = [(v.x, v.y) for v in (npc.get_velocity() for npc in self._npcs)]
         return Frame(
-            image=bgra_to_gray(image.raw_data, image.height, image.width),
+            image=image,
             speed=math.hypot(velocity.x, velocity.y, velocity.z),
             lateral_deviation=position.lateral,
             # CARLA's yaw grows clockwise: an ego pointing left of the route has the smaller yaw
@@ -539,7 +550,7 @@ class CarlaBackend(Backend):
             errors = [r.error for r in responses if r.error]
             if errors:
                 warnings.warn(f"{len(errors)} actors could not be destroyed: {errors[0]}", RuntimeWarning, stacklevel=3)
-        self._ego, self._sensors, self._npcs, self._actor_ids = None, [], [], []
+        self._ego, self._image, self._sensors, self._npcs, self._actor_ids = None, None, [], [], []
 
     def _restore_world(self) -> None:
         """Put back the world settings and the weather this backend replaced."""

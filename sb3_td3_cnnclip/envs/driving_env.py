@@ -258,10 +258,11 @@ class DrivingEnv(gym.Env):
 
         The reward is the sum of the ticks' rewards (``info["reward/<component>"]`` the sums of the components),
         ``info`` holds the last tick's measurements, ``ticks`` (ticks this step took) and ``applied_action``, and the
-        frame stack gains the last tick's frame. The episode terminates on the tick that fails or reaches the goal,
-        and is truncated (``termination_reason="time_limit"``) once ``config.max_episode_ticks`` ticks have run.
-        Under the autopilot (:meth:`set_autopilot`) the simulator's driver steers each tick: ``action`` is checked and
-        ignored, and the reward and the observation's previous action are those of the controls it applied.
+        frame stack gains the last tick's camera image (the only one drawn: the ticks run with ``draw=False``). The
+        episode terminates on the tick that fails or reaches the goal, and is truncated
+        (``termination_reason="time_limit"``) once ``config.max_episode_ticks`` ticks have run. Under the autopilot
+        (:meth:`set_autopilot`) the simulator's driver steers each tick: ``action`` is checked and ignored, and the
+        reward and the observation's previous action are those of the controls it applied.
 
         :param action: steering, throttle/brake; clipped to ``[-1, 1]``
         """
@@ -274,7 +275,7 @@ class DrivingEnv(gym.Env):
         summed = dict.fromkeys(reward.COMPONENT_BOUNDS, 0.0)
         applied_sum = np.zeros(2, np.float64)
         for tick in range(1, self.config.action_repeat + 1):
-            frame = self.backend.step(float(action[0]), float(action[1]))
+            frame = self.backend.step(float(action[0]), float(action[1]), draw=False)
             applied = action if frame.applied_control is None else np.asarray(frame.applied_control, np.float32)
             components = reward.reward_components(
                 frame, applied, self._previous_action, self._frame.route_completion, self.config)
@@ -288,7 +289,7 @@ class DrivingEnv(gym.Env):
                 break
         truncated = reason is None and self._ticks >= self.config.max_episode_ticks
         self._frames[:-1] = self._frames[1:]
-        self._frames[-1] = frame.image
+        self._frames[-1] = self.backend.camera_image() if frame.image is None else frame.image
         info = self._info(frame, "time_limit" if truncated else reason)
         info.update({f"reward/{name}": value for name, value in summed.items()}, ticks=tick,
                     applied_action=(applied_sum / tick).astype(np.float32))

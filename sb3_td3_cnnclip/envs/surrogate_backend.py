@@ -133,10 +133,24 @@ class _RouteHighway(HighwayEnv):
     def _info(self, obs: np.ndarray, action: np.ndarray | None = None) -> dict:
         return {}
 
+    def tick(self, action: np.ndarray) -> None:
+        """Advance one tick as :meth:`step` does, without drawing the observation (reward, termination and info are
+        left to ``DrivingEnv`` anyway): ``observation_type.observe()`` draws the current tick when it is needed.
+
+        :param action: highway-env's ``(acceleration, steering)``
+        """
+        self.time += 1 / self.config["policy_frequency"]
+        self._simulate(action)
+
 
 def _box(vehicle: Vehicle) -> Box:
     """A highway-env vehicle's footprint as a :data:`~sb3_td3_cnnclip.envs.geometry.Box`."""
     return (*vehicle.position, vehicle.heading, vehicle.LENGTH / 2.0, vehicle.WIDTH / 2.0)
+
+
+def _camera(observation: np.ndarray) -> np.ndarray:
+    """The camera image of highway-env's grayscale observation: rows forward up, columns the driver's right right."""
+    return observation[0][::-1].copy()
 
 
 class SurrogateBackend(Backend):
@@ -194,14 +208,16 @@ class SurrogateBackend(Backend):
         self.route_lane = self.env.road.network.get_lane(ROUTE_LANE)
         self.goal = self.route_lane.position(EGO_START + ROUTE_LENGTH, 0.0)
         self.lane_index = self.env.vehicle.lane_index
-        return self._frame(observation)
+        return self._frame(_camera(observation))
 
-    def step(self, steering: float, throttle_brake: float) -> Frame:
+    def step(self, steering: float, throttle_brake: float, draw: bool = True) -> Frame:
         """Apply one control for one tick; under the autopilot, the scripted driver's (:meth:`scripted_action`)
         instead, reported in :attr:`Frame.applied_control`.
 
         :param steering: in ``[-1, 1]``, positive turns right (up to 45 degrees of wheel angle)
         :param throttle_brake: in ``[-1, 1]``, acceleration of up to 5 m/s^2 forwards (> 0) or braking (< 0)
+        :param draw: draw the camera image; ``False`` skips highway-env's drawing, the surrogate's most costly
+            part after its traffic (the image is a pure function of the tick's state: :meth:`camera_image` draws it)
         """
         applied = None
         if self.autopilot:
@@ -209,10 +225,14 @@ class SurrogateBackend(Backend):
         if throttle_brake < 0:  # brake to a stop, never into reverse (highway-env's speed floor is soft)
             full_brake = ContinuousAction.ACCELERATION_RANGE[1] * self.config.fixed_delta_seconds
             throttle_brake = max(throttle_brake, -self.env.vehicle.speed / full_brake)
-        observation, *_ = self.env.step(np.array([throttle_brake, steering], dtype=np.float32))
-        frame = self._frame(observation)
+        self.env.tick(np.array([throttle_brake, steering], dtype=np.float32))
+        frame = self._frame(self.camera_image() if draw else None)
         frame.applied_control = applied
         return frame
+
+    def camera_image(self) -> np.ndarray:
+        """The top-down view of the current tick, drawn now (see :meth:`Backend.camera_image`)."""
+        return _camera(self.env.observation_type.observe())
 
     def set_autopilot(self, enabled: bool) -> None:
         """Let the :class:`~sb3_td3_cnnclip.envs.expert.ExpertDriver` steer the ego, tick by tick (see
@@ -234,7 +254,7 @@ class SurrogateBackend(Backend):
             self.env.close()
             self.closed = True
 
-    def _frame(self, observation: np.ndarray) -> Frame:
+    def _frame(self, image: np.ndarray | None) -> Frame:
         """Measure the ego against its route lane (highway-env's y axis points right; Frame's left is positive)."""
         ego = self.env.vehicle
         longitudinal, lateral = self.route_lane.local_coordinates(ego.position)
@@ -245,7 +265,7 @@ class SurrogateBackend(Backend):
         ego_box, others = _box(ego), [_box(vehicle) for vehicle in npcs]
         velocities = [vehicle.velocity for vehicle in npcs]
         return Frame(
-            image=observation[0][::-1].copy(),  # rows: forward is up; columns: the driver's right is right
+            image=image,
             speed=float(ego.speed),
             lateral_deviation=-float(lateral),
             heading_error=-float(heading_error),
