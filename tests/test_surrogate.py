@@ -111,6 +111,7 @@ def test_the_ego_is_drawn_unlike_the_npcs():
 def test_skipping_the_drawing_changes_nothing_but_the_image():
     """A tick stepped with draw=False measures exactly what a drawn one does; camera_image() draws it afterwards."""
     drawn, undrawn = (SurrogateBackend(make_config(image_size=SIZE, scenario=2)) for _ in range(2))
+    drawn.env.tick = drawn.env.step  # the drawn twin ticks with highway-env's own step (which draws), not tick()
     np.testing.assert_array_equal(drawn.reset(seed=3).image, undrawn.reset(seed=3).image)
     actions = np.random.default_rng(0).uniform([-0.05, -0.2], [0.05, 1.0], size=(40, 2))
     for tick, (steering, throttle_brake) in enumerate(actions, start=1):
