@@ -119,6 +119,19 @@ def test_curriculum_advances_by_timesteps(tmp_path):
         assert row["curriculum/scenario"] == (0 if t < 10 else 1 if t < 20 else 2), t
 
 
+def test_a_curriculum_over_several_learn_calls_goes_on_where_it_was(tmp_path):
+    one_call, two_calls = random_td3(tmp_path / "one"), random_td3(tmp_path / "two")
+    one_call.learn(25, callback=ScenarioCallback(scenarios=(0, 1, 2), advance_every=10))
+    callback = ScenarioCallback(scenarios=(0, 1, 2), advance_every=10)
+    two_calls.learn(11, callback=callback)  # stops inside an episode, after the switch to scenario 1
+    two_calls.learn(14, callback=callback, reset_num_timesteps=False)
+    assert episode_scenarios(two_calls) == episode_scenarios(one_call) == [0] * 6 + [1] * 5 + [2]
+    assert callback.stage == 2
+    # no reset but the first call's: the episode running at the end of the first call went on
+    assert [len(b.reset_seeds) for b in two_calls.test_envs[0].backends] == [
+        len(b.reset_seeds) for b in one_call.test_envs[0].backends]
+
+
 def test_curriculum_advances_by_success_rate_only_when_reached(tmp_path):
     # Scenario 0 always reaches the goal, scenario 1 always collides: the curriculum must stop at scenario 1.
     model = random_td3(tmp_path, goal_scenarios=(0,))

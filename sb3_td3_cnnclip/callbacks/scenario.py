@@ -20,7 +20,9 @@ class ScenarioCallback(BaseCallback):
     callback advances to the next one after ``advance_every`` timesteps in a stage, or once the success rate
     (``info["is_success"]`` at episode end) over the last ``success_window`` episodes run in the stage's scenario
     (``info["scenario"]``) reaches ``success_threshold``, whichever comes first. An env switches scenario at its next reset: running episodes
-    finish in the scenario they started in.
+    finish in the scenario they started in. The same callback passed to several ``learn()`` calls
+    (``reset_num_timesteps=False``) goes on where it was: the stage, its timesteps and its successes carry over,
+    and only the first call resets the envs.
 
     Logged at every step (so every logger dump holds them): ``curriculum/scenario`` (the scenario new episodes
     get), ``curriculum/stage`` (its index in ``scenarios``) and, with ``success_threshold``,
@@ -86,7 +88,8 @@ class ScenarioCallback(BaseCallback):
         self.success_threshold = success_threshold
         #: index in ``scenarios`` of the current stage
         self.stage = 0
-        self._stage_start = 0
+        #: the model's timesteps at the current stage's start (``None`` before the first training start)
+        self._stage_start: int | None = None
         self._successes: deque[bool] = deque(maxlen=success_window)
 
     @property
@@ -102,13 +105,14 @@ class ScenarioCallback(BaseCallback):
             )
 
     def _on_training_start(self) -> None:
-        self._stage_start = self.num_timesteps
-        self._apply()
-        # The envs were reset before callbacks start: reset again so the first episodes run the chosen scenario.
-        self.model._last_obs = self.training_env.reset()
-        self.model._last_episode_starts = np.ones((self.training_env.num_envs,), dtype=bool)
-        if self.model._vec_normalize_env is not None:
-            self.model._last_original_obs = self.model._vec_normalize_env.get_original_obs()
+        self._apply()  # on a later learn() call, envs set with model.set_env() get the stage at their next reset
+        if self._stage_start is None:
+            self._stage_start = self.num_timesteps
+            # The envs were reset before callbacks start: reset again so the first episodes run the chosen scenario.
+            self.model._last_obs = self.training_env.reset()
+            self.model._last_episode_starts = np.ones((self.training_env.num_envs,), dtype=bool)
+            if self.model._vec_normalize_env is not None:
+                self.model._last_original_obs = self.model._vec_normalize_env.get_original_obs()
         self._record()
 
     def _apply(self) -> None:
