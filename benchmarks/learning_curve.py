@@ -19,7 +19,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   ``channels_last=False``: exactly TD3);
 - ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults);
 - :data:`RECIPE`, ``recommended+nstep3``: with ``--action-repeat 4`` and the ``cpu`` size's batch, buffer and
-  warm-up, the recipe of ``examples/drive.yml``;
+  warm-up, the recipe of ``examples/drive.yml`` (scenario 0);
+- :data:`TRAFFIC_RECIPE`, ``recommended+nstep3+bf16+lindecay+ttc3+privileged``: the same way, the recipe of
+  ``examples/drive_traffic.yml`` (scenarios 1 and 2);
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
@@ -45,6 +47,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   reward and budget reach without vision, telling a perception shortfall from one of the reward or the algorithm;
 - ``+privileged``: ``PrivilegedCriticPolicy`` on ``observation="privileged"``, the asymmetric actor-critic: the
   actor drives from the camera (as ``CnnPolicy``'s), the critics learn from that state (no critic CNN);
+- ``+curric``: a curriculum with :class:`~sb3_td3_cnnclip.callbacks.ScenarioCallback`: the training envs drive
+  scenarios 0 up to the run's in equal shares of the budget (scenario 2: 0, 1, 2 for a third each), while every
+  evaluation drives the run's scenario (a stopped curriculum run cannot resume: its stage is not checkpointed);
 
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
@@ -59,8 +64,8 @@ measured; ``--report-only`` rewrites them without training. The Markdown checks 
 the goals of issue 20 (:data:`GOALS`).
 
 ``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
-table on a 2-core CPU: the recipe on scenarios 0, 1 and 2 and ``td3`` on scenario 0, 3 seeds each, 50k ticks
-on scenario 0 and 100k on 1 and 2), ``large`` (every configuration and scenario, for a bigger machine).
+table on a 2-core CPU: the recipe and ``td3`` on scenario 0, the traffic recipe on 1 and 2, 3 seeds each, 50k
+ticks on scenario 0 and 100k on 1 and 2), ``large`` (every configuration and scenario, for a bigger machine).
 ``--configs`` / ``--scenarios`` replace the size's runs by every combination of the ones given.
 
 Run: ``python benchmarks/learning_curve.py --size cpu --machine "2-core CPU"``
@@ -88,6 +93,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from sb3_td3_cnnclip import FrameStackReplayBuffer, TD3CnnClip
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin
+from sb3_td3_cnnclip.callbacks import ScenarioCallback
 from sb3_td3_cnnclip.callbacks.driving_metrics import TERMINATION_REASONS
 from sb3_td3_cnnclip.config_file import learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS
@@ -112,6 +118,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
     "privileged": {"policy": "PrivilegedCriticPolicy", "env_kwargs": {"observation": "privileged"}},
+    "curric": {"curriculum": True},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's), its ``"policy"`` (``"CnnPolicy"``
@@ -124,13 +131,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tqc": {"algo": "tqc", **NO_LIMITS, "pre_tanh_penalty": 0.0, "channels_last": False},
     "tqc_recommended": {"algo": "tqc"},
 }
-#: the configuration of examples/drive.yml, which the cpu size measures
+#: the configuration of examples/drive.yml (scenario 0), which the cpu size measures
 RECIPE = "recommended+nstep3"
+#: the configuration of examples/drive_traffic.yml (scenarios 1 and 2), which the cpu size measures
+TRAFFIC_RECIPE = "recommended+nstep3+bf16+lindecay+ttc3+privileged"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
                ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
                ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"],
-               ["nstep3", "bf16", "lindecay", "privileged"], ["nstep3", "bf16", "lindecay", "ttc3", "privileged"]):
+               ["nstep3", "bf16", "lindecay", "privileged"], ["nstep3", "bf16", "lindecay", "ttc3", "privileged"],
+               ["nstep3", "bf16", "lindecay", "ttc3", "privileged", "curric"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
@@ -145,7 +155,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 10_000, "eval_episodes": 10,
             "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
             "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
-            "runs": [(RECIPE, 0), ("td3", 0), (RECIPE, 1), (RECIPE, 2)]},
+            "runs": [(RECIPE, 0), ("td3", 0), (TRAFFIC_RECIPE, 1), (TRAFFIC_RECIPE, 2)]},
     "large": {"ticks": {0: 400_000, 1: 400_000, 2: 400_000}, "eval_every": 40_000, "eval_episodes": 10,
               "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 256,
               "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
@@ -300,6 +310,7 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     """
     kwargs = {**COMMON, **CONFIGS[config]}
     kwargs.pop("env_kwargs", None)  # the envs' (:func:`make_envs`)
+    kwargs.pop("curriculum", None)  # a callback's (:func:`curriculum_callback`)
     algo, policy = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")], kwargs.pop("policy", "CnnPolicy")
     kwargs["learning_rate"] = learning_rate_schedule(kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"))
     n_actions = env.action_space.shape[0]
@@ -330,6 +341,23 @@ class BudgetProgress(BaseCallback):
         return True
 
 
+def curriculum_callback(config: str, scenario: int, seed: int, steps: int) -> ScenarioCallback | None:
+    """The curriculum of a ``+curric`` configuration, else ``None``: the training envs drive scenarios 0, ..., the
+    run's scenario in equal shares of its ``steps`` (the command line's ``--curriculum``, from scenario 0 up to the
+    evaluated one); the evaluation env always drives the run's scenario.
+
+    :param config: the configuration's name
+    :param scenario: the run's scenario id
+    :param seed: the training seed, which seeds each stage's traffic
+    :param steps: the run's budget in decisions
+    """
+    if not CONFIGS[config].get("curriculum"):
+        return None
+    if scenario == 0:
+        raise ValueError(f"{config} raises the traffic from scenario 0 up to the run's, so it needs scenario 1 or 2.")
+    return ScenarioCallback(list(range(scenario + 1)), seed=seed, advance_every=max(1, steps // (scenario + 1)))
+
+
 def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> str:
     """Train one configuration on one scenario and seed, evaluating and checkpointing every ``--eval-every`` ticks.
 
@@ -353,6 +381,7 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     env, eval_env = make_envs(args, config, scenario)
     steps, eval_every = ticks_budget(args, scenario) // args.action_repeat, max(1, args.eval_every // args.action_repeat)
     checkpoint, buffer_file = folder / "model.zip", folder / "replay_buffer.ckpt"
+    curriculum = curriculum_callback(config, scenario, seed, steps)
     if checkpoint.exists():
         model = ALGORITHM_CLASSES[settings["kwargs"].get("algo", "td3")].load(checkpoint, env=env, device=args.device)
         resumed = model.num_timesteps
@@ -364,6 +393,11 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     else:
         model = make_model(args, config, env, seed)
         resumed = 0
+    if curriculum is not None and 0 < resumed < steps:
+        raise ValueError(
+            f"{folder} holds a stopped curriculum run: the curriculum's stage is not checkpointed, so it cannot "
+            "resume. Delete that folder to start it again."
+        )
     train_seconds = float(json.loads((folder / "wall.json").read_text())["train_s"]) if resumed else 0.0
     while True:
         step = model.num_timesteps
@@ -378,7 +412,8 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
         if step >= steps:
             break
         start = time.perf_counter()
-        model.learn(min(eval_every, steps - step), reset_num_timesteps=False, callback=BudgetProgress(steps))
+        callbacks = [BudgetProgress(steps)] + ([curriculum] if curriculum is not None else [])
+        model.learn(min(eval_every, steps - step), reset_num_timesteps=False, callback=callbacks)
         train_seconds += time.perf_counter() - start
         if args.buffer_checkpoints:
             save_buffer(model, folder / "replay_buffer.tmp.ckpt")

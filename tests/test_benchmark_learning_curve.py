@@ -74,8 +74,8 @@ def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
     import learning_curve
 
     cpu = learning_curve.parse_args([])
-    recipe = learning_curve.RECIPE
-    assert cpu.runs == [(recipe, 0), ("td3", 0), (recipe, 1), (recipe, 2)]
+    recipe, traffic = learning_curve.RECIPE, learning_curve.TRAFFIC_RECIPE
+    assert cpu.runs == [(recipe, 0), ("td3", 0), (traffic, 1), (traffic, 2)]
     assert [learning_curve.ticks_budget(cpu, s) for s in (0, 1, 2)] == [50_000, 100_000, 100_000]
     chosen = learning_curve.parse_args(["--configs", "td3", "--scenarios", "1", "2", "--ticks", "800"])
     assert chosen.runs == [("td3", 1), ("td3", 2)] and learning_curve.ticks_budget(chosen, 2) == 800
@@ -137,6 +137,35 @@ def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_ca
         for optimizer in (model.actor.optimizer, model.critic.optimizer):
             assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
     assert learning_curve.make_model(args, "recommended+nstep3", ToyImageEnv(size=36), seed=0).learning_rate == start
+
+
+@pytest.mark.slow
+def test_curric_trains_from_scenario_0_up_and_evaluates_the_runs_scenario(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+    from sb3_td3_cnnclip.envs import DrivingEnv
+
+    calls, set_scenario = [], DrivingEnv.set_scenario
+    monkeypatch.setattr(DrivingEnv, "set_scenario", lambda env, scenario, **kwargs: calls.append(
+        (env, scenario)) or set_scenario(env, scenario, **kwargs))  # fmt: skip
+    made, make_envs = [], learning_curve.make_envs
+    monkeypatch.setattr(learning_curve, "make_envs", lambda *a: made.append(make_envs(*a)) or made[-1])
+    args = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path), "--eval-episodes", "1"])
+    config = "recommended+nstep3+bf16+lindecay+ttc3+privileged+curric"
+    assert "0 -> 120 steps" in learning_curve.run_job(args, config, 2, 0)  # 3 stages of 40 decisions
+    (train_env, eval_env), = made
+    assert [(env is train_env.unwrapped, scenario) for env, scenario in calls] == [(True, 0), (True, 1), (True, 2)]
+    assert (train_env.unwrapped.config.scenario, eval_env.unwrapped.config.scenario) == (2, 2)
+    with pytest.raises(ValueError, match="needs scenario 1 or 2"):
+        learning_curve.curriculum_callback(config, 0, 0, 120)
+    assert learning_curve.curriculum_callback("recommended+nstep3", 2, 0, 120) is None
+    # a finished run is left as it is; a stopped one cannot resume its curriculum
+    assert "120 -> 120 steps" in learning_curve.run_job(args, config, 2, 0)
+    short = ["--size", "tiny", "--run-dir", str(tmp_path / "short"), "--eval-episodes", "1"]
+    stopped = learning_curve.parse_args([*short, "--ticks", "240"])  # the first 60 of 120 decisions
+    assert "0 -> 60 steps" in learning_curve.run_job(stopped, config, 2, 0)
+    with pytest.raises(ValueError, match="stopped curriculum run"):
+        learning_curve.run_job(learning_curve.parse_args(short), config, 2, 0)
 
 
 def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(monkeypatch):

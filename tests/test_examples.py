@@ -94,18 +94,26 @@ def test_drive(tmp_path: Path) -> None:
         f"seed {seed}" for seed in range(1000, 1010)]
 
 
-def test_the_recipe_file_is_what_the_learning_curve_benchmark_measures(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sb3_td3_cnnclip.config_file import load_config_file, resolve_config
+@pytest.mark.parametrize(("file", "recipe_name", "scenarios"), [
+    ("drive.yml", "RECIPE", [0]), ("drive_traffic.yml", "TRAFFIC_RECIPE", [1, 2])])
+def test_the_recipe_files_are_what_the_learning_curve_benchmark_measures(
+    monkeypatch: pytest.MonkeyPatch, file: str, recipe_name: str, scenarios: list[int]
+) -> None:
+    from sb3_td3_cnnclip.config_file import load_config_file, observation_of, resolve_config
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import learning_curve
 
-    recipe = resolve_config(load_config_file(EXAMPLES / "drive.yml"), {})
-    cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS[learning_curve.RECIPE]}
-    assert (learning_curve.RECIPE, 0) in cpu["runs"]
-    assert recipe.max_timesteps * recipe.action_repeat == cpu["ticks"][0]
+    recipe, name = resolve_config(load_config_file(EXAMPLES / file), {}), getattr(learning_curve, recipe_name)
+    cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS[name]}
+    assert [(name, scenario) in cpu["runs"] for scenario in scenarios] == [True] * len(scenarios)
+    assert recipe.scenario == scenarios[0]
+    assert {recipe.max_timesteps * recipe.action_repeat} == {cpu["ticks"][scenario] for scenario in scenarios}
     for key in ("action_repeat", "batch_size", "buffer_size", "learning_starts"):
         assert getattr(recipe, key) == cpu[key], key
     assert recipe.action_noise_sigma == learning_curve.parse_args([]).action_noise_sigma
+    env_options = {"observation": observation_of(kwargs.get("policy", "CnnPolicy")), **kwargs.pop("env_kwargs", {})}
+    assert recipe.env_kwargs() == {"action_repeat": cpu["action_repeat"], "time_to_collision_threshold": 0.0,
+                                   **env_options}  # 0.0: the env's default, no penalty
     for key, value in kwargs.items():
         assert getattr(recipe, key) == value, key

@@ -22,7 +22,7 @@ class ScenarioCallback(BaseCallback):
     (``info["scenario"]``) reaches ``success_threshold``, whichever comes first. An env switches scenario at its next reset: running episodes
     finish in the scenario they started in. The same callback passed to several ``learn()`` calls
     (``reset_num_timesteps=False``) goes on where it was: the stage, its timesteps and its successes carry over,
-    and only the first call resets the envs.
+    and only the first call sets up and resets the envs (give a new callback to train on new envs).
 
     Logged at every step (so every logger dump holds them): ``curriculum/scenario`` (the scenario new episodes
     get), ``curriculum/stage`` (its index in ``scenarios``) and, with ``success_threshold``,
@@ -105,9 +105,9 @@ class ScenarioCallback(BaseCallback):
             )
 
     def _on_training_start(self) -> None:
-        self._apply()  # on a later learn() call, envs set with model.set_env() get the stage at their next reset
-        if self._stage_start is None:
+        if self._stage_start is None:  # not on a later learn() call: set_scenario rebuilds the backend
             self._stage_start = self.num_timesteps
+            self._apply()
             # The envs were reset before callbacks start: reset again so the first episodes run the chosen scenario.
             self.model._last_obs = self.training_env.reset()
             self.model._last_episode_starts = np.ones((self.training_env.num_envs,), dtype=bool)
