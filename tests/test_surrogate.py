@@ -67,6 +67,8 @@ def test_traffic_mapping():
 
 def test_first_frame_measures_the_route_start():
     backend = SurrogateBackend(make_config(image_size=SIZE, n_npcs=0))
+    with pytest.raises(RuntimeError, match="after reset"):
+        backend.camera_image()
     frame = backend.reset(seed=0)
     assert frame.image.shape == (SIZE, SIZE) and frame.image.dtype == np.uint8
     assert frame.image.min() < frame.image.max()  # the road is drawn (SDL's dummy driver leaves it black)
@@ -77,8 +79,11 @@ def test_first_frame_measures_the_route_start():
     expected = np.stack([WAYPOINT_SPACING * np.arange(1, 6), np.zeros(5)], axis=1)
     np.testing.assert_allclose(frame.waypoints, expected, atol=1e-6)
     assert frame.extra == {"vehicles_count": 0.0, "vehicles_density": 0.0}
+    np.testing.assert_array_equal(backend.camera_image(), frame.image)
     backend.close()
     backend.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        backend.camera_image()
 
 
 def test_waypoints_are_spaced_from_the_ego_not_from_fixed_points():

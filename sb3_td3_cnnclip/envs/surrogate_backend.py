@@ -232,6 +232,9 @@ class SurrogateBackend(Backend):
 
     def camera_image(self) -> np.ndarray:
         """The top-down view of the current tick, drawn now (see :meth:`Backend.camera_image`)."""
+        if self.closed or self.route_lane is None:
+            raise RuntimeError("SurrogateBackend.camera_image() needs an open backend after reset(); call reset() "
+                               "first, or create a new env after close().")
         return _camera(self.env.observation_type.observe())
 
     def set_autopilot(self, enabled: bool) -> None:
