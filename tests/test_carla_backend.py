@@ -221,6 +221,20 @@ def test_observation_is_the_camera_image_of_the_tick_even_with_late_images(serve
     env.close()
 
 
+def test_the_env_decodes_one_image_per_decision(server, monkeypatch):
+    import sb3_td3_cnnclip.envs.carla_backend as carla_backend
+
+    decodes, decode = [], carla_backend.bgra_to_gray
+    monkeypatch.setattr(carla_backend, "bgra_to_gray", lambda *args: decodes.append(1) or decode(*args))
+    env = make_env(action_repeat=4)
+    env.reset()
+    assert len(decodes) == 1
+    for _ in range(3):
+        env.step(np.array([0.0, 0.5], np.float32))
+    assert len(decodes) == 1 + 3  # one per decision of 4 ticks, each image still received (frame matching)
+    env.close()
+
+
 def test_an_undrawn_tick_decodes_its_image_on_request(server):
     backend = make_backend()
     with pytest.raises(RuntimeError, match="before reset"):
