@@ -122,13 +122,15 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
         highway_draws[scenario] = backend.camera_image = Stopwatch(backend.camera_image)
         highway_resets[scenario] = backend.env.reset = Stopwatch(backend.env.reset)
         drivers[scenario] = RandomDriver(env, seed)
+    def highway_seconds(scenario: int) -> float:
+        return highway_ticks[scenario].seconds + highway_draws[scenario].seconds
+
     blocks: dict[int, list[tuple[float, float]]] = {scenario: [] for scenario in scenarios}
     for _ in range(steps // block):
         for scenario in scenarios:
-            inner_before = highway_ticks[scenario].seconds + highway_draws[scenario].seconds
+            inner_before = highway_seconds(scenario)
             seconds = drivers[scenario].run(block)
-            inner = highway_ticks[scenario].seconds + highway_draws[scenario].seconds - inner_before
-            blocks[scenario].append((seconds, inner))
+            blocks[scenario].append((seconds, highway_seconds(scenario) - inner_before))
     results = {}
     for scenario in scenarios:
         driver, env = drivers[scenario], drivers[scenario].env
@@ -151,8 +153,7 @@ def surrogate_throughput(scenarios: list[int], steps: int, block: int, seed: int
             "median_block_step_ratio_vs_highway": statistics.median(a / b for a, b in zip(step_ms, inner_ms)),
             "mean_reset_ms": 1e3 * driver.reset_seconds / driver.resets if driver.resets else None,
             "mean_highway_reset_ms": 1e3 * highway_resets[scenario].seconds / highway_resets[scenario].calls,
-            "drawing_share_of_highway_step": highway_draws[scenario].seconds / (
-                highway_ticks[scenario].seconds + highway_draws[scenario].seconds),
+            "drawing_share_of_highway_step": highway_draws[scenario].seconds / highway_seconds(scenario),
         }
         env.close()
     return results
