@@ -553,3 +553,10 @@ def test_a_backend_frame_of_the_wrong_shape_is_a_clear_error(observation, frame,
     env = scripted_env([frame], observation=observation)
     with pytest.raises(ValueError, match=wrong):
         env.reset()
+
+
+def test_a_backend_that_skips_an_image_without_camera_image_is_a_clear_error():
+    env = scripted_env([make_frame(), make_frame(image=None)])  # the step's frame has no image
+    env.reset()
+    with pytest.raises(NotImplementedError, match=r"scripted backend returned a frame without an image.*camera_image"):
+        env.step(np.zeros(2, np.float32))
