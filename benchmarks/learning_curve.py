@@ -37,9 +37,10 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   keeps SB3's progress on the budget across the run's ``learn()`` calls and restarts; a run extended by a larger
   ``--ticks`` goes on at the new budget's rate), so that the policy at the end of the budget is the settled one the
   goals judge;
-- ``+ttc3``: ``time_to_collision_threshold=3.0``, an option of the envs rather than of the model (a configuration's
-  ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward penalises closing
-  in on the vehicle ahead under 3 s of time to collision, asking for braking before a rear-end collision (its
+- ``+ttc3`` (``+ttc5``): ``time_to_collision_threshold=3.0`` (5.0), an option of the envs rather than of the model (a
+  configuration's ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward
+  penalises closing in on the vehicle ahead under 3 s (5 s) of time to collision, asking for braking before a
+  rear-end collision (its
   returns include that penalty, so they do not compare with the other configurations'; the scripted driver's
   reference drives the default reward);
 - ``+state``: ``MlpPolicy`` on the privileged ``observation="state"`` (kinematics, waypoints and the 6 nearest
@@ -116,6 +117,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "freq2": {"train_freq": 2},
     "lindecay": {"lr_schedule": "linear"},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
+    "ttc5": {"env_kwargs": {"time_to_collision_threshold": 5.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
     "privileged": {"policy": "PrivilegedCriticPolicy", "env_kwargs": {"observation": "privileged"}},
     "curric": {"curriculum": True},
@@ -140,7 +142,9 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
                ["nstep3", "lindecay", "state"], ["nstep3", "lindecay", "ttc3", "state"],
                ["nstep3", "bf16", "lindecay", "privileged"], ["nstep3", "bf16", "lindecay", "ttc3", "privileged"],
-               ["nstep3", "bf16", "lindecay", "ttc3", "privileged", "curric"]):
+               ["nstep3", "bf16", "lindecay", "ttc3", "privileged", "curric"],
+               ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
+               ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
