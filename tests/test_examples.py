@@ -94,21 +94,22 @@ def test_drive(tmp_path: Path) -> None:
         f"seed {seed}" for seed in range(1000, 1010)]
 
 
-@pytest.mark.parametrize(("file", "recipe_name", "scenarios"), [
-    ("drive.yml", "RECIPE", [0]), ("drive_traffic.yml", "TRAFFIC_RECIPE", [1, 2])])
+@pytest.mark.parametrize(("file", "flags", "recipe_name", "scenario"), [
+    ("drive.yml", {}, "RECIPE", 0), ("drive_traffic.yml", {}, "TRAFFIC_RECIPE", 1),
+    ("drive_traffic.yml", {"scenario": 2, "time_to_collision_threshold": 5.0}, "DENSE_TRAFFIC_RECIPE", 2)])
 def test_the_recipe_files_are_what_the_learning_curve_benchmark_measures(
-    monkeypatch: pytest.MonkeyPatch, file: str, recipe_name: str, scenarios: list[int]
+    monkeypatch: pytest.MonkeyPatch, file: str, flags: dict[str, float], recipe_name: str, scenario: int
 ) -> None:
     from sb3_td3_cnnclip.config_file import load_config_file, observation_of, resolve_config
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import learning_curve
 
-    recipe, name = resolve_config(load_config_file(EXAMPLES / file), {}), getattr(learning_curve, recipe_name)
+    recipe, name = resolve_config(load_config_file(EXAMPLES / file), flags), getattr(learning_curve, recipe_name)
     cpu, kwargs = learning_curve.SIZES["cpu"], {**learning_curve.COMMON, **learning_curve.CONFIGS[name]}
-    assert [(name, scenario) in cpu["runs"] for scenario in scenarios] == [True] * len(scenarios)
-    assert recipe.scenario == scenarios[0]
-    assert {recipe.max_timesteps * recipe.action_repeat} == {cpu["ticks"][scenario] for scenario in scenarios}
+    assert (name, scenario) in cpu["runs"]
+    assert recipe.scenario == scenario
+    assert recipe.max_timesteps * recipe.action_repeat == cpu["ticks"][scenario]
     for key in ("action_repeat", "batch_size", "buffer_size", "learning_starts"):
         assert getattr(recipe, key) == cpu[key], key
     assert recipe.action_noise_sigma == learning_curve.parse_args([]).action_noise_sigma
