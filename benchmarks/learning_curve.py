@@ -41,9 +41,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+ttc3`` (``+ttc5``): ``time_to_collision_threshold=3.0`` (5.0), an option of the envs rather than of the model (a
   configuration's ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward
   penalises closing in on the vehicle ahead under 3 s (5 s) of time to collision, asking for braking before a
-  rear-end collision (its
-  returns include that penalty, so they do not compare with the other configurations'; the scripted driver's
-  reference drives the default reward);
+  rear-end collision (its returns include that penalty, so they do not compare with the other configurations';
+  the scripted driver's reference drives the default reward);
 - ``+state``: ``MlpPolicy`` on the privileged ``observation="state"`` (kinematics, waypoints and the 6 nearest
   vehicles' positions and velocities relative to the ego; no camera): the ceiling of what the same algorithm,
   reward and budget reach without vision, telling a perception shortfall from one of the reward or the algorithm;
