@@ -7,7 +7,7 @@ action held for ``--action-repeat`` simulator ticks (the frame stack holds one f
 seeds training never saw (``--eval-seed``, ``--eval-seed + 1``, ...) in a separate env (a policy without an update
 since the previous evaluation keeps that evaluation's figures). Each evaluation records the mean route completion,
 the collision, off-lane, goal and time-limit rates (from ``info["termination_reason"]``), the mean return, episode
-length (decisions) and mean speed, and the training wall time so far. The scripted driver of
+length (decisions) and mean speed, the training wall time so far and its own wall time. The scripted driver of
 ``sb3_td3_cnnclip.envs.expert`` drives the same seeds with the same action repeat once per scenario (cached in the
 run folder); each evaluation's mean speed is reported relative to the driver's (``speed / expert``), next to the
 route completion and collisions, so that crawling cannot pass for driving.
@@ -66,8 +66,10 @@ the goals of issue 20 (:data:`GOALS`).
 
 ``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
 table on a 2-core CPU: the recipe and ``td3`` on scenario 0, the traffic recipe on 1 and 2 (its term at 5 s on 2),
-3 seeds each, 50k ticks on scenario 0 and 100k on 1 and 2), ``large`` (every configuration and scenario, for a
-bigger machine).
+3 seeds each, 50k ticks on scenario 0 and 100k on 1 and 2, evaluated every 25k ticks: 10 episodes of a policy
+that reaches the goal are about 2600 decisions, as many as the 10k ticks of training between two evaluations at
+10k, without their updates; learning_curve_cpu's results were measured evaluating every 10k), ``large`` (every
+configuration and scenario, for a bigger machine).
 ``--configs`` / ``--scenarios`` replace the size's runs by every combination of the ones given.
 
 Run: ``python benchmarks/learning_curve.py --size cpu --machine "2-core CPU"``
@@ -160,7 +162,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"ticks": {0: 480, 1: 480, 2: 480}, "eval_every": 240, "eval_episodes": 2, "eval_max_steps": 20,
              "seeds": [0], "action_repeat": 4, "batch_size": 8, "buffer_size": 200, "learning_starts": 40, "workers": 1,
              "buffer_checkpoints": True, "runs": [("td3", 0), ("recommended+shift+encoder+nstep3", 0)]},
-    "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 10_000, "eval_episodes": 10,
+    "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 25_000, "eval_episodes": 10,
             "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
             "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
             "runs": [(RECIPE, 0), ("td3", 0), (TRAFFIC_RECIPE, 1), (DENSE_TRAFFIC_RECIPE, 2)]},
@@ -413,9 +415,11 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
         if not eval_file.exists():
             previous = sorted(folder.glob("eval_*.json"))
             record = json.loads(previous[-1].read_text()) if previous else {}
+            start = time.perf_counter()
             if record.get("n_updates") != model._n_updates:  # else the same policy (no update yet): same figures
                 record = evaluate(model, eval_env, args.eval_episodes, args.eval_seed)
-            record.update(step=step, n_updates=model._n_updates, train_s=train_seconds)
+            record.update(step=step, n_updates=model._n_updates, train_s=train_seconds,
+                          eval_s=time.perf_counter() - start)  # fmt: skip
             _write_atomically(eval_file, json.dumps(record, indent=1))
         if step >= steps:
             break
@@ -468,17 +472,23 @@ def collect(args: argparse.Namespace) -> Found:
 
 
 def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """Per run and evaluation step: mean, min and max over the seeds that reached that step."""
+    """Per run and evaluation step: mean, min and max over the seeds that reached that step; ``eval_s`` is each
+    seed's evaluation wall time up to that step, only where every seed recorded every one of its evaluations' (runs
+    from before the figure existed did not)."""
     curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run, seeds in found.items():
         steps = sorted({r["step"] for records in seeds.values() for r in records})
         curves[run] = []
         for step in steps:
-            at_step = [r for records in seeds.values() for r in records if r["step"] == step]
+            so_far = [[r for r in records if r["step"] <= step] for records in seeds.values()]
+            so_far = [records for records in so_far if records[-1]["step"] == step]  # the seeds that reached it
+            at_step = [records[-1] for records in so_far]
             point: dict[str, Any] = {"step": step, "ticks": at_step[0]["ticks"], "seeds": len(at_step)}
-            for key in (*FIGURES, "train_s"):
-                values = [r[key] for r in at_step]
-                point[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+            evaluation_s = [[r.get("eval_s") for r in records] for records in so_far]
+            for key, values in (*((key, [r[key] for r in at_step]) for key in (*FIGURES, "train_s")),
+                                ("eval_s", [sum(times) for times in evaluation_s if None not in times])):
+                if len(values) == len(at_step):
+                    point[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
             curves[run].append(point)
     return curves
 
@@ -538,8 +548,9 @@ def report(args: argparse.Namespace) -> None:
     for (config, scenario), points in curves.items():
         last = points[-1]
         cells = [f"{last[k]['mean']:.3g} [{last[k]['min']:.3g}, {last[k]['max']:.3g}]" for k in FIGURES]
+        eval_min = f"{last['eval_s']['mean'] / 60:.1f}" if "eval_s" in last else "n/a"
         last_rows.append([config, scenario, last["ticks"], last["seeds"], *cells, f"{last['train_s']['mean'] / 60:.1f}",
-                          goal_status(scenario, last)])  # fmt: skip
+                          eval_min, goal_status(scenario, last)])  # fmt: skip
     for (config, scenario), points in curves.items():
         curve_rows.append([config, scenario, ", ".join(
             f"{p['ticks'] // 1000}k: {p['route_completion']['mean']:.2f}" for p in points)])
@@ -554,12 +565,14 @@ def report(args: argparse.Namespace) -> None:
         f"{args.batch_size}, buffer {args.buffer_size}, learning_starts {args.learning_starts} decisions; evaluation "
         f"every {args.eval_every} simulator ticks: {args.eval_episodes} deterministic episodes on seeds "
         f"{args.eval_seed}-{args.eval_seed + args.eval_episodes - 1} (never used in training). Cells: mean over seeds "
-        "[min, max]. Goals (issue 20, mean of 3 training seeds): scenario 0 route >= 95 %, collisions <= 5 %, speed "
-        ">= 90 % of the scripted driver's; scenarios 1-2 >= 90 %, <= 5 %, >= 85 %.",
+        "[min, max]; train min and eval min: wall minutes of training and of the evaluations, mean over seeds (n/a: "
+        "runs from before evaluations were timed). Goals (issue 20, mean of 3 training seeds): scenario 0 route >= "
+        "95 %, collisions <= 5 %, speed >= 90 % of the scripted driver's; scenarios 1-2 >= 90 %, <= 5 %, >= 85 %.",
         "",
         "## Last evaluation",
         "",
-        markdown_table(["config", "scenario", "ticks", "seeds", *FIGURES.values(), "train min", "goal"], last_rows),
+        markdown_table(["config", "scenario", "ticks", "seeds", *FIGURES.values(), "train min", "eval min", "goal"],
+                       last_rows),
         "",
         "## Route completion at each evaluation (mean over seeds; ticks: route)",
         "",

@@ -43,6 +43,7 @@ def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
             rates = sum(point[f"{r}_rate"]["mean"] for r in ("collision", "off_lane", "goal", "time_limit"))
             assert rates == pytest.approx(1.0)  # every evaluation episode ends for one reason
             assert point["speed_vs_expert"]["mean"] == pytest.approx(point["mean_speed"]["mean"] / expert["mean_speed"])
+        assert 0 < points[0]["eval_s"]["mean"] < points[1]["eval_s"]["mean"]  # each evaluation timed, summed so far
     updates = [r["n_updates"] for r in results["evaluations"]["td3/scenario_0"]["0"]]
     assert updates[0] == 0 and updates[1] > 0 and updates[2] > updates[1]
     episodes = results["evaluations"]["td3/scenario_0"]["0"][-1]["episodes"]
@@ -180,3 +181,22 @@ def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(monkeypatc
     assert learning_curve.goal_status(0, point(3, 0.94, 0.06, 0.89)) == (
         "missed: route < 95%, collisions > 5%, speed < 90%")
     assert learning_curve.goal_status(2, point(1, 0.99, 0.0, 1.0)) == "met (1 seed(s): the goals are for the mean of 3)"
+
+
+def test_summarise_sums_each_seeds_evaluation_time_only_where_every_evaluation_was_timed(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    def record(step: int, eval_s: float | None) -> dict:
+        figures = dict.fromkeys((*learning_curve.FIGURES, "train_s"), 0.5)
+        return {"step": step, "ticks": 4 * step, **figures, **({} if eval_s is None else {"eval_s": eval_s})}
+
+    timed = {0: [record(0, 1.0), record(10, 2.0), record(20, 4.0)], 1: [record(0, 3.0), record(10, 5.0)]}
+    points = learning_curve.summarise({("td3", 0): timed})[("td3", 0)]
+    assert [p["seeds"] for p in points] == [2, 2, 1]  # seed 1 stopped at step 10
+    assert [p["eval_s"]["mean"] for p in points] == [2.0, 5.5, 7.0]  # sums so far: (1, 3), (3, 8), (7,)
+    assert points[1]["eval_s"]["min"] == 3.0 and points[1]["eval_s"]["max"] == 8.0
+    untimed = {0: [record(0, None), record(10, 2.0)], 1: [record(0, 3.0), record(10, 5.0)]}
+    points = learning_curve.summarise({("td3", 0): untimed})[("td3", 0)]
+    assert "eval_s" not in points[0] and "eval_s" not in points[1]  # seed 0's first evaluation was not timed
+    assert points[1]["route_completion"]["mean"] == 0.5
