@@ -472,9 +472,9 @@ def collect(args: argparse.Namespace) -> Found:
 
 
 def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """Per run and evaluation step: mean, min and max over the seeds that reached that step; ``eval_s`` is each
-    seed's evaluation wall time up to that step, only where every seed recorded every one of its evaluations' (runs
-    from before the figure existed did not)."""
+    """Per run and evaluation step: mean, min and max over the seeds that reached that step; ``eval_s`` is the sum
+    of each seed's evaluation wall times up to that step, present only where every seed timed each of its evaluations
+    (runs from before ``eval_s`` existed did not)."""
     curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run, seeds in found.items():
         steps = sorted({r["step"] for records in seeds.values() for r in records})
