@@ -484,13 +484,17 @@ def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
             so_far = [records for records in so_far if records[-1]["step"] == step]  # the seeds that reached it
             at_step = [records[-1] for records in so_far]
             point: dict[str, Any] = {"step": step, "ticks": at_step[0]["ticks"], "seeds": len(at_step)}
+            for key in (*FIGURES, "train_s"):
+                point[key] = _spread([r[key] for r in at_step])
             evaluation_s = [[r.get("eval_s") for r in records] for records in so_far]
-            for key, values in (*((key, [r[key] for r in at_step]) for key in (*FIGURES, "train_s")),
-                                ("eval_s", [sum(times) for times in evaluation_s if None not in times])):
-                if len(values) == len(at_step):
-                    point[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+            if all(None not in times for times in evaluation_s):
+                point["eval_s"] = _spread([sum(times) for times in evaluation_s])
             curves[run].append(point)
     return curves
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 def goal_status(scenario: int, point: dict[str, Any]) -> str:
