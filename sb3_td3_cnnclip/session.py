@@ -199,6 +199,21 @@ def claim_run_dir(log_dir: str | Path, run_name: str) -> Path:
             number += 1
 
 
+def configure_torch(config: TrainConfig) -> None:
+    """Set torch for the rest of the process as the options say: its CPU thread count and whether denormal floats
+    are flushed to zero (a flush switched on stays on, as a thread count stays set).
+
+    :param config: the options (``torch_threads`` and ``flush_denormal``)
+    """
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    if config.flush_denormal and not torch.set_flush_denormal(True):
+        raise RuntimeError(
+            "flush_denormal=True, but this CPU cannot flush denormal floats (torch.set_flush_denormal needs an x86 CPU "
+            "with SSE3): leave the option off."
+        )
+
+
 def run_train(config: TrainConfig) -> tuple[Path, str]:
     """Train as the options say and save everything in a new run directory. Its ``config.json`` records the options
     (``config``, with the ``algo`` that ``evaluate`` and ``report`` read) and the model's class (``model_class``).
@@ -208,8 +223,7 @@ def run_train(config: TrainConfig) -> tuple[Path, str]:
     """
     if config.seed is None:
         config = dataclasses.replace(config, seed=secrets.randbelow(2**31))
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
+    configure_torch(config)
     env = make_train_env(config)
     model = make_model(config, env)
     run_dir = claim_run_dir(config.log_dir, config.run_name or type(model).__name__)

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -40,7 +39,9 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_td3_cnnclip.config_file import TrainConfig
-from sb3_td3_cnnclip.session import EXPLOSION_FILE, claim_run_dir, make_callbacks, make_logger, make_model, make_train_env
+from sb3_td3_cnnclip.session import (
+    EXPLOSION_FILE, claim_run_dir, configure_torch, make_callbacks, make_logger, make_model, make_train_env,
+)
 from sb3_td3_cnnclip.vec_env import EnvAddress, check_ports, env_addresses, make_carla_vec_env, parse_servers
 
 #: choices of the gradient-norm limits (``None``: measure only)
@@ -255,8 +256,7 @@ def run_sweep(
         if value < 1:
             raise ValueError(f"{name}={value} must be >= 1.")
     eval_at = eval_address(base, eval_server)
-    if base.torch_threads is not None:
-        torch.set_num_threads(base.torch_threads)
+    configure_torch(base)
     storage = storage or str(Path(base.log_dir) / f"{study_name}.journal")
     study = optuna.create_study(
         study_name=study_name, storage=open_storage(storage), direction="maximize", load_if_exists=True,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+import torch
 from conftest import require
 from PIL import Image
 from stable_baselines3 import PPO
@@ -262,6 +263,40 @@ def test_training_table_interval(table_interval: int | None, tmp_path: Path, mon
     dumps = len((tmp_path / "TD3CnnClip_1" / "progress.csv").read_text().splitlines()) - 1
     assert dumps >= 6  # one per episode (--log-interval 1) whatever is printed, as the report needs
     assert tables == (0 if table_interval is None else dumps // table_interval)
+
+
+def denormals_flushed() -> bool:
+    """Whether torch's CPU math treats denormal floats as zero now: a quarter of the smallest normal float32 is a
+    denormal, which a flushing CPU returns as 0."""
+    return float(torch.tensor([torch.finfo(torch.float32).tiny]) / 4) == 0.0
+
+
+class FlushProbe(BaseCallback):
+    """Records, at every env step of training, whether denormal floats are flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[bool] = []
+
+    def _on_step(self) -> bool:
+        self.flushed.append(denormals_flushed())
+        return True
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_flush_denormal_holds_while_training(flush: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train_on(monkeypatch, lambda config: ToyDrivingEnv(episode_length=10))
+    probe, make_callbacks = FlushProbe(), session.make_callbacks
+    monkeypatch.setattr(session, "make_callbacks", lambda *args: CallbackList([*make_callbacks(*args).callbacks, probe]))
+    flags = ["--max-timesteps", "20", "--buffer-size", "10", "--no-metrics", "--no-progress-bar", "--verbose", "0",
+             "--log-dir", str(tmp_path)] + (["--flush-denormal"] if flush else [])  # fmt: skip
+    assert not denormals_flushed()
+    try:
+        assert main(["train", *flags]) == 0
+    finally:
+        torch.set_flush_denormal(False)
+    assert probe.flushed == [flush] * 20
+    assert json.loads((tmp_path / "TD3CnnClip_1" / "config.json").read_text())["config"]["flush_denormal"] is flush
 
 
 def test_claim_run_dir_skips_a_number_taken_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
