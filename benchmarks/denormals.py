@@ -107,7 +107,8 @@ def measure(folder: Path, updates: int, repeats: int) -> dict[str, Any]:
     model = load_checkpoint(folder)
     batch_size = json.loads((folder / "job.json").read_text())["batch_size"]
     result: dict[str, Any] = {"folder": str(folder), "step": model.num_timesteps, "updates": updates,
-                              "batch_size": batch_size, "denormal_fraction": denormal_fraction(model)}  # fmt: skip
+                              "batch_size": batch_size, "denormal_fraction": denormal_fraction(model),
+                              "learning_rate": model.lr_schedule(model._current_progress_remaining)}  # fmt: skip
     del model
     seconds: dict[bool, list[float]] = {False: [], True: []}
     weights: dict[bool, th.Tensor] = {}
@@ -139,8 +140,9 @@ def main() -> None:
     checkpoints = [measure(Path(folder), args.updates, args.repeats) for folder in args.checkpoints]
     results = {"run": run_description(args), "checkpoints": checkpoints}
     rows = [
-        [c["folder"].split("runs/")[-1], c["step"], f"{100 * c['denormal_fraction']:.1f} %", c["ms_per_update_off"],
-         c["ms_per_update_on"], f"{c['ratio']:.3f}", f"{c['max_weight_difference']:.2g}"]
+        [c["folder"].split("runs/")[-1], c["step"], f"{c['learning_rate']:.2g}",
+         f"{100 * c['denormal_fraction']:.1f} %", c["ms_per_update_off"], c["ms_per_update_on"], f"{c['ratio']:.3f}",
+         f"{c['max_weight_difference']:.2g}"]
         for c in checkpoints
     ]  # fmt: skip
     markdown = "\n\n".join([
@@ -149,9 +151,10 @@ def main() -> None:
         f"{args.updates} updates per timed call, {args.repeats} calls per setting, alternating; ratio: median of the "
         "paired (flush on / flush off) times. Denormal: share of Adam's moment entries (actor and critic) that are "
         "denormal at the checkpoint. Weight difference: largest absolute difference of the weights (actor, critic "
-        "and their targets) after the updates from the checkpoint, flush on against off (0: bit-identical).",
-        markdown_table(["checkpoint", "decisions", "denormal", "ms/update off", "ms/update on", "on / off",
-                        "weight difference"], rows),
+        "and their targets) after the updates from the checkpoint, flush on against off (0: bit-identical; at a "
+        "learning rate of 0, as at the end of a linear decay, it is 0 whatever the flush does).",
+        markdown_table(["checkpoint", "decisions", "learning rate", "denormal", "ms/update off", "ms/update on",
+                        "on / off", "weight difference"], rows),
     ])  # fmt: skip
     write_results(args.output_dir, args.name, results, markdown)
 
