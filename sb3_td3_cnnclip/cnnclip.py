@@ -72,6 +72,17 @@ def polyak_update(params: Iterable[th.Tensor], target_params: Iterable[th.Tensor
             th._foreach_add_(target_params, params, alpha=tau)
 
 
+def dead_feature_fraction(features: th.Tensor) -> th.Tensor:
+    """Fraction of a batch's features that are exactly 0 on every sample, such as a ReLU unit of NatureCNN's last
+    layer inactive on the whole batch: it passes no gradient to its weights on that batch (a dead unit, on every
+    batch, never learns again; see "Logged keys" in the docs for how many the driving runs had).
+
+    :param features: the features extractor's output, one row per sample
+    :return: the fraction, a 0-dim float32 tensor
+    """
+    return (features.flatten(1) == 0).all(dim=0).float().mean()
+
+
 def _layout_agnostic(extractor: nn.Module) -> bool:
     """Whether a features extractor computes the same from ``channels_last`` images and weights: one of
     :data:`LAYOUT_AGNOSTIC_EXTRACTORS`, or an :class:`~sb3_td3_cnnclip.policies.ObservationKey` of one or of a
@@ -562,13 +573,15 @@ class CnnClipMixin:
         :param first_q: the first critic's estimates on the replay actions (the critic an actor loss reads)
         :param q_values: every estimate of every critic on the replay actions
         :param critic_loss: the critic loss
-        :return: ``q_replay`` (mean of ``first_q``), ``q_abs_max``, ``critic_feature_norm``, ``critic_loss``
+        :return: ``q_replay`` (mean of ``first_q``), ``q_abs_max``, ``critic_feature_norm``,
+            ``critic_dead_features`` (see :func:`dead_feature_fraction`), ``critic_loss``
         """
         with th.no_grad():
             return {
                 "q_replay": first_q.mean(),
                 "q_abs_max": th.stack([q.abs().max() for q in q_values]).max(),
                 "critic_feature_norm": self._critic_features.value.float().flatten(1).norm(dim=1).mean(),
+                "critic_dead_features": dead_feature_fraction(self._critic_features.value),
                 "critic_loss": critic_loss.detach(),
             }
 
@@ -577,12 +590,14 @@ class CnnClipMixin:
 
         :param actions: the actor's deterministic actions, squashed into [-1, 1]
         :return: ``actor_saturation`` (fraction of action elements within ``SATURATION_EPS`` of a bound),
-            ``actor_feature_norm`` and, when the actor has one, ``actor_pre_tanh_abs`` (mean ``|pre-tanh|``)
+            ``actor_feature_norm``, ``actor_dead_features`` (see :func:`dead_feature_fraction`) and, when the actor
+            has one, ``actor_pre_tanh_abs`` (mean ``|pre-tanh|``)
         """
         with th.no_grad():
             stats = {
                 "actor_saturation": (actions.abs() > 1.0 - SATURATION_EPS).float().mean(),
                 "actor_feature_norm": self._actor_features.value.float().flatten(1).norm(dim=1).mean(),
+                "actor_dead_features": dead_feature_fraction(self._actor_features.value),
             }
             if self._pre_tanh is not None:
                 stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean()

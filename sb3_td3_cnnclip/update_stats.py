@@ -17,8 +17,8 @@ import torch as th
 from stable_baselines3.common.logger import Logger
 
 #: statistics logged as their mean over the updates that measured them
-MEAN_KEYS = ("q_replay", "critic_feature_norm", "actor_saturation", "actor_pre_tanh_abs", "actor_feature_norm",
-             "q_policy_gap")  # fmt: skip
+MEAN_KEYS = ("q_replay", "critic_feature_norm", "critic_dead_features", "actor_saturation", "actor_pre_tanh_abs",
+             "actor_feature_norm", "actor_dead_features", "q_policy_gap")  # fmt: skip
 
 
 class UpdateStatsAccumulator:

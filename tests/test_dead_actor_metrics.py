@@ -61,6 +61,25 @@ def test_saturation_pre_tanh_and_feature_norm(bias: list[float], saturation: flo
     assert stats["actor_feature_norm"] > 0
 
 
+@pytest.mark.parametrize("killed", [0, 3, 100])
+def test_dead_features_count_the_units_zero_on_the_whole_batch(killed: int) -> None:
+    model = model_with_pre_tanh([0.0, 0.0])
+    for network in (model.actor, model.critic):  # NatureCNN's last layer: Linear then ReLU; a bias of -1e6 kills it
+        with th.no_grad():
+            network.features_extractor.linear[0].bias[:killed] = -1e6
+    obs = replayed_batch_observations(model)
+    with th.no_grad():  # what the actor's and the critic's extractors give the batch, before the update changes them
+        expected = {name: (network.features_extractor(obs.float() / 255.0) == 0).all(dim=0).float().mean().item()
+                    for name, network in (("actor", model.actor), ("critic", model.critic))}  # fmt: skip
+    np.random.seed(0)
+    model.train(1, BATCH)
+    stats = model.update_stats[-1]
+    for name in ("actor", "critic"):
+        assert stats[f"{name}_dead_features"] == pytest.approx(expected[name])
+        assert expected[name] >= killed / 512  # the killed units, and any unit the batch never activates
+    assert model.logger.name_to_value["train/actor_dead_features"] == pytest.approx(stats["actor_dead_features"])
+
+
 def test_fully_saturated_actor_has_exactly_zero_gradient() -> None:
     # tanh(±20) is exactly ±1 in float32, so tanh' = 0 and no gradient reaches the actor: the dead actor
     model = model_with_pre_tanh([20.0, -20.0])
