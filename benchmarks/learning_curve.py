@@ -20,9 +20,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``recommended``: the library's default gradient limits and ``pre_tanh_penalty=0.01`` (the CLI's defaults);
 - :data:`RECIPE`, ``recommended+nstep3``: with ``--action-repeat 4`` and the ``cpu`` size's batch, buffer and
   warm-up, the recipe of ``examples/drive.yml`` (scenario 0);
-- :data:`TRAFFIC_RECIPE`, ``recommended+nstep3+bf16+lindecay+ttc3+privileged``: the same way, the recipe of
-  ``examples/drive_traffic.yml`` (scenario 1), and :data:`DENSE_TRAFFIC_RECIPE`, the same with ``+ttc5`` instead
-  of ``+ttc3`` (scenario 2: the file with ``--scenario 2 --time-to-collision-threshold 5``);
+- :data:`TRAFFIC_RECIPE`, ``recommended+nstep3+bf16+lindecay+ttc5+privileged``: the same way, the recipe of
+  ``examples/drive_traffic.yml`` (scenario 1; scenario 2: the file with ``--scenario 2``);
 - ``+shift``: ``random_shift_pad=4`` (DrQ's random-shift augmentation);
 - ``+encoder``: ``critic_trained_encoder=True`` (DrQ-v2's encoder trained by the critic only);
 - ``+nstep3``: ``n_steps=3`` (SB3's n-step returns);
@@ -138,11 +137,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 #: the configuration of examples/drive.yml (scenario 0), which the cpu size measures
 RECIPE = "recommended+nstep3"
-#: the configuration of examples/drive_traffic.yml (scenario 1), which the cpu size measures
-TRAFFIC_RECIPE = "recommended+nstep3+bf16+lindecay+ttc3+privileged"
-#: the same with the time-to-collision term at 5 s: examples/drive_traffic.yml with ``--scenario 2
-#: --time-to-collision-threshold 5``, which the cpu size measures on scenario 2
-DENSE_TRAFFIC_RECIPE = "recommended+nstep3+bf16+lindecay+ttc5+privileged"
+#: the configuration of examples/drive_traffic.yml, which the cpu size measures on scenarios 1 and 2
+TRAFFIC_RECIPE = "recommended+nstep3+bf16+lindecay+ttc5+privileged"
 for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shift", "encoder"], ["shift", "encoder", "nstep3"],
                ["nstep3", "freq2"], ["shift", "encoder", "nstep3", "freq2"], ["nstep3", "bf16"], ["nstep3", "lindecay"],
                ["nstep3", "bf16", "lindecay"], ["nstep3", "ttc3"], ["nstep3", "bf16", "lindecay", "ttc3"],
@@ -166,7 +162,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 25_000, "eval_episodes": 10,
             "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
             "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
-            "runs": [(RECIPE, 0), ("td3", 0), (TRAFFIC_RECIPE, 1), (DENSE_TRAFFIC_RECIPE, 2)]},
+            "runs": [(RECIPE, 0), ("td3", 0), (TRAFFIC_RECIPE, 1), (TRAFFIC_RECIPE, 2)]},
     "large": {"ticks": {0: 400_000, 1: 400_000, 2: 400_000}, "eval_every": 40_000, "eval_episodes": 10,
               "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 256,
               "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,

@@ -75,8 +75,8 @@ def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
     import learning_curve
 
     cpu = learning_curve.parse_args([])
-    recipe, traffic, dense = learning_curve.RECIPE, learning_curve.TRAFFIC_RECIPE, learning_curve.DENSE_TRAFFIC_RECIPE
-    assert cpu.runs == [(recipe, 0), ("td3", 0), (traffic, 1), (dense, 2)]
+    recipe, traffic = learning_curve.RECIPE, learning_curve.TRAFFIC_RECIPE
+    assert cpu.runs == [(recipe, 0), ("td3", 0), (traffic, 1), (traffic, 2)]
     assert [learning_curve.ticks_budget(cpu, s) for s in (0, 1, 2)] == [50_000, 100_000, 100_000]
     chosen = learning_curve.parse_args(["--configs", "td3", "--scenarios", "1", "2", "--ticks", "800"])
     assert chosen.runs == [("td3", 1), ("td3", 2)] and learning_curve.ticks_budget(chosen, 2) == 800

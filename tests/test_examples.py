@@ -96,7 +96,7 @@ def test_drive(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("file", "flags", "recipe_name", "scenario"), [
     ("drive.yml", {}, "RECIPE", 0), ("drive_traffic.yml", {}, "TRAFFIC_RECIPE", 1),
-    ("drive_traffic.yml", {"scenario": 2, "time_to_collision_threshold": 5.0}, "DENSE_TRAFFIC_RECIPE", 2)])
+    ("drive_traffic.yml", {"scenario": 2}, "TRAFFIC_RECIPE", 2)])
 def test_the_recipe_files_are_what_the_learning_curve_benchmark_measures(
     monkeypatch: pytest.MonkeyPatch, file: str, flags: dict[str, float], recipe_name: str, scenario: int
 ) -> None:
