@@ -110,7 +110,7 @@ class TrainConfig:
     seed: int | None = option(None, "random seed (none: draw one, recorded in the run's config.json)", NON_NEGATIVE)
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     torch_threads: int | None = option(1, "torch CPU threads (none: torch's default, one per core)", POSITIVE)
-    flush_denormal: bool = option(False, "treat denormal floats as zero in the CPU's math (torch.set_flush_denormal, for the rest of the process): late in a run up to half of Adam's moments are denormal and the update runs faster with this (benchmarks/results/denormals.md); not bit-identical to float32 math")
+    flush_denormal: bool = option(False, "treat denormal floats as zero in the CPU's math (torch.set_flush_denormal, for the rest of the process): late in a run a fifth to a third of Adam's moments are denormal and the update took 0.77-0.90x as long with this (benchmarks/results/denormals.md); not bit-identical to float32 math")
     log_dir: str = option("runs", "directory that receives one sub-directory per run (TensorBoard, config, model)")
     run_name: str | None = option(None, "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n> (none: the algorithm's class name, e.g. TD3CnnClip)")
     learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
