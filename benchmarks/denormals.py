@@ -73,13 +73,12 @@ def denormal_fraction(model: OffPolicyAlgorithm) -> float:
     return denormal / total
 
 
-def timed_updates(folder: Path, flush: bool, updates: int, batch_size: int) -> tuple[float, th.Tensor]:
-    """Load the checkpoint, then time ``updates`` gradient steps with the flush on or off.
+def timed_updates(folder: Path, flush: bool, updates: int) -> tuple[float, th.Tensor]:
+    """Load the checkpoint, then time ``updates`` gradient steps (at the run's batch size) with the flush on or off.
 
     :param folder: the run's folder
     :param flush: the ``torch.set_flush_denormal`` setting during the updates
     :param updates: gradient steps
-    :param batch_size: the batch size
     :return: the seconds the updates took and the policy's weights after them (actor, critic and their targets, one
         flat vector)
     """
@@ -89,7 +88,7 @@ def timed_updates(folder: Path, flush: bool, updates: int, batch_size: int) -> t
         raise RuntimeError("torch.set_flush_denormal is not supported on this CPU (it needs SSE3).")
     try:
         start = time.perf_counter()
-        model.train(gradient_steps=updates, batch_size=batch_size)
+        model.train(gradient_steps=updates, batch_size=model.batch_size)
         seconds = time.perf_counter() - start
     finally:
         th.set_flush_denormal(False)
@@ -105,16 +104,15 @@ def measure(folder: Path, updates: int, repeats: int) -> dict[str, Any]:
     :return: the figures
     """
     model = load_checkpoint(folder)
-    batch_size = json.loads((folder / "job.json").read_text())["batch_size"]
     result: dict[str, Any] = {"folder": str(folder), "step": model.num_timesteps, "updates": updates,
-                              "batch_size": batch_size, "denormal_fraction": denormal_fraction(model),
+                              "batch_size": model.batch_size, "denormal_fraction": denormal_fraction(model),
                               "learning_rate": model.lr_schedule(model._current_progress_remaining)}  # fmt: skip
     del model
     seconds: dict[bool, list[float]] = {False: [], True: []}
     weights: dict[bool, th.Tensor] = {}
     for repeat in range(repeats):
         for flush in (False, True) if repeat % 2 == 0 else (True, False):
-            elapsed, weights[flush] = timed_updates(folder, flush, updates, batch_size)
+            elapsed, weights[flush] = timed_updates(folder, flush, updates)
             seconds[flush].append(elapsed)
     result.update(
         seconds_off=seconds[False], seconds_on=seconds[True],

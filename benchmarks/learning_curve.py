@@ -491,6 +491,7 @@ def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
 
 
 def _spread(values: list[float]) -> dict[str, float]:
+    """Mean, min and max of the values (one per seed)."""
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
