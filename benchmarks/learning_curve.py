@@ -123,6 +123,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
     "privileged": {"policy": "PrivilegedCriticPolicy", "env_kwargs": {"observation": "privileged"}},
     "curric": {"curriculum": True},
+    "trunk": {"policy": "TrunkCnnPolicy"},
 }
 #: configuration name -> keyword arguments of its class (besides COMMON and the size's), its ``"algo"`` (a key of
 #: ``session.ALGORITHM_CLASSES``; a configuration without one is TD3CnnClip's), its ``"policy"`` (``"CnnPolicy"``
@@ -147,7 +148,7 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay", "ttc3", "privileged", "curric"],
                ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
-               ["nstep3", "encoder"]):
+               ["nstep3", "encoder"], ["nstep3", "trunk"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},

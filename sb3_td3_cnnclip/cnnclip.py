@@ -30,7 +30,7 @@ from torch import nn
 
 from sb3_td3_cnnclip.augmentation import image_keys, shift_observations
 from sb3_td3_cnnclip.buffers import default_replay_buffer_class
-from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
+from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN, TrunkNatureCNN
 from sb3_td3_cnnclip.grad_clip import (
     NONFINITE_ACTIONS,
     NonFiniteGradientError,
@@ -50,7 +50,9 @@ WARMUP_ACTIONS = ("random", "scripted", "autopilot")
 #: the env method each demonstration warm-up calls (through ``VecEnv.env_method``)
 WARMUP_ENV_METHODS = {"scripted": "scripted_action", "autopilot": "set_autopilot"}
 #: features extractors whose forward works on convolution outputs of any memory layout (``channels_last=None``)
-LAYOUT_AGNOSTIC_EXTRACTORS = (NatureCNN, CombinedExtractor, BoundedNatureCNN, BoundedCombinedExtractor, DetachedEncoder)
+LAYOUT_AGNOSTIC_EXTRACTORS = (
+    NatureCNN, CombinedExtractor, BoundedNatureCNN, TrunkNatureCNN, BoundedCombinedExtractor, DetachedEncoder
+)
 
 
 def polyak_update(params: Iterable[th.Tensor], target_params: Iterable[th.Tensor], tau: float) -> None:
@@ -77,10 +79,21 @@ def dead_feature_fraction(features: th.Tensor) -> th.Tensor:
     layer inactive on the whole batch: it passes no gradient to its weights on that batch (a dead unit, on every
     batch, never learns again; see "Logged keys" in the docs for how many the driving runs had).
 
-    :param features: the features extractor's output, one row per sample
+    :param features: the features extractor's units (see :func:`feature_units`), one row per sample
     :return: the fraction, a 0-dim float32 tensor
     """
     return (features.flatten(1) == 0).all(dim=0).float().mean()
+
+
+def feature_units(extractor: nn.Module) -> nn.Module:
+    """The module whose outputs are a features extractor's units, where :func:`dead_feature_fraction` looks for dead
+    ones: a :class:`~sb3_td3_cnnclip.encoders.BoundedNatureCNN`'s linear layer (with its ReLU; the LayerNorm and
+    tanh after it leave no output exactly 0, even where every unit is dead), else the extractor itself.
+
+    :param extractor: a features extractor
+    :return: the module to watch
+    """
+    return extractor.linear if isinstance(extractor, BoundedNatureCNN) else extractor
 
 
 def _layout_agnostic(extractor: nn.Module) -> bool:
@@ -545,6 +558,8 @@ class CnnClipMixin:
         self._groups: list[ParamGroup] = [*self._critic_groups, *self._actor_groups]
         self._actor_features = _OutputCapture(self.actor.features_extractor)
         self._critic_features = _OutputCapture(self.critic.features_extractor)
+        self._actor_units = _OutputCapture(feature_units(self.actor.features_extractor))
+        self._critic_units = _OutputCapture(feature_units(self.critic.features_extractor))
         found = self._pre_tanh_module()
         self._pre_tanh = None
         if found is not None:
@@ -554,7 +569,8 @@ class CnnClipMixin:
     def _excluded_save_params(self) -> list[str]:
         return [  # noqa: RUF005
             *super()._excluded_save_params(),  # type: ignore[misc]
-            "_actor_groups", "_critic_groups", "_groups", "_actor_features", "_critic_features", "_pre_tanh",
+            "_actor_groups", "_critic_groups", "_groups", "_actor_features", "_critic_features", "_actor_units",
+            "_critic_units", "_pre_tanh",
             "update_stats", "_stats", "_autopilot",
         ]  # fmt: skip
 
@@ -581,7 +597,7 @@ class CnnClipMixin:
                 "q_replay": first_q.mean(),
                 "q_abs_max": th.stack([q.abs().max() for q in q_values]).max(),
                 "critic_feature_norm": self._critic_features.value.float().flatten(1).norm(dim=1).mean(),
-                "critic_dead_features": dead_feature_fraction(self._critic_features.value),
+                "critic_dead_features": dead_feature_fraction(self._critic_units.value),
                 "critic_loss": critic_loss.detach(),
             }
 
@@ -597,7 +613,7 @@ class CnnClipMixin:
             stats = {
                 "actor_saturation": (actions.abs() > 1.0 - SATURATION_EPS).float().mean(),
                 "actor_feature_norm": self._actor_features.value.float().flatten(1).norm(dim=1).mean(),
-                "actor_dead_features": dead_feature_fraction(self._actor_features.value),
+                "actor_dead_features": dead_feature_fraction(self._actor_units.value),
             }
             if self._pre_tanh is not None:
                 stats["actor_pre_tanh_abs"] = self._pre_tanh.value.abs().mean()

@@ -24,16 +24,18 @@ from sb3_td3_cnnclip.vec_env import env_addresses
 #: the algorithms of the command line (``--algo``): TD3CnnClip, SACCnnClip, DDPGCnnClip, TQCCnnClip
 ALGORITHMS = ("td3", "sac", "ddpg", "tqc")
 #: policies the command line offers; the MultiInput ones observe the env's Dict (image + kinematics) observation
-POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy", "MlpPolicy",
-            "PrivilegedCriticPolicy")
+POLICIES = ("CnnPolicy", "BoundedCnnPolicy", "TrunkCnnPolicy", "MultiInputPolicy", "BoundedMultiInputPolicy",
+            "MlpPolicy", "PrivilegedCriticPolicy")
 DICT_POLICIES = ("MultiInputPolicy", "BoundedMultiInputPolicy")
 #: the policy that observes the privileged ``observation="state"`` vector (no camera)
 STATE_POLICY = "MlpPolicy"
 #: the asymmetric actor-critic, whose envs observe ``observation="privileged"`` (camera for the actor, state for
 #: the critics)
 PRIVILEGED_POLICY = "PrivilegedCriticPolicy"
-#: the algorithms that take this package's TD3 policies (the Bounded* ones, with a bounded encoder, and
-#: :data:`PRIVILEGED_POLICY`)
+#: this package's TD3 policies, each with the SB3 policy to choose instead for the other algorithms
+TD3_POLICIES = {"BoundedCnnPolicy": "CnnPolicy", "TrunkCnnPolicy": "CnnPolicy",
+                "BoundedMultiInputPolicy": "MultiInputPolicy", PRIVILEGED_POLICY: "CnnPolicy"}
+#: the algorithms that take :data:`TD3_POLICIES`
 TD3_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
 #: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
@@ -102,7 +104,8 @@ class TrainConfig:
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
     time_to_collision_threshold: float = option(0.0, "seconds of time to collision with the vehicle ahead in the ego's path under which the safety reward penalises closing in on it, linearly up to the full penalty at contact (0: off, the reward every benchmark so far measured; e.g. 3.0)", NON_NEGATIVE)
     policy: str = option(
-        "CnnPolicy", "policy; Bounded* bound the CNN features (td3 and ddpg), MultiInput* observe image + kinematics, "
+        "CnnPolicy", "policy; Bounded* bound the CNN features, TrunkCnnPolicy without the ReLU before the bound, so that none "
+        "can die (td3 and ddpg), MultiInput* observe image + kinematics, "
         "MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera), "
         "PrivilegedCriticPolicy drives from the camera with critics that learn from that state (td3 and ddpg)",
         choices=POLICIES)
@@ -175,12 +178,10 @@ class TrainConfig:
                     f"{f.name}={getattr(self, f.name)!r} is an option of algo {' and '.join(f.metadata['algos'])} only; "
                     f"algo={self.algo!r} does not take it: leave it at its default ({f.default!r})."
                 )
-        td3_policy = self.policy.startswith("Bounded") or self.policy == PRIVILEGED_POLICY
-        if td3_policy and self.algo not in TD3_POLICY_ALGORITHMS:
-            instead = {PRIVILEGED_POLICY: "CnnPolicy"}.get(self.policy, self.policy.removeprefix("Bounded"))
+        if self.policy in TD3_POLICIES and self.algo not in TD3_POLICY_ALGORITHMS:
             raise ValueError(
                 f"policy={self.policy!r} is a TD3 policy (algo {' and '.join(TD3_POLICY_ALGORITHMS)}); with "
-                f"algo={self.algo!r} choose {instead!r}."
+                f"algo={self.algo!r} choose {TD3_POLICIES[self.policy]!r}."
             )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")

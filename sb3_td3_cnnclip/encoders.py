@@ -44,6 +44,26 @@ class BoundedNatureCNN(NatureCNN):
         return self.head(super().forward(observations))
 
 
+class TrunkNatureCNN(BoundedNatureCNN):
+    """
+    :class:`BoundedNatureCNN` without the ReLU after NatureCNN's linear layer: convolutions, then DrQ-v2's trunk
+    (Linear -> LayerNorm -> tanh). With the ReLU, a feature whose linear output is negative on every image is 0
+    whatever the input and gets no gradient (late in a driving run, half of NatureCNN's 512 features are);
+    without it, every feature varies with the input and keeps its gradient.
+
+    Use it as ``policy_kwargs=dict(features_extractor_class=TrunkNatureCNN)`` or through the ``"TrunkCnnPolicy"``
+    alias of :class:`~sb3_td3_cnnclip.TD3CnnClip`.
+
+    :param observation_space: the image space (channel-first, uint8 in [0, 255] unless ``normalized_image``)
+    :param features_dim: number of features
+    :param normalized_image: the images are already normalised (disables NatureCNN's dtype and bounds checks)
+    """
+
+    def __init__(self, observation_space: gym.Space, features_dim: int = 512, normalized_image: bool = False) -> None:
+        super().__init__(observation_space, features_dim, normalized_image)
+        self.linear = self.linear[:1]  # NatureCNN's Linear, without its ReLU (same parameter names)
+
+
 class BoundedCombinedExtractor(CombinedExtractor):
     """
     SB3's :class:`~stable_baselines3.common.torch_layers.CombinedExtractor` (Dict observations) whose image

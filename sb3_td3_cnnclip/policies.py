@@ -18,7 +18,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.td3.policies import Actor, CnnPolicy, MultiInputPolicy, TD3Policy
 from torch import nn
 
-from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
+from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN, TrunkNatureCNN
 
 
 class BoundedCnnPolicy(CnnPolicy):
@@ -52,6 +52,32 @@ class BoundedCnnPolicy(CnnPolicy):
             net_arch=[256, 256] if net_arch is None else net_arch,
             features_extractor_class=features_extractor_class,
             **kwargs,
+        )
+
+
+class TrunkCnnPolicy(BoundedCnnPolicy):
+    """
+    :class:`BoundedCnnPolicy` with :class:`~sb3_td3_cnnclip.encoders.TrunkNatureCNN` as its default features
+    extractor: NatureCNN's convolutions, then Linear -> LayerNorm -> tanh, no feature that can die.
+
+    :param observation_space: observation space (images)
+    :param action_space: action space
+    :param lr_schedule: learning rate schedule
+    :param features_extractor_class: features extractor
+    :param kwargs: every other keyword of :class:`BoundedCnnPolicy`
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        *,
+        features_extractor_class: type[BaseFeaturesExtractor] = TrunkNatureCNN,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_td3_cnnclip.cnnclip import CnnClipMixin, polyak_update
-from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, PrivilegedCriticPolicy
+from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, PrivilegedCriticPolicy, TrunkCnnPolicy
 
 
 class TD3CnnClip(CnnClipMixin, TD3):
@@ -45,6 +45,7 @@ class TD3CnnClip(CnnClipMixin, TD3):
         "BoundedCnnPolicy": BoundedCnnPolicy,
         "BoundedMultiInputPolicy": BoundedMultiInputPolicy,
         "PrivilegedCriticPolicy": PrivilegedCriticPolicy,
+        "TrunkCnnPolicy": TrunkCnnPolicy,
     }
     default_pre_tanh_penalty = 0.01
     preprocessed_actor_class = Actor

@@ -120,6 +120,8 @@ def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:
          "policy='BoundedMultiInputPolicy' is a TD3 policy (algo td3 and ddpg); with algo='sac' choose 'MultiInputPolicy'."),
         (["--algo", "tqc", "--policy", "PrivilegedCriticPolicy"],
          "policy='PrivilegedCriticPolicy' is a TD3 policy (algo td3 and ddpg); with algo='tqc' choose 'CnnPolicy'."),
+        (["--algo", "sac", "--policy", "TrunkCnnPolicy"],
+         "policy='TrunkCnnPolicy' is a TD3 policy (algo td3 and ddpg); with algo='sac' choose 'CnnPolicy'."),
     ],
 )
 def test_bad_flag_values(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:

@@ -15,15 +15,16 @@ from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 BATCH = 8
 
 
-def model_with_pre_tanh(bias: list[float], **kwargs: Any) -> TD3CnnClip:
-    """A CnnPolicy model with a filled buffer whose actor's last Linear outputs ``bias`` for every observation.
+def model_with_pre_tanh(bias: list[float], policy: str = "CnnPolicy", **kwargs: Any) -> TD3CnnClip:
+    """A model with a filled buffer whose actor's last Linear outputs ``bias`` for every observation.
 
     :param bias: the pre-tanh value of each action dimension
+    :param policy: the policy (a NatureCNN one)
     :param kwargs: more TD3CnnClip keywords (``pre_tanh_penalty`` is 0, TD3's actor loss, unless given)
     :return: the model (``policy_delay=1``: every gradient step updates the actor)
     """
     env = ToyImageEnv(size=36, channels=1)
-    model = TD3CnnClip("CnnPolicy", env, buffer_size=32, policy_delay=1, seed=0, **{"pre_tanh_penalty": 0.0, **kwargs})
+    model = TD3CnnClip(policy, env, buffer_size=32, policy_delay=1, seed=0, **{"pre_tanh_penalty": 0.0, **kwargs})
     model.set_logger(configure(None, []))
     space = env.observation_space
     for _ in range(32):
@@ -61,22 +62,26 @@ def test_saturation_pre_tanh_and_feature_norm(bias: list[float], saturation: flo
     assert stats["actor_feature_norm"] > 0
 
 
+@pytest.mark.parametrize("policy", ["CnnPolicy", "BoundedCnnPolicy", "TrunkCnnPolicy"])
 @pytest.mark.parametrize("killed", [0, 3, 100])
-def test_dead_features_count_the_units_zero_on_the_whole_batch(killed: int) -> None:
-    model = model_with_pre_tanh([0.0, 0.0])
+def test_dead_features_count_the_units_zero_on_the_whole_batch(killed: int, policy: str) -> None:
+    model = model_with_pre_tanh([0.0, 0.0], policy)
     for network in (model.actor, model.critic):  # NatureCNN's last layer: Linear then ReLU; a bias of -1e6 kills it
         with th.no_grad():
             network.features_extractor.linear[0].bias[:killed] = -1e6
     obs = replayed_batch_observations(model)
-    with th.no_grad():  # what the actor's and the critic's extractors give the batch, before the update changes them
-        expected = {name: (network.features_extractor(obs.float() / 255.0) == 0).all(dim=0).float().mean().item()
-                    for name, network in (("actor", model.actor), ("critic", model.critic))}  # fmt: skip
+    with th.no_grad():  # NatureCNN's units on the batch (before any LayerNorm), before the update changes them
+        units = {name: network.features_extractor.linear(network.features_extractor.cnn(obs.float() / 255.0))
+                 for name, network in (("actor", model.actor), ("critic", model.critic))}  # fmt: skip
     np.random.seed(0)
     model.train(1, BATCH)
     stats = model.update_stats[-1]
     for name in ("actor", "critic"):
-        assert stats[f"{name}_dead_features"] == pytest.approx(expected[name])
-        assert expected[name] >= killed / 512  # the killed units, and any unit the batch never activates
+        assert stats[f"{name}_dead_features"] == pytest.approx((units[name] == 0).all(dim=0).float().mean().item())
+        if policy == "TrunkCnnPolicy":  # no ReLU: a unit with a bias of -1e6 is very negative, not 0
+            assert stats[f"{name}_dead_features"] == 0
+        else:  # the killed units, and any unit the batch never activates
+            assert stats[f"{name}_dead_features"] >= killed / 512
     assert model.logger.name_to_value["train/actor_dead_features"] == pytest.approx(stats["actor_dead_features"])
 
 

@@ -11,9 +11,9 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from torch.nn import functional as F
 
 from sb3_td3_cnnclip import TD3CnnClip
-from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN
+from sb3_td3_cnnclip.encoders import BoundedCombinedExtractor, BoundedNatureCNN, TrunkNatureCNN
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
-from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy
+from sb3_td3_cnnclip.policies import BoundedCnnPolicy, BoundedMultiInputPolicy, TrunkCnnPolicy
 
 IMAGE = spaces.Box(0, 255, (2, 36, 36), np.uint8)
 
@@ -33,10 +33,23 @@ def test_bounded_nature_cnn_is_nature_cnn_then_layer_norm_and_tanh() -> None:
     assert encoder.features_dim == 16
 
 
-@pytest.mark.parametrize("weight_scale", [1.0, 1e3])
-def test_bounded_nature_cnn_output_bounded_for_any_input(weight_scale: float) -> None:
+def test_trunk_nature_cnn_is_convolutions_then_linear_layer_norm_and_tanh() -> None:
     th.manual_seed(0)
-    encoder = BoundedNatureCNN(IMAGE, features_dim=16)
+    encoder = TrunkNatureCNN(IMAGE, features_dim=16)
+    x = th.randint(0, 256, (4, 2, 36, 36)).float() / 255
+    weights = encoder.state_dict()
+    units = F.linear(encoder.cnn(x), weights["linear.0.weight"], weights["linear.0.bias"])
+    assert (units < 0).any()  # NatureCNN's ReLU would zero these: the trunk keeps them
+    assert th.allclose(encoder(x), th.tanh(F.layer_norm(units, (16,))), atol=1e-6)
+    # the parameters of BoundedNatureCNN, under the same names (the split into CNN and MLP groups is the same)
+    assert encoder.state_dict().keys() == BoundedNatureCNN(IMAGE, features_dim=16).state_dict().keys()
+
+
+@pytest.mark.parametrize("encoder_class", [BoundedNatureCNN, TrunkNatureCNN])
+@pytest.mark.parametrize("weight_scale", [1.0, 1e3])
+def test_bounded_nature_cnn_output_bounded_for_any_input(weight_scale: float, encoder_class: type[NatureCNN]) -> None:
+    th.manual_seed(0)
+    encoder = encoder_class(IMAGE, features_dim=16)
     with th.no_grad():
         for param in encoder.parameters():
             param.mul_(weight_scale)
@@ -66,13 +79,17 @@ def test_bounded_combined_extractor_bounds_images_and_passes_vectors() -> None:
             assert th.equal(features[:, 8:], vector)
 
 
-def test_bounded_cnn_policy_alias() -> None:
+@pytest.mark.parametrize(
+    ("alias", "policy_class", "encoder_class"),
+    [("BoundedCnnPolicy", BoundedCnnPolicy, BoundedNatureCNN), ("TrunkCnnPolicy", TrunkCnnPolicy, TrunkNatureCNN)],
+)
+def test_bounded_cnn_policy_alias(alias: str, policy_class: type, encoder_class: type[NatureCNN]) -> None:
     env = ToyImageEnv(size=36, channels=1)
-    bounded = TD3CnnClip("BoundedCnnPolicy", env, buffer_size=10, seed=0)
+    bounded = TD3CnnClip(alias, env, buffer_size=10, seed=0)
     plain = TD3CnnClip("CnnPolicy", env, buffer_size=10, seed=0)
-    assert isinstance(bounded.policy, BoundedCnnPolicy)
+    assert type(bounded.policy) is policy_class
     for network in (bounded.actor, bounded.actor_target, bounded.critic, bounded.critic_target):
-        assert type(network.features_extractor) is BoundedNatureCNN
+        assert type(network.features_extractor) is encoder_class
     assert type(plain.actor.features_extractor) is NatureCNN  # the default policy is untouched
     # same networks after the extractor as CnnPolicy's default ([256, 256])
     shapes = [tuple(p.shape) for p in bounded.actor.mu.parameters()]
@@ -91,14 +108,18 @@ def test_features_extractor_class_in_plain_td3() -> None:
     assert type(model.actor.features_extractor) is BoundedNatureCNN
 
 
-def test_save_load_keeps_the_bounded_encoder(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("alias", "policy_class", "encoder_class"),
+    [("BoundedCnnPolicy", BoundedCnnPolicy, BoundedNatureCNN), ("TrunkCnnPolicy", TrunkCnnPolicy, TrunkNatureCNN)],
+)
+def test_save_load_keeps_the_bounded_encoder(tmp_path, alias: str, policy_class: type, encoder_class: type) -> None:
     env = ToyImageEnv(size=36, channels=1)
-    model = TD3CnnClip("BoundedCnnPolicy", env, buffer_size=50, learning_starts=10, batch_size=4, seed=0)
+    model = TD3CnnClip(alias, env, buffer_size=50, learning_starts=10, batch_size=4, seed=0)
     model.learn(14)  # a few updates, so the weights are not the initial ones
     model.save(tmp_path / "model.zip")
     loaded = TD3CnnClip.load(tmp_path / "model.zip")
-    assert type(loaded.policy) is BoundedCnnPolicy
-    assert type(loaded.actor.features_extractor) is BoundedNatureCNN
+    assert type(loaded.policy) is policy_class
+    assert type(loaded.actor.features_extractor) is encoder_class
     obs = np.stack([env.observation_space.sample() for _ in range(5)])
     obs_tensor = th.as_tensor(obs, device=model.device).float() / 255
     with th.no_grad():

@@ -21,6 +21,7 @@ SMALL_DICT = {"net_arch": [16], "features_extractor_kwargs": {"cnn_output_dim": 
         (TD3CnnClip, "CnnPolicy", {"critic_trained_encoder": True, "channels_last": False}),
         (TD3CnnClip, "CnnPolicy", {"critic_trained_encoder": True, "channels_last": True}),
         (TD3CnnClip, "BoundedCnnPolicy", {"critic_trained_encoder": True}),
+        (TD3CnnClip, "TrunkCnnPolicy", {}),
         (TD3CnnClip, "MultiInputPolicy", {"critic_trained_encoder": True}),
         (TD3CnnClip, "BoundedMultiInputPolicy", {"critic_trained_encoder": True}),
         (DDPGCnnClip, "CnnPolicy", {"critic_trained_encoder": True}),

@@ -19,6 +19,7 @@ from stable_baselines3.td3.policies import Actor, CnnPolicy
 from test_td3_cnnclip import EXACT_TD3, poison_once, reference_norms
 
 from sb3_td3_cnnclip import NonFiniteGradientError, TD3CnnClip
+from sb3_td3_cnnclip.encoders import TrunkNatureCNN
 from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 from sb3_td3_cnnclip.grad_clip import group_norm
 from sb3_td3_cnnclip.update_stats import UpdateStatsAccumulator
@@ -285,6 +286,7 @@ class ViewCNN(NatureCNN):
     [
         ({}, True),  # CPU, SB3's NatureCNN: on by default
         ({"critic_trained_encoder": True}, True),
+        ({"policy_kwargs": {**SMALL_CNN, "features_extractor_class": TrunkNatureCNN}}, True),  # the package's own
         ({"policy_kwargs": {**SMALL_CNN, "features_extractor_class": ViewCNN}}, False),  # unknown extractor: off
         ({"policy_kwargs": {**SMALL_CNN, "features_extractor_class": ViewCNN}, "channels_last": False}, False),
         ({"channels_last": False}, False),
