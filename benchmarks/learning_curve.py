@@ -47,6 +47,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   reward and budget reach without vision, telling a perception shortfall from one of the reward or the algorithm;
 - ``+privileged``: ``PrivilegedCriticPolicy`` on ``observation="privileged"``, the asymmetric actor-critic: the
   actor drives from the camera (as ``CnnPolicy``'s), the critics learn from that state (no critic CNN);
+- ``+trunk``: ``TrunkCnnPolicy`` (:class:`~sb3_td3_cnnclip.encoders.TrunkNatureCNN`: NatureCNN's convolutions, then
+  DrQ-v2's Linear -> LayerNorm -> tanh without the ReLU, so that no feature can die), actor and critics;
 - ``+curric``: a curriculum with :class:`~sb3_td3_cnnclip.callbacks.ScenarioCallback`: the training envs drive
   scenarios 0 up to the run's in equal shares of the budget (scenario 2: 0, 1, 2 for a third each), while every
   evaluation drives the run's scenario (a stopped curriculum run cannot resume: its stage is not checkpointed);
@@ -148,7 +150,8 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay", "ttc3", "privileged", "curric"],
                ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
-               ["nstep3", "encoder"], ["nstep3", "trunk"]):
+               ["nstep3", "encoder"], ["nstep3", "trunk"], ["nstep3", "bf16", "lindecay", "ttc5"],
+               ["nstep3", "trunk", "bf16", "lindecay", "ttc5"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
