@@ -104,8 +104,8 @@ class TrainConfig:
     action_repeat: int = option(4, "simulator ticks per decision: each action is held this long and the frame stack holds one frame per decision (1: a decision every 50 ms tick; with 4 the recipe drove scenario 0 on 2 of 3 seeds in 50k ticks, with 1 nothing drove)", POSITIVE)
     time_to_collision_threshold: float = option(0.0, "seconds of time to collision with the vehicle ahead in the ego's path under which the safety reward penalises closing in on it, linearly up to the full penalty at contact (0: off, the reward every benchmark so far measured; e.g. 3.0)", NON_NEGATIVE)
     policy: str = option(
-        "CnnPolicy", "policy; Bounded* bound the CNN features, TrunkCnnPolicy without the ReLU before the bound, so that none "
-        "can die (td3 and ddpg), MultiInput* observe image + kinematics, "
+        "CnnPolicy", "policy; Bounded* bound the CNN features, TrunkCnnPolicy without the ReLU before the bound, "
+        "so that none can die (td3 and ddpg), MultiInput* observe image + kinematics, "
         "MlpPolicy the privileged state (kinematics, waypoints and the nearest vehicles; no camera), "
         "PrivilegedCriticPolicy drives from the camera with critics that learn from that state (td3 and ddpg)",
         choices=POLICIES)
