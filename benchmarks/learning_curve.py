@@ -151,7 +151,7 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
                ["nstep3", "encoder"], ["nstep3", "trunk"], ["nstep3", "bf16", "lindecay", "ttc5"],
-               ["nstep3", "trunk", "bf16", "lindecay", "ttc5"], ["nstep3", "ttc5"]):
+               ["nstep3", "ttc5"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},

@@ -125,6 +125,17 @@ class _OutputCapture:
         self.value = value if self.keep_graph else value.detach()
 
 
+def _units_capture(extractor: nn.Module, features: _OutputCapture) -> _OutputCapture:
+    """The capture of an extractor's units (:func:`feature_units`): ``features``, the capture of the extractor's
+    output, when the units are that output, else a capture of the layer inside it (no second hook on one module).
+
+    :param extractor: the features extractor
+    :param features: the capture of its output
+    """
+    units = feature_units(extractor)
+    return features if units is extractor else _OutputCapture(units)
+
+
 class CnnClipMixin:
     """
     Per-group gradient clipping with honest logs, and the update's options, for an SB3 off-policy actor-critic.
@@ -558,8 +569,8 @@ class CnnClipMixin:
         self._groups: list[ParamGroup] = [*self._critic_groups, *self._actor_groups]
         self._actor_features = _OutputCapture(self.actor.features_extractor)
         self._critic_features = _OutputCapture(self.critic.features_extractor)
-        self._actor_units = _OutputCapture(feature_units(self.actor.features_extractor))
-        self._critic_units = _OutputCapture(feature_units(self.critic.features_extractor))
+        self._actor_units = _units_capture(self.actor.features_extractor, self._actor_features)
+        self._critic_units = _units_capture(self.critic.features_extractor, self._critic_features)
         found = self._pre_tanh_module()
         self._pre_tanh = None
         if found is not None:
