@@ -37,6 +37,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   keeps SB3's progress on the budget across the run's ``learn()`` calls and restarts; a run extended by a larger
   ``--ticks`` goes on at the new budget's rate), so that the policy at the end of the budget is the settled one the
   goals judge;
+- ``+linfloor``: the same linear decay from 3e-4 down to a floor of 1e-4 (``final_learning_rate=1e-4``), which leaves
+  the policy a rate to recover with late in the run;
 - ``+ttc3`` (``+ttc5``): ``time_to_collision_threshold=3.0`` (5.0), an option of the envs rather than of the model (a
   configuration's ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward
   penalises closing in on the vehicle ahead under 3 s (5 s) of time to collision, asking for braking before a
@@ -120,6 +122,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "scripted": {"warmup_actions": "scripted"},
     "freq2": {"train_freq": 2},
     "lindecay": {"lr_schedule": "linear"},
+    "linfloor": {"lr_schedule": "linear", "final_learning_rate": 1e-4},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
     "ttc5": {"env_kwargs": {"time_to_collision_threshold": 5.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
@@ -151,7 +154,7 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
                ["nstep3", "encoder"], ["nstep3", "trunk"], ["nstep3", "bf16", "lindecay", "ttc5"],
-               ["nstep3", "ttc5"]):
+               ["nstep3", "ttc5"], ["nstep3", "bf16", "linfloor", "ttc5"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
@@ -323,7 +326,9 @@ def make_model(args: argparse.Namespace, config: str, env: gym.Env, seed: int) -
     kwargs.pop("env_kwargs", None)  # the envs' (:func:`make_envs`)
     kwargs.pop("curriculum", None)  # a callback's (:func:`curriculum_callback`)
     algo, policy = ALGORITHM_CLASSES[kwargs.pop("algo", "td3")], kwargs.pop("policy", "CnnPolicy")
-    kwargs["learning_rate"] = learning_rate_schedule(kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"))
+    kwargs["learning_rate"] = learning_rate_schedule(
+        kwargs["learning_rate"], kwargs.pop("lr_schedule", "constant"), kwargs.pop("final_learning_rate", 0.0)
+    )
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), args.action_noise_sigma * np.ones(n_actions))
     return algo(

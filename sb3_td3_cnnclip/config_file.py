@@ -40,7 +40,8 @@ TD3_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: ``action_noise_sigma`` when none is given: the deterministic actors of TD3 and DDPG explore with Gaussian noise,
 #: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
 DEFAULT_ACTION_NOISE_SIGMA = {"td3": 0.1, "ddpg": 0.1, "sac": 0.0, "tqc": 0.0}
-#: learning-rate schedules over a run (``lr_schedule``): constant, or decayed linearly to 0 (rl-zoo's ``lin_<lr>``)
+#: learning-rate schedules over a run (``lr_schedule``): constant, or decayed linearly to ``final_learning_rate`` (0 by
+#: default: rl-zoo's ``lin_<lr>``)
 LR_SCHEDULES = ("constant", "linear")
 
 #: a range check: (predicate, what the value must be, for the error message)
@@ -117,7 +118,8 @@ class TrainConfig:
     log_dir: str = option("runs", "directory that receives one sub-directory per run (TensorBoard, config, model)")
     run_name: str | None = option(None, "name of the run directory, numbered like SB3's runs: <log_dir>/<run_name>_<n> (none: the algorithm's class name, e.g. TD3CnnClip)")
     learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
-    lr_schedule: str = option("constant", "learning-rate schedule over --max-timesteps: constant, or linear (from --learning-rate at the start to 0 at the end, rl-zoo's lin_<lr>)", choices=LR_SCHEDULES)
+    lr_schedule: str = option("constant", "learning-rate schedule over --max-timesteps: constant, or linear (from --learning-rate at the start to --final-learning-rate at the end; to 0, rl-zoo's lin_<lr>, by default)", choices=LR_SCHEDULES)
+    final_learning_rate: float = option(0.0, "learning rate at the end of a linear --lr-schedule, at most --learning-rate (a floor that leaves the policy a rate to recover with late in the run)", NON_NEGATIVE)
     gamma: float = option(0.99, "discount factor", FRACTION)
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
@@ -185,6 +187,7 @@ class TrainConfig:
             )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
+        learning_rate_schedule(self.learning_rate, self.lr_schedule, self.final_learning_rate)  # its errors, now
 
 
 def observation_of(policy: str) -> str:
@@ -198,17 +201,32 @@ def observation_of(policy: str) -> str:
     return {STATE_POLICY: "state", PRIVILEGED_POLICY: "privileged"}.get(policy, "image")
 
 
-def learning_rate_schedule(learning_rate: float, lr_schedule: str) -> float | Schedule:
+def learning_rate_schedule(
+    learning_rate: float, lr_schedule: str, final_learning_rate: float = 0.0
+) -> float | Schedule:
     """The ``learning_rate`` argument of a model: the rate, kept constant or decayed as ``lr_schedule`` says. SB3 reads
-    a schedule at the progress of one ``learn()`` call, so the linear decay reaches 0 at the end of the call.
+    a schedule at the progress of one ``learn()`` call, so the linear decay reaches ``final_learning_rate`` at the end
+    of the call.
 
     :param learning_rate: the initial (and, with ``"constant"``, the only) learning rate
     :param lr_schedule: one of :data:`LR_SCHEDULES`
-    :return: the rate, or SB3's ``LinearSchedule`` from it to 0
+    :param final_learning_rate: the rate at the end of the ``"linear"`` decay, in ``[0, learning_rate]``; a constant
+        schedule takes only the default 0
+    :return: the rate, or SB3's ``LinearSchedule`` from it to ``final_learning_rate``
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule={lr_schedule!r} is not a schedule; choose one of {list(LR_SCHEDULES)}.")
-    return LinearSchedule(learning_rate, 0.0, 1.0) if lr_schedule == "linear" else learning_rate
+    if lr_schedule == "constant" and final_learning_rate != 0.0:
+        raise ValueError(
+            f"final_learning_rate={final_learning_rate!r} is the end of a linear decay, and lr_schedule='constant' "
+            "keeps the rate; set lr_schedule='linear' or leave final_learning_rate at 0."
+        )
+    if not 0.0 <= final_learning_rate <= learning_rate:
+        raise ValueError(
+            f"final_learning_rate={final_learning_rate!r} must be in [0, learning_rate={learning_rate!r}]: the linear "
+            "schedule decays the rate."
+        )
+    return LinearSchedule(learning_rate, final_learning_rate, 1.0) if lr_schedule == "linear" else learning_rate
 
 
 def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, Any]) -> Any:

@@ -90,6 +90,20 @@ def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:
         learning_rate_schedule(1e-3, "cosine")
 
 
+def test_linear_lr_schedule_decays_to_the_final_learning_rate() -> None:
+    config = parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--final-learning-rate", "2e-4",
+                         "--buffer-size", "100", "--learning-starts", "4")  # fmt: skip
+    model = session.make_model(config, ToyImageEnv(size=36))
+    assert [model.lr_schedule(progress) for progress in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 6e-4, 2e-4], abs=1e-15)
+    model.learn(20)
+    rates = [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)]
+    assert rates == pytest.approx([2e-4, 2e-4], abs=1e-15)
+    with pytest.raises(ValueError, match=r"final_learning_rate=0.0001 is the end of a linear decay, and lr_schedule="):
+        parse_train("--final-learning-rate", "1e-4")
+    with pytest.raises(ValueError, match=r"final_learning_rate=0.002 must be in \[0, learning_rate=0.001\]"):
+        parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--final-learning-rate", "2e-3")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
