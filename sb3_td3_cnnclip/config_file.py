@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_td3_cnnclip.cnnclip import WARMUP_ACTIONS
 from sb3_td3_cnnclip.envs.config import SCENARIO_NPCS, SIMULATORS
@@ -41,7 +40,7 @@ TD3_POLICY_ALGORITHMS = ("td3", "ddpg")
 #: the stochastic policies of SAC and TQC sample their own actions (SB3's default for them: no action noise)
 DEFAULT_ACTION_NOISE_SIGMA = {"td3": 0.1, "ddpg": 0.1, "sac": 0.0, "tqc": 0.0}
 #: learning-rate schedules over a run (``lr_schedule``): constant, or decayed linearly to ``final_learning_rate`` (0 by
-#: default: rl-zoo's ``lin_<lr>``)
+#: default: rl-zoo's ``lin_<lr>``) over the last ``lr_decay_fraction`` of the run (all of it by default)
 LR_SCHEDULES = ("constant", "linear")
 
 #: a range check: (predicate, what the value must be, for the error message)
@@ -120,6 +119,7 @@ class TrainConfig:
     learning_rate: float = option(3e-4, "Adam learning rate of the actor and the critic", POSITIVE, flags=("--lr",))
     lr_schedule: str = option("constant", "learning-rate schedule over --max-timesteps: constant, or linear (from --learning-rate at the start to --final-learning-rate at the end; to 0, rl-zoo's lin_<lr>, by default)", choices=LR_SCHEDULES)
     final_learning_rate: float = option(0.0, "learning rate at the end of a linear --lr-schedule, at most --learning-rate (a floor that leaves the policy a rate to recover with late in the run)", NON_NEGATIVE)
+    lr_decay_fraction: float = option(1.0, "last fraction of --max-timesteps over which a linear --lr-schedule decays, the rate staying at --learning-rate before it (1: the whole run; 0.2: constant for the first 0.8 of the run, decayed over the last 0.2)", FRACTION)
     gamma: float = option(0.99, "discount factor", FRACTION)
     tau: float = option(0.005, "soft update coefficient of the target networks", FRACTION)
     batch_size: int = option(256, "minibatch size of each gradient step", POSITIVE)
@@ -187,7 +187,9 @@ class TrainConfig:
             )
         if self.curriculum and self.scenario == max(SCENARIO_NPCS):
             raise ValueError(f"curriculum=True raises the scenario from scenario={self.scenario}, the last one; start from 0 or 1.")
-        learning_rate_schedule(self.learning_rate, self.lr_schedule, self.final_learning_rate)  # its errors, now
+        learning_rate_schedule(  # its errors, now
+            self.learning_rate, self.lr_schedule, self.final_learning_rate, self.lr_decay_fraction
+        )
 
 
 def observation_of(policy: str) -> str:
@@ -202,7 +204,7 @@ def observation_of(policy: str) -> str:
 
 
 def learning_rate_schedule(
-    learning_rate: float, lr_schedule: str, final_learning_rate: float = 0.0
+    learning_rate: float, lr_schedule: str, final_learning_rate: float = 0.0, decay_fraction: float = 1.0
 ) -> float | Schedule:
     """The ``learning_rate`` argument of a model: the rate, kept constant or decayed as ``lr_schedule`` says. SB3 reads
     a schedule at the progress of one ``learn()`` call, so the linear decay reaches ``final_learning_rate`` at the end
@@ -212,21 +214,51 @@ def learning_rate_schedule(
     :param lr_schedule: one of :data:`LR_SCHEDULES`
     :param final_learning_rate: the rate at the end of the ``"linear"`` decay, in ``[0, learning_rate]``; a constant
         schedule takes only the default 0
-    :return: the rate, or SB3's ``LinearSchedule`` from it to ``final_learning_rate``
+    :param decay_fraction: the last fraction of the progress over which the ``"linear"`` decay runs, in ``(0, 1]``
+        (the rate is ``learning_rate`` before it); a constant schedule takes only the default 1
+    :return: the rate, or a :class:`LateLinearSchedule` from it to ``final_learning_rate``
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule={lr_schedule!r} is not a schedule; choose one of {list(LR_SCHEDULES)}.")
-    if lr_schedule == "constant" and final_learning_rate != 0.0:
-        raise ValueError(
-            f"final_learning_rate={final_learning_rate!r} is the end of a linear decay, and lr_schedule='constant' "
-            "keeps the rate; set lr_schedule='linear' or leave final_learning_rate at 0."
-        )
+    shape = (("final_learning_rate", final_learning_rate, 0.0), ("lr_decay_fraction", decay_fraction, 1.0))
+    for name, value, default in shape:
+        if lr_schedule == "constant" and value != default:
+            raise ValueError(
+                f"{name}={value!r} shapes a linear decay, and lr_schedule='constant' keeps the rate; set "
+                f"lr_schedule='linear' or leave {name} at {default}."
+            )
     if not 0.0 <= final_learning_rate <= learning_rate:
         raise ValueError(
             f"final_learning_rate={final_learning_rate!r} must be in [0, learning_rate={learning_rate!r}]: the linear "
             "schedule decays the rate."
         )
-    return LinearSchedule(learning_rate, final_learning_rate, 1.0) if lr_schedule == "linear" else learning_rate
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(
+            f"lr_decay_fraction={decay_fraction!r} must be in (0, 1]: the last fraction of the run that the decay "
+            "spans."
+        )
+    if lr_schedule == "constant":
+        return learning_rate
+    return LateLinearSchedule(learning_rate, final_learning_rate, decay_fraction)
+
+
+@dataclass(frozen=True)
+class LateLinearSchedule:
+    """A learning rate constant at ``start`` until the last ``decay_fraction`` of the progress, then decayed linearly to
+    ``end`` at its end (``decay_fraction=1``: SB3's ``LinearSchedule(start, end, 1.0)``, rl-zoo's ``lin_<lr>``).
+
+    :param start: the rate until the decay
+    :param end: the rate at the end of the progress
+    :param decay_fraction: the last fraction of the progress over which the rate decays, in ``(0, 1]``
+    """
+
+    start: float
+    end: float
+    decay_fraction: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        """The rate at ``progress_remaining`` (SB3's: 1 at the start of ``learn()``, 0 at its end)."""
+        return self.end + (self.start - self.end) * min(1.0, progress_remaining / self.decay_fraction)
 
 
 def _validate(name: str, value: Any, hint: Any, metadata: typing.Mapping[str, Any]) -> Any:

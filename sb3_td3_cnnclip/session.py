@@ -141,7 +141,9 @@ def make_model(config: TrainConfig, env: gym.Env | VecEnv) -> CnnClipMixin:
     n_actions = env.action_space.shape[0]
     sigma = config.action_noise()
     noise = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions)) if sigma > 0 else None
-    learning_rate = learning_rate_schedule(config.learning_rate, config.lr_schedule, config.final_learning_rate)
+    learning_rate = learning_rate_schedule(
+        config.learning_rate, config.lr_schedule, config.final_learning_rate, config.lr_decay_fraction
+    )
     return ALGORITHM_CLASSES[config.algo](
         config.policy, env, learning_rate=learning_rate,
         buffer_size=config.buffer_size, learning_starts=config.learning_starts, batch_size=config.batch_size,

@@ -16,6 +16,7 @@ from PIL import Image
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -79,29 +80,44 @@ def test_learning_flags_reach_the_model() -> None:
     assert session.make_model(parse_train("--warmup-actions", "autopilot"), ToyImageEnv()).warmup_actions == "autopilot"
 
 
-def test_linear_lr_schedule_decays_the_rate_to_zero_over_the_run() -> None:
-    config = parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--buffer-size", "100", "--learning-starts", "4")
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), [1e-3, 5e-4, 2e-4, 1e-4, 0.0]),  # rl-zoo's lin_1e-3
+        (("--final-learning-rate", "2e-4"), [1e-3, 6e-4, 3.6e-4, 2.8e-4, 2e-4]),
+        (("--lr-decay-fraction", "0.2"), [1e-3, 1e-3, 1e-3, 5e-4, 0.0]),  # constant, then decayed over the last 0.2
+        (("--lr-decay-fraction", "0.2", "--final-learning-rate", "2e-4"), [1e-3, 1e-3, 1e-3, 6e-4, 2e-4]),
+    ],
+)
+def test_linear_lr_schedule_decays_the_rate_over_the_run(flags: tuple[str, ...], expected: list[float]) -> None:
+    flags = ("--lr", "1e-3", "--lr-schedule", "linear", "--buffer-size", "100", "--learning-starts", "4", *flags)
+    config = parse_train(*flags)
     model = session.make_model(config, ToyImageEnv(size=36))
-    assert [model.lr_schedule(progress) for progress in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-15)
+    progress = (1.0, 0.5, 0.2, 0.1, 0.0)  # SB3's progress remaining
+    assert [model.lr_schedule(p) for p in progress] == pytest.approx(expected, abs=1e-15)
+    if config.lr_decay_fraction == 1.0:  # over the whole run: SB3's own linear schedule
+        sb3 = LinearSchedule(1e-3, config.final_learning_rate, 1.0)
+        assert [model.lr_schedule(p) for p in progress] == pytest.approx([sb3(p) for p in progress], abs=1e-15)
     model.learn(20)  # the last update reads the progress after the run's last step: 0
-    assert [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)] == [0.0, 0.0]
+    rates = [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)]
+    assert rates == pytest.approx([expected[-1]] * 2, abs=1e-15)
+
+
+def test_lr_schedule_options_are_checked() -> None:
     assert session.make_model(parse_train("--lr", "1e-3", "--buffer-size", "100"), ToyImageEnv(size=36)).lr_schedule(0.0) == 1e-3
     with pytest.raises(ValueError, match=r"lr_schedule='cosine' is not a schedule; choose one of \['constant', 'linear'\]"):
         learning_rate_schedule(1e-3, "cosine")
-
-
-def test_linear_lr_schedule_decays_to_the_final_learning_rate() -> None:
-    config = parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--final-learning-rate", "2e-4",
-                         "--buffer-size", "100", "--learning-starts", "4")  # fmt: skip
-    model = session.make_model(config, ToyImageEnv(size=36))
-    assert [model.lr_schedule(progress) for progress in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 6e-4, 2e-4], abs=1e-15)
-    model.learn(20)
-    rates = [optimizer.param_groups[0]["lr"] for optimizer in (model.actor.optimizer, model.critic.optimizer)]
-    assert rates == pytest.approx([2e-4, 2e-4], abs=1e-15)
-    with pytest.raises(ValueError, match=r"final_learning_rate=0.0001 is the end of a linear decay, and lr_schedule="):
-        parse_train("--final-learning-rate", "1e-4")
+    for flag, value, default in (("--final-learning-rate", "0.0001", "0.0"), ("--lr-decay-fraction", "0.5", "1.0")):
+        name = flag[2:].replace("-", "_")
+        message = rf"{name}={value} shapes a linear decay, and lr_schedule='constant' keeps the rate; set lr_schedule="
+        with pytest.raises(ValueError, match=message + rf"'linear' or leave {name} at {default}\."):
+            parse_train(flag, value)
     with pytest.raises(ValueError, match=r"final_learning_rate=0.002 must be in \[0, learning_rate=0.001\]"):
         parse_train("--lr", "1e-3", "--lr-schedule", "linear", "--final-learning-rate", "2e-3")
+    with pytest.raises(ValueError, match=r"lr_decay_fraction=0.0 must be in \(0, 1\]\."):
+        parse_train("--lr-schedule", "linear", "--lr-decay-fraction", "0")
+    with pytest.raises(ValueError, match=r"lr_decay_fraction=0.0 must be in \(0, 1\]: the last fraction of the run"):
+        learning_rate_schedule(1e-3, "linear", 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
