@@ -39,9 +39,9 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
   goals judge;
 - ``+linfloor``: the same linear decay from 3e-4 down to a floor of 1e-4 (``final_learning_rate=1e-4``), which leaves
   the policy a rate to recover with late in the run;
-- ``+decay20``: the rate constant at 3e-4 for the first 80 % of the budget, then decayed linearly to 0 over the last
-  20 % (``lr_decay_fraction=0.2``; 40k-50k ticks on scenario 0): learning at the full rate until the policy drives,
-  then settling it for the end of the budget that the goals judge;
+- ``+decay20`` (``+decay40``): the rate constant at 3e-4 for the first 80 % (60 %) of the budget, then decayed
+  linearly to 0 over the last 20 % (40 %) (``lr_decay_fraction=0.2`` (0.4); 40k-50k (30k-50k) ticks on scenario 0):
+  learning at the full rate until the policy drives, then settling it for the end of the budget that the goals judge;
 - ``+ttc3`` (``+ttc5``): ``time_to_collision_threshold=3.0`` (5.0), an option of the envs rather than of the model (a
   configuration's ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward
   penalises closing in on the vehicle ahead under 3 s (5 s) of time to collision, asking for braking before a
@@ -127,6 +127,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lindecay": {"lr_schedule": "linear"},
     "linfloor": {"lr_schedule": "linear", "final_learning_rate": 1e-4},
     "decay20": {"lr_schedule": "linear", "lr_decay_fraction": 0.2},
+    "decay40": {"lr_schedule": "linear", "lr_decay_fraction": 0.4},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
     "ttc5": {"env_kwargs": {"time_to_collision_threshold": 5.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
@@ -158,7 +159,8 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["nstep3", "bf16", "lindecay", "ttc5", "privileged"],
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
                ["nstep3", "encoder"], ["nstep3", "trunk"], ["nstep3", "bf16", "lindecay", "ttc5"],
-               ["nstep3", "ttc5"], ["nstep3", "bf16", "linfloor", "ttc5"], ["nstep3", "ttc5", "decay20"]):
+               ["nstep3", "ttc5"], ["nstep3", "bf16", "linfloor", "ttc5"], ["nstep3", "ttc5", "decay20"],
+               ["nstep3", "ttc5", "decay40"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
