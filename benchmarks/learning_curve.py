@@ -10,7 +10,11 @@ the collision, off-lane, goal and time-limit rates (from ``info["termination_rea
 length (decisions) and mean speed, the training wall time so far and its own wall time. The scripted driver of
 ``sb3_td3_cnnclip.envs.expert`` drives the same seeds with the same action repeat once per scenario (cached in the
 run folder); each evaluation's mean speed is reported relative to the driver's (``speed / expert``), next to the
-route completion and collisions, so that crawling cannot pass for driving.
+route completion and collisions, so that crawling cannot pass for driving. At the end of its budget a run's model
+drives ``--final-eval-episodes`` more episodes (50 at the ``cpu`` size) on the seeds after the curve's, which neither
+training nor the curve's evaluations (by which configurations are chosen) drove, against the scripted driver on the
+same seeds: the final evaluation, whose figures the Markdown judges against the goals as the run's verdict (10
+episodes per seed along the curve are 30 per run: one collision more or less moves a run across the 5 % goal).
 
 Configurations (every one: lr 3e-4, gamma 0.99, tau 0.005; the TD3 ones with policy delay 2 and Gaussian
 exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of the size):
@@ -67,8 +71,9 @@ progress restarts; random streams are not restored; with ``--no-buffer-checkpoin
 replay buffer restarts empty and is refilled by ``--learning-starts`` random decisions). A larger ``--ticks``
 extends a finished run. The result files (``<name>.json``, ``<name>.md``, ``<name>.png`` in ``--output-dir``) are
 rewritten from every evaluation file found each time a job finishes, so a cut-off run still reports what it
-measured; ``--report-only`` rewrites them without training. The Markdown checks each run's last evaluation against
-the goals of issue 20 (:data:`GOALS`).
+measured; ``--report-only`` rewrites them without training. The Markdown checks each run's last evaluation along the
+curve and its final evaluation against the goals of issue 20 (:data:`GOALS`). A finished run started again with
+another ``--final-eval-episodes`` drives only its final evaluation again, from its checkpoint.
 
 ``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
 table on a 2-core CPU: the recipe and ``td3`` on scenario 0, the traffic recipe on 1 and 2 (its term at 5 s on 2),
@@ -170,13 +175,16 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
 #: the flags each ``--size`` sets; ``runs`` lists (configuration, scenario) pairs, ``ticks`` the budget per scenario
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"ticks": {0: 480, 1: 480, 2: 480}, "eval_every": 240, "eval_episodes": 2, "eval_max_steps": 20,
+             "final_eval_episodes": 3,
              "seeds": [0], "action_repeat": 4, "batch_size": 8, "buffer_size": 200, "learning_starts": 40, "workers": 1,
              "buffer_checkpoints": True, "runs": [("td3", 0), ("recommended+shift+encoder+nstep3", 0)]},
     "cpu": {"ticks": {0: 50_000, 1: 100_000, 2: 100_000}, "eval_every": 25_000, "eval_episodes": 10,
+            "final_eval_episodes": 50,
             "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 64, "buffer_size": 50_000,
             "learning_starts": 1000, "workers": 2, "buffer_checkpoints": True,
             "runs": [(RECIPE, 0), ("td3", 0), (TRAFFIC_RECIPE, 1), (TRAFFIC_RECIPE, 2)]},
     "large": {"ticks": {0: 400_000, 1: 400_000, 2: 400_000}, "eval_every": 40_000, "eval_episodes": 10,
+              "final_eval_episodes": 50,
               "eval_max_steps": None, "seeds": [0, 1, 2], "action_repeat": 4, "batch_size": 256,
               "buffer_size": 100_000, "learning_starts": 1000, "workers": 7, "buffer_checkpoints": False,
               "runs": [(config, scenario) for scenario in SCENARIO_IDS for config in CONFIGS]},
@@ -200,33 +208,41 @@ def evaluate(model: TD3CnnClip, env: gym.Env, episodes: int, first_seed: int) ->
     :param env: the evaluation env
     :param episodes: number of episodes
     :param first_seed: reset seed of the first episode
-    :return: the means over episodes of :data:`FIGURES` but ``speed_vs_expert`` (see :func:`with_expert_speed`),
-        and each episode's figures under ``"episodes"``
+    :return: the means over episodes of :data:`FIGURES` but ``speed_vs_expert`` (see :func:`collect`), and each
+        episode's seed and figures under ``"episodes"``
     """
     rows = []
     for episode in range(episodes):
         row = drive_episode(model, env, first_seed + episode)
         del row["simulator"]  # always the surrogate here
-        rows.append({**row, **{f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}})
+        rows.append({"seed": first_seed + episode, **row, **{f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}})
     means = {key: statistics.fmean(row[key] for row in rows) for key in FIGURES if key != "speed_vs_expert"}
     return {**means, "episodes": rows}
 
 
-def expert_reference(args: argparse.Namespace, scenario: int) -> dict[str, Any]:
+def final_seeds(args: argparse.Namespace) -> tuple[int, int]:
+    """The first reset seed and the episodes of the final evaluation: the ``--final-eval-episodes`` seeds after the
+    curve's, which neither training nor the evaluations along the curve (by which configurations are chosen) drove."""
+    return args.eval_seed + args.eval_episodes, args.final_eval_episodes
+
+
+def expert_reference(args: argparse.Namespace, scenario: int, final: bool = False) -> dict[str, Any]:
     """The scripted driver on the evaluation seeds of ``scenario`` with the same action repeat, cached in the run folder.
 
     :param args: the flags (evaluation seeds and episodes, action repeat, run folder)
     :param scenario: the scenario id
+    :param final: on the final evaluation's seeds (:func:`final_seeds`) rather than the curve's
     :return: the settings, the mean speed, route completion and goal rate, and each episode's figures
     """
-    settings = {"scenario": scenario, "eval_seed": args.eval_seed, "eval_episodes": args.eval_episodes,
+    first_seed, count = final_seeds(args) if final else (args.eval_seed, args.eval_episodes)
+    settings = {"scenario": scenario, "eval_seed": first_seed, "eval_episodes": count,
                 "action_repeat": args.action_repeat, "eval_max_steps": args.eval_max_steps}  # fmt: skip
-    path = args.run_dir / f"expert_scenario_{scenario}.json"
+    path = args.run_dir / f"expert_scenario_{scenario}{'_final' if final else ''}.json"
     if path.exists() and (cached := json.loads(path.read_text()))["settings"] == settings:
         return cached
     env = make_env(args, scenario, args.eval_max_steps)  # the default reward: only speed and route are compared
     episodes = []
-    for seed in range(args.eval_seed, args.eval_seed + args.eval_episodes):
+    for seed in range(first_seed, first_seed + count):
         info = drive_expert_episode(env, seed=seed)
         episodes.append({"seed": seed, "mean_speed": info["mean_speed"], "route_completion": info["route_completion"],
                          "termination_reason": info["termination_reason"], "return": info["return"]})
@@ -446,9 +462,32 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
         model.save(folder / "model.tmp.zip")
         os.replace(folder / "model.tmp.zip", checkpoint)
         _write_atomically(folder / "wall.json", json.dumps({"train_s": train_seconds, "step": model.num_timesteps}))
+    if args.final_eval_episodes:
+        final_evaluation(args, model, eval_env, folder)
     env.close()
     eval_env.close()
     return f"{config} scenario {scenario} seed {seed}: {resumed} -> {model.num_timesteps} steps, training {train_seconds:.0f} s"
+
+
+def final_evaluation(args: argparse.Namespace, model: CnnClipMixin, env: gym.Env, folder: Path) -> None:
+    """Drive the final evaluation of a run's model at the end of its budget (:func:`final_seeds`) into
+    ``final_eval.json``, unless that file already holds it (the same seeds and the same policy).
+
+    :param args: the flags
+    :param model: the model at the end of the budget
+    :param env: the evaluation env
+    :param folder: the run's folder
+    """
+    first_seed, episodes = final_seeds(args)
+    settings = {"eval_seed": first_seed, "eval_episodes": episodes, "step": model.num_timesteps,
+                "n_updates": model._n_updates}  # fmt: skip
+    path = folder / "final_eval.json"
+    if path.exists() and json.loads(path.read_text())["settings"] == settings:
+        return
+    start = time.perf_counter()
+    record = evaluate(model, env, episodes, first_seed)
+    record.update(settings=settings, step=model.num_timesteps, eval_s=time.perf_counter() - start)
+    _write_atomically(path, json.dumps(record, indent=1))
 
 
 def ticks_budget(args: argparse.Namespace, scenario: int) -> int:
@@ -484,6 +523,40 @@ def collect(args: argparse.Namespace) -> Found:
     return found
 
 
+def collect_final(args: argparse.Namespace) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
+    """Every final evaluation under ``--run-dir`` of the chosen runs and seeds that was driven at the end of the run's
+    budget on the seeds :func:`final_seeds` names, each with its ``ticks`` and ``speed_vs_expert`` (over the scripted
+    driver's on the same seeds)."""
+    first_seed, episodes = final_seeds(args)
+    finals: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for config, scenario in args.runs if episodes else []:
+        for seed in args.seeds:
+            path = job_folder(args, config, scenario, seed) / "final_eval.json"
+            record = json.loads(path.read_text()) if path.exists() else None
+            if record is None or (record["settings"]["eval_seed"], record["settings"]["eval_episodes"]) != (
+                    first_seed, episodes) or record["step"] * args.action_repeat != ticks_budget(args, scenario):
+                continue
+            expert_speed = expert_reference(args, scenario, final=True)["mean_speed"]
+            record["ticks"] = record["step"] * args.action_repeat
+            record["speed_vs_expert"] = record["mean_speed"] / expert_speed
+            finals.setdefault((config, scenario), {})[seed] = record
+    return finals
+
+
+def summarise_final(finals: dict[tuple[str, int], dict[int, dict[str, Any]]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per run: mean, min and max over its seeds of each final evaluation figure and its wall time, the seeds, the
+    episodes of each seed and the collisions counted over all of them."""
+    summaries = {}
+    for run, seeds in finals.items():
+        records = list(seeds.values())
+        summaries[run] = {
+            "ticks": records[0]["ticks"], "seeds": len(records), "episodes": records[0]["settings"]["eval_episodes"],
+            **{key: _spread([r[key] for r in records]) for key in (*FIGURES, "eval_s")},
+            "collisions": sum(e["termination_reason"] == "collision" for r in records for e in r["episodes"]),
+        }  # fmt: skip
+    return summaries
+
+
 def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Per run and evaluation step: mean, min and max over the seeds that reached that step; ``eval_s`` is the sum
     of each seed's evaluation wall times up to that step, present only where every seed timed each of its evaluations
@@ -504,6 +577,16 @@ def summarise(found: Found) -> dict[tuple[str, int], list[dict[str, Any]]]:
                 point["eval_s"] = _spread([sum(times) for times in evaluation_s])
             curves[run].append(point)
     return curves
+
+
+def _seed_range(first_seed: int, episodes: int) -> str:
+    """The reset seeds of ``episodes`` evaluation episodes from ``first_seed``, as ``"first-last"``."""
+    return f"{first_seed}-{first_seed + episodes - 1}"
+
+
+def _cell(spread: dict[str, float]) -> str:
+    """A Markdown cell of a figure over seeds: ``mean [min, max]``."""
+    return f"{spread['mean']:.3g} [{spread['min']:.3g}, {spread['max']:.3g}]"
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -552,8 +635,8 @@ def plot(curves: dict[tuple[str, int], list[dict[str, Any]]], path: Path, title:
 
 def report(args: argparse.Namespace) -> None:
     """Rewrite the JSON, Markdown and PNG results from the evaluation files found."""
-    found = collect(args)
-    curves = summarise(found)
+    found, finals = collect(args), collect_final(args)
+    curves, final_points = summarise(found), summarise_final(finals)
     run = run_description(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run_dir"}))  # no path
     experts = {scenario: expert_reference(args, scenario) for scenario in sorted({s for _, s in curves})}
     results = {
@@ -561,19 +644,30 @@ def report(args: argparse.Namespace) -> None:
         "experts": {str(s): e for s, e in experts.items()},
         "curves": {f"{c}/scenario_{s}": points for (c, s), points in curves.items()},
         "evaluations": {f"{c}/scenario_{s}": {str(seed): r for seed, r in seeds.items()} for (c, s), seeds in found.items()},
+        "final": {f"{c}/scenario_{s}": {"summary": final_points[(c, s)],
+                                        "seeds": {str(seed): r for seed, r in seeds.items()}}
+                  for (c, s), seeds in finals.items()},
+        "experts_final": {str(s): expert_reference(args, s, final=True) for s in sorted({s for _, s in finals})},
     }  # fmt: skip
     last_rows, curve_rows = [], []
     for (config, scenario), points in curves.items():
         last = points[-1]
-        cells = [f"{last[k]['mean']:.3g} [{last[k]['min']:.3g}, {last[k]['max']:.3g}]" for k in FIGURES]
+        cells = [_cell(last[key]) for key in FIGURES]
         eval_min = f"{last['eval_s']['mean'] / 60:.1f}" if "eval_s" in last else "n/a"
         last_rows.append([config, scenario, last["ticks"], last["seeds"], *cells, f"{last['train_s']['mean'] / 60:.1f}",
                           eval_min, goal_status(scenario, last)])  # fmt: skip
+    final_rows = []
+    for (config, scenario), point in final_points.items():
+        final_rows.append([config, scenario, point["ticks"], point["seeds"], point["episodes"],
+                           *[_cell(point[key]) for key in FIGURES],
+                           f"{point['collisions']} of {point['seeds'] * point['episodes']}",
+                           f"{point['eval_s']['mean'] / 60:.1f}", goal_status(scenario, point)])  # fmt: skip
     for (config, scenario), points in curves.items():
         curve_rows.append([config, scenario, ", ".join(
             f"{p['ticks'] // 1000}k: {p['route_completion']['mean']:.2f}" for p in points)])
-    expert_rows = [[s, f"{e['mean_speed']:.2f}", f"{e['route_completion']:.3f}", f"{e['goal_rate']:.2f}"]
-                   for s, e in experts.items()]  # fmt: skip
+    expert_rows = [[s, _seed_range(e["settings"]["eval_seed"], e["settings"]["eval_episodes"]), f"{e['mean_speed']:.2f}",
+                    f"{e['route_completion']:.3f}", f"{e['goal_rate']:.2f}"]
+                   for s, e in [*experts.items(), *results["experts_final"].items()]]  # fmt: skip
     markdown = "\n".join([
         "# Learning curves on the surrogate CarlaScenario ids",
         "",
@@ -582,7 +676,7 @@ def report(args: argparse.Namespace) -> None:
         f"{len(args.seeds)} training seed(s) per run, each action held {args.action_repeat} ticks, batch "
         f"{args.batch_size}, buffer {args.buffer_size}, learning_starts {args.learning_starts} decisions; evaluation "
         f"every {args.eval_every} simulator ticks: {args.eval_episodes} deterministic episodes on seeds "
-        f"{args.eval_seed}-{args.eval_seed + args.eval_episodes - 1} (never used in training). Cells: mean over seeds "
+        f"{_seed_range(args.eval_seed, args.eval_episodes)} (never used in training). Cells: mean over seeds "
         "[min, max]; train min and eval min: wall minutes of training and of the evaluations, mean over seeds (n/a: "
         "runs from before evaluations were timed). Goals (issue 20, mean of 3 training seeds): scenario 0 route >= "
         "95 %, collisions <= 5 %, speed >= 90 % of the scripted driver's; scenarios 1-2 >= 90 %, <= 5 %, >= 85 %.",
@@ -592,13 +686,24 @@ def report(args: argparse.Namespace) -> None:
         markdown_table(["config", "scenario", "ticks", "seeds", *FIGURES.values(), "train min", "eval min", "goal"],
                        last_rows),
         "",
+        "## Final evaluation: the verdict",
+        "",
+        f"The model at the end of the budget, {args.final_eval_episodes} deterministic episodes per seed on seeds "
+        f"{_seed_range(*final_seeds(args))}, after the curve's: neither training nor "
+        "the evaluations along the curve (by which configurations are chosen) drove them, and the curve's "
+        f"{args.eval_episodes} episodes per point are too few for a verdict on a 5 % rate. Cells as above; collisions: "
+        "episodes that ended in a collision, over every seed's; goal: the run's verdict.",
+        "",
+        markdown_table(["config", "scenario", "ticks", "seeds", "episodes per seed", *FIGURES.values(), "collisions",
+                        "eval min", "goal"], final_rows) if final_rows else "(no final evaluation yet)",
+        "",
         "## Route completion at each evaluation (mean over seeds; ticks: route)",
         "",
         markdown_table(["config", "scenario", "route completion"], curve_rows) if curve_rows else "(no evaluation yet)",
         "",
         "## The scripted driver on the same seeds (the reference of speed / expert)",
         "",
-        markdown_table(["scenario", "mean speed m/s", "route completion", "goal rate"], expert_rows),
+        markdown_table(["scenario", "seeds", "mean speed m/s", "route completion", "goal rate"], expert_rows),
         "",
         f"![learning curves]({args.name}.png)",
     ])  # fmt: skip
@@ -621,6 +726,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, help="deterministic episodes per evaluation")
     parser.add_argument("--eval-max-steps", type=int, help="decision limit of an evaluation episode (default: the env's 60 s)")
     parser.add_argument("--eval-seed", type=int, default=1000, help="reset seed of the first evaluation episode")
+    parser.add_argument("--final-eval-episodes", type=int,
+                        help="episodes of the final evaluation, on the seeds after the evaluations' (0: none)")
     parser.add_argument("--batch-size", type=int, help="minibatch size")
     parser.add_argument("--buffer-size", type=int, help="replay buffer capacity")
     parser.add_argument("--learning-starts", type=int, help="warm-up decisions before the first update")
@@ -651,8 +758,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 *(["ticks"] if args.ticks is not None else []), *(["eval_max_steps"] if args.eval_max_steps else [])):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')}={getattr(args, key)} must be at least 1.")
-    if args.learning_starts < 0:
-        parser.error(f"--learning-starts={args.learning_starts} must be >= 0.")
+    for key in ("learning_starts", "final_eval_episodes"):
+        if getattr(args, key) < 0:
+            parser.error(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 0.")
     if args.run_dir is None:
         args.run_dir = RESULTS_DIR.parent / "runs" / args.name
     return args

@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 from conftest import require
+
+from sb3_td3_cnnclip import TD3CnnClip
+from sb3_td3_cnnclip.evaluation import drive_episode
 
 require("highway_env")
 
@@ -52,10 +56,34 @@ def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
     markdown = (tmp_path / "learning_curve.md").read_text()
     assert "| td3 | 0 | 480 | 1 |" in markdown and "missed: route < 95%" in markdown
 
-    # started again, a run continues from its last checkpoint (here, extended by a larger --ticks)
+    # the final evaluation: the model at the end of the budget on the 3 seeds after the curve's
+    final = results["final"]["td3/scenario_0"]
+    record, summary = final["seeds"]["0"], final["summary"]
+    assert [e["seed"] for e in record["episodes"]] == [1002, 1003, 1004] and record["step"] == 120
+    assert [e["seed"] for e in results["experts_final"]["0"]["episodes"]] == [1002, 1003, 1004]
+    model = TD3CnnClip.load(tmp_path / "runs" / "td3" / "scenario_0" / "seed_0" / "model.zip")
+    env = gym.make("CarlaScenario0-v0", simulator="surrogate", action_repeat=4, max_episode_steps=20)
+    for episode in record["episodes"]:  # driven again, independently of the benchmark's loop
+        again = drive_episode(model, env, seed=episode["seed"])
+        assert (again["return"], again["route_completion"]) == (episode["return"], episode["route_completion"])
+    env.close()
+    assert summary["route_completion"]["mean"] == pytest.approx(
+        sum(e["route_completion"] for e in record["episodes"]) / 3)
+    assert summary["collisions"] == sum(e["termination_reason"] == "collision" for e in record["episodes"])
+    assert "| td3 | 0 | 480 | 1 | 3 |" in markdown and "seeds 1002-1004" in markdown
+
+    # started again, a run continues from its last checkpoint (here, extended by a larger --ticks) and evaluates the
+    # model at its new end
     assert "td3 scenario 0 seed 0: 120 -> 180 steps" in run_benchmark(tmp_path, "--ticks", "720")
     results = json.loads((tmp_path / "learning_curve.json").read_text())
     assert [p["step"] for p in results["curves"]["td3/scenario_0"]] == [0, 60, 120, 180]
+    assert results["final"]["td3/scenario_0"]["seeds"]["0"]["step"] == 180
+    # a final evaluation of other seeds, or before the end of the budget, is not the verdict
+    run_benchmark(tmp_path, "--report-only", "--final-eval-episodes", "4")
+    assert json.loads((tmp_path / "learning_curve.json").read_text())["final"] == {}
+    assert "(no final evaluation yet)" in (tmp_path / "learning_curve.md").read_text()
+    run_benchmark(tmp_path, "--report-only")  # the budget of 480 ticks: the final evaluation is at 720
+    assert json.loads((tmp_path / "learning_curve.json").read_text())["final"] == {}
 
 
 def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
