@@ -46,6 +46,8 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 - ``+decay20`` (``+decay40``): the rate constant at 3e-4 for the first 80 % (60 %) of the budget, then decayed
   linearly to 0 over the last 20 % (40 %) (``lr_decay_fraction=0.2`` (0.4); 40k-50k (30k-50k) ticks on scenario 0):
   learning at the full rate until the policy drives, then settling it for the end of the budget that the goals judge;
+  ``+decay25`` the same over the last 25 %: with ``--ticks 40000`` on scenario 0, 3e-4 until 30k ticks (the
+  ``+decay40`` run's first 30k exactly), then decayed to 0 at 40k, a budget inside the goal's 50k;
 - ``+ttc3`` (``+ttc5``): ``time_to_collision_threshold=3.0`` (5.0), an option of the envs rather than of the model (a
   configuration's ``env_kwargs`` go to ``gymnasium.make`` of its training and evaluation envs): the safety reward
   penalises closing in on the vehicle ahead under 3 s (5 s) of time to collision, asking for braking before a
@@ -133,6 +135,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "linfloor": {"lr_schedule": "linear", "final_learning_rate": 1e-4},
     "decay20": {"lr_schedule": "linear", "lr_decay_fraction": 0.2},
     "decay40": {"lr_schedule": "linear", "lr_decay_fraction": 0.4},
+    "decay25": {"lr_schedule": "linear", "lr_decay_fraction": 0.25},
     "ttc3": {"env_kwargs": {"time_to_collision_threshold": 3.0}},
     "ttc5": {"env_kwargs": {"time_to_collision_threshold": 5.0}},
     "state": {"policy": "MlpPolicy", "env_kwargs": {"observation": "state"}},
@@ -165,7 +168,7 @@ for _names in (["shift"], ["encoder"], ["nstep3"], ["bf16"], ["scripted"], ["shi
                ["shift", "nstep3", "bf16", "lindecay", "ttc3", "privileged"], ["shift", "nstep3"],
                ["nstep3", "encoder"], ["nstep3", "trunk"], ["nstep3", "bf16", "lindecay", "ttc5"],
                ["nstep3", "ttc5"], ["nstep3", "bf16", "linfloor", "ttc5"], ["nstep3", "ttc5", "decay20"],
-               ["nstep3", "ttc5", "decay40"]):
+               ["nstep3", "ttc5", "decay40"], ["nstep3", "ttc5", "decay25"]):
     _env_kwargs = {k: v for name in _names for k, v in OPTIONS[name].get("env_kwargs", {}).items()}
     CONFIGS["+".join(["recommended", *_names])] = {
         **DELAY, "pre_tanh_penalty": 0.01, **{k: v for name in _names for k, v in OPTIONS[name].items()},
@@ -523,18 +526,22 @@ def collect(args: argparse.Namespace) -> Found:
     return found
 
 
-def collect_final(args: argparse.Namespace) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
-    """Every final evaluation under ``--run-dir`` of the chosen runs and seeds that was driven at the end of the run's
-    budget on the seeds :func:`final_seeds` names, each with its ``ticks`` and ``speed_vs_expert`` (over the scripted
-    driver's on the same seeds)."""
+def collect_final(args: argparse.Namespace, found: Found) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
+    """Every final evaluation under ``--run-dir`` of the runs and seeds found that was driven on the seeds
+    :func:`final_seeds` names with the model of the seed's last evaluation found (the end of its run within the
+    budget), each with its ``ticks`` and ``speed_vs_expert`` (over the scripted driver's on the same seeds).
+
+    :param args: the flags
+    :param found: the evaluations along the curves (:func:`collect`)
+    """
     first_seed, episodes = final_seeds(args)
     finals: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
-    for config, scenario in args.runs if episodes else []:
-        for seed in args.seeds:
+    for (config, scenario), seeds in found.items() if episodes else []:
+        for seed, records in seeds.items():
             path = job_folder(args, config, scenario, seed) / "final_eval.json"
             record = json.loads(path.read_text()) if path.exists() else None
             if record is None or (record["settings"]["eval_seed"], record["settings"]["eval_episodes"]) != (
-                    first_seed, episodes) or record["step"] * args.action_repeat != ticks_budget(args, scenario):
+                    first_seed, episodes) or record["step"] != records[-1]["step"]:
                 continue
             expert_speed = expert_reference(args, scenario, final=True)["mean_speed"]
             record["ticks"] = record["step"] * args.action_repeat
@@ -635,7 +642,8 @@ def plot(curves: dict[tuple[str, int], list[dict[str, Any]]], path: Path, title:
 
 def report(args: argparse.Namespace) -> None:
     """Rewrite the JSON, Markdown and PNG results from the evaluation files found."""
-    found, finals = collect(args), collect_final(args)
+    found = collect(args)
+    finals = collect_final(args, found)
     curves, final_points = summarise(found), summarise_final(finals)
     run = run_description(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run_dir"}))  # no path
     experts = {scenario: expert_reference(args, scenario) for scenario in sorted({s for _, s in curves})}
