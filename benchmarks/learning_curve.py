@@ -216,9 +216,11 @@ def evaluate(model: TD3CnnClip, env: gym.Env, episodes: int, first_seed: int) ->
     """
     rows = []
     for episode in range(episodes):
-        row = drive_episode(model, env, first_seed + episode)
+        seed = first_seed + episode
+        row = drive_episode(model, env, seed)
         del row["simulator"]  # always the surrogate here
-        rows.append({"seed": first_seed + episode, **row, **{f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}})
+        rates = {f"{name}_rate": float(row["termination_reason"] == name) for name in TERMINATION_REASONS}
+        rows.append({"seed": seed, **row, **rates})
     means = {key: statistics.fmean(row[key] for row in rows) for key in FIGURES if key != "speed_vs_expert"}
     return {**means, "episodes": rows}
 
