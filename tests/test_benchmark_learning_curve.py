@@ -228,3 +228,14 @@ def test_summarise_sums_each_seeds_evaluation_time_only_where_every_evaluation_w
     points = learning_curve.summarise({("td3", 0): untimed})[("td3", 0)]
     assert "eval_s" not in points[0] and "eval_s" not in points[1]  # seed 0's first evaluation was not timed
     assert points[1]["route_completion"]["mean"] == 0.5
+
+
+@pytest.mark.parametrize("flag", ["--final-eval-episodes", "--learning-starts"])
+def test_negative_counts_are_refused_with_the_flag_named(flag, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    with pytest.raises(SystemExit):
+        learning_curve.parse_args(["--size", "tiny", flag, "-1"])
+    assert f"{flag}=-1 must be >= 0." in capsys.readouterr().err
+    assert learning_curve.parse_args(["--size", "tiny", "--final-eval-episodes", "0"]).final_eval_episodes == 0
