@@ -67,15 +67,16 @@ exploration noise 0.1, the CLI's settings; with the batch, buffer and warm-up of
 and their combinations, named ``recommended+shift+encoder`` etc. (see ``CONFIGS``).
 
 Each (configuration, scenario, seed) runs in its own process (``--workers`` at a time, ``--threads`` torch threads
-each) and writes, under ``--run-dir``, one JSON file per evaluation and a checkpoint (model and replay buffer) after
-each: a stopped run started again with the same flags continues from the last checkpoint (the training episode in
-progress restarts; random streams are not restored; with ``--no-buffer-checkpoints``, the default of ``large``, the
-replay buffer restarts empty and is refilled by ``--learning-starts`` random decisions). A larger ``--ticks``
-extends a finished run. The result files (``<name>.json``, ``<name>.md``, ``<name>.png`` in ``--output-dir``) are
-rewritten from every evaluation file found each time a job finishes, so a cut-off run still reports what it
-measured; ``--report-only`` rewrites them without training. The Markdown checks each run's last evaluation along the
-curve and its final evaluation against the goals of issue 20 (:data:`GOALS`). A finished run started again with
-another ``--final-eval-episodes`` drives only its final evaluation again, from its checkpoint.
+each; ``--flush-denormal`` flushes denormal floats to zero in them, a job setting) and writes, under ``--run-dir``,
+one JSON file per evaluation and a checkpoint (model and replay buffer) after each: a stopped run started again with
+the same flags continues from the last checkpoint (the training episode in progress restarts; random streams are not
+restored; with ``--no-buffer-checkpoints``, the default of ``large``, the replay buffer restarts empty and is refilled
+by ``--learning-starts`` random decisions). A larger ``--ticks`` extends a finished run. The result files
+(``<name>.json``, ``<name>.md``, ``<name>.png`` in ``--output-dir``) are rewritten from every evaluation file found
+each time a job finishes, so a cut-off run still reports what it measured; ``--report-only`` rewrites them without
+training. The Markdown checks each run's last evaluation along the curve and its final evaluation against the goals of
+issue 20 (:data:`GOALS`). A finished run started again with another ``--final-eval-episodes`` drives only its final
+evaluation again, from its checkpoint.
 
 ``--size`` sets every size flag at once (each can still be given): ``tiny`` (CI: seconds), ``cpu`` (issue 20's
 table on a 2-core CPU: the recipe and ``td3`` on scenario 0, the traffic recipe on 1 and 2 (its term at 5 s on 2),
@@ -102,6 +103,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
 from common import (
     RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results,
 )
@@ -331,6 +333,7 @@ def job_settings(args: argparse.Namespace, config: str, scenario: int, seed: int
         "buffer_size": args.buffer_size, "learning_starts": args.learning_starts, "eval_every": args.eval_every,
         "eval_episodes": args.eval_episodes, "eval_max_steps": args.eval_max_steps, "eval_seed": args.eval_seed,
         "action_noise_sigma": args.action_noise_sigma, "device": args.device,
+        **({"flush_denormal": True} if args.flush_denormal else {}),  # absent when off: older run folders resume
     }  # fmt: skip
 
 
@@ -412,6 +415,8 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     :return: a line describing what was done
     """
     set_threads(args.threads)
+    if args.flush_denormal and not th.set_flush_denormal(True):
+        raise RuntimeError("--flush-denormal: this CPU cannot flush denormal floats (it needs an x86 CPU with SSE3).")
     folder = job_folder(args, config, scenario, seed)
     folder.mkdir(parents=True, exist_ok=True)
     settings = job_settings(args, config, scenario, seed)
@@ -684,7 +689,8 @@ def report(args: argparse.Namespace) -> None:
         describe_line(run),
         f"Note: {args.note}" if args.note else "",
         f"{len(args.seeds)} training seed(s) per run, each action held {args.action_repeat} ticks, batch "
-        f"{args.batch_size}, buffer {args.buffer_size}, learning_starts {args.learning_starts} decisions; evaluation "
+        f"{args.batch_size}, buffer {args.buffer_size}, learning_starts {args.learning_starts} decisions"
+        f"{', denormal floats flushed to zero (--flush-denormal)' if args.flush_denormal else ''}; evaluation "
         f"every {args.eval_every} simulator ticks: {args.eval_episodes} deterministic episodes on seeds "
         f"{_seed_range(args.eval_seed, args.eval_episodes)} (never used in training). Cells: mean over seeds "
         "[min, max]; train min and eval min: wall minutes of training and of the evaluations, mean over seeds (n/a: "
@@ -744,6 +750,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--action-noise-sigma", type=float, default=0.1, help="exploration noise std (CLI default)")
     parser.add_argument("--workers", type=int, help="parallel processes")
     parser.add_argument("--device", default="auto", help="torch device of every run")
+    parser.add_argument(
+        "--flush-denormal", action="store_true",
+        help="treat denormal floats as zero in every job (torch.set_flush_denormal, the train command's flush_denormal; "
+        "recorded in each job's settings)",
+    )  # fmt: skip
     parser.add_argument("--name", default="learning_curve", help="base name of the result files")
     parser.add_argument("--run-dir", type=Path, help="evaluations and checkpoints (default: benchmarks/runs/<name>)")
     parser.add_argument("--note", default="", help="a sentence written into the Markdown (e.g. what the run cannot show)")

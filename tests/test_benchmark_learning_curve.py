@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import gymnasium as gym
 import pytest
@@ -29,6 +30,15 @@ def run_benchmark(tmp_path: Path, *flags: str) -> str:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+@pytest.fixture
+def learning_curve(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The benchmark's module, imported from ``benchmarks/``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import learning_curve
+
+    return learning_curve
 
 
 @pytest.mark.slow
@@ -86,10 +96,7 @@ def test_tiny_learning_curve_runs_resumes_and_extends(tmp_path):
     assert json.loads((tmp_path / "learning_curve.json").read_text())["final"] == {}
 
 
-def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
-
+def test_other_settings_in_the_run_folder_raise(tmp_path, learning_curve):
     args = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path)])
     folder = learning_curve.job_folder(args, "td3", 0, 0)
     folder.mkdir(parents=True)
@@ -98,10 +105,25 @@ def test_other_settings_in_the_run_folder_raise(tmp_path, monkeypatch):
         learning_curve.run_job(args, "td3", 0, 0)
 
 
-def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
+def test_flush_denormal_is_a_job_setting_switched_on_before_the_job_runs(tmp_path, monkeypatch, learning_curve):
+    calls = []
+    monkeypatch.setattr(learning_curve.th, "set_flush_denormal", lambda flush: calls.append(flush) or True)
+    off = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path)])
+    on = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path), "--flush-denormal"])
+    assert "flush_denormal" not in learning_curve.job_settings(off, "td3", 0, 0)  # run folders from before resume
+    assert learning_curve.job_settings(on, "td3", 0, 0)["flush_denormal"] is True
+    folder = learning_curve.job_folder(off, "td3", 0, 0)
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(learning_curve.job_settings(off, "td3", 0, 0)))
+    with pytest.raises(ValueError, match="other settings"):  # a run trained without the flush does not go on with it
+        learning_curve.run_job(on, "td3", 0, 0)
+    assert calls == [True]
+    monkeypatch.setattr(learning_curve.th, "set_flush_denormal", lambda flush: False)  # a CPU that cannot flush
+    with pytest.raises(RuntimeError, match="cannot flush denormal floats"):
+        learning_curve.run_job(on, "td3", 0, 0)
 
+
+def test_configs_and_scenarios_replace_the_sizes_runs(learning_curve):
     cpu = learning_curve.parse_args([])
     recipe, traffic = learning_curve.RECIPE, learning_curve.TRAFFIC_RECIPE
     assert cpu.runs == [(recipe, 0), ("td3", 0), (traffic, 1), (traffic, 2)]
@@ -110,9 +132,7 @@ def test_configs_and_scenarios_replace_the_sizes_runs(monkeypatch):
     assert chosen.runs == [("td3", 1), ("td3", 2)] and learning_curve.ticks_budget(chosen, 2) == 800
 
 
-def test_each_configuration_builds_its_algorithm_with_its_exploration(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
+def test_each_configuration_builds_its_algorithm_with_its_exploration(learning_curve):
     from sb3_td3_cnnclip import SACCnnClip, TD3CnnClip, TQCCnnClip
     from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
@@ -127,9 +147,7 @@ def test_each_configuration_builds_its_algorithm_with_its_exploration(monkeypatc
         assert (model.actor_cnn_max_grad_norm is None) == (config in ("td3", "sac"))
 
 
-def test_ttc3_sets_the_time_to_collision_threshold_of_the_envs_not_of_the_model(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
+def test_ttc3_sets_the_time_to_collision_threshold_of_the_envs_not_of_the_model(learning_curve):
     from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
     args = learning_curve.parse_args(["--size", "tiny"])
@@ -145,9 +163,9 @@ def test_ttc3_sets_the_time_to_collision_threshold_of_the_envs_not_of_the_model(
         "time_to_collision_threshold": 3.0}  # a resumed run checks it
 
 
-def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_calls_and_a_reload(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
+def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_calls_and_a_reload(
+    tmp_path, learning_curve
+):
     from sb3_td3_cnnclip import TD3CnnClip
     from sb3_td3_cnnclip.envs.toy import ToyImageEnv
 
@@ -169,9 +187,7 @@ def test_lindecay_decays_the_learning_rate_over_the_whole_budget_across_learn_ca
 
 
 @pytest.mark.slow
-def test_curric_trains_from_scenario_0_up_and_evaluates_the_runs_scenario(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
+def test_curric_trains_from_scenario_0_up_and_evaluates_the_runs_scenario(tmp_path, monkeypatch, learning_curve):
     from sb3_td3_cnnclip.envs import DrivingEnv
 
     calls, set_scenario = [], DrivingEnv.set_scenario
@@ -197,10 +213,7 @@ def test_curric_trains_from_scenario_0_up_and_evaluates_the_runs_scenario(tmp_pa
         learning_curve.run_job(learning_curve.parse_args(short), config, 2, 0)
 
 
-def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
-
+def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(learning_curve):
     def point(seeds: int, route: float, collisions: float, speed: float) -> dict:
         figures = {"route_completion": route, "collision_rate": collisions, "speed_vs_expert": speed}
         return {"seeds": seeds, **{key: {"mean": value} for key, value in figures.items()}}
@@ -211,10 +224,7 @@ def test_goal_status_names_each_miss_and_says_when_fewer_than_3_seeds(monkeypatc
     assert learning_curve.goal_status(2, point(1, 0.99, 0.0, 1.0)) == "met (1 seed(s): the goals are for the mean of 3)"
 
 
-def test_summarise_sums_each_seeds_evaluation_time_only_where_every_evaluation_was_timed(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
-
+def test_summarise_sums_each_seeds_evaluation_time_only_where_every_evaluation_was_timed(learning_curve):
     def record(step: int, eval_s: float | None) -> dict:
         figures = dict.fromkeys((*learning_curve.FIGURES, "train_s"), 0.5)
         return {"step": step, "ticks": 4 * step, **figures, **({} if eval_s is None else {"eval_s": eval_s})}
@@ -231,10 +241,7 @@ def test_summarise_sums_each_seeds_evaluation_time_only_where_every_evaluation_w
 
 
 @pytest.mark.parametrize("flag", ["--final-eval-episodes", "--learning-starts"])
-def test_negative_counts_are_refused_with_the_flag_named(flag, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import learning_curve
-
+def test_negative_counts_are_refused_with_the_flag_named(flag, capsys, learning_curve):
     with pytest.raises(SystemExit):
         learning_curve.parse_args(["--size", "tiny", flag, "-1"])
     assert f"{flag}=-1 must be >= 0." in capsys.readouterr().err
