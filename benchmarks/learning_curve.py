@@ -103,7 +103,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch as th
 from common import (
     RESULTS_DIR, add_common_args, describe_line, markdown_table, run_description, set_threads, write_results,
 )
@@ -118,7 +117,7 @@ from sb3_td3_cnnclip.config_file import learning_rate_schedule
 from sb3_td3_cnnclip.envs import SCENARIO_IDS
 from sb3_td3_cnnclip.envs.expert import drive_episode as drive_expert_episode
 from sb3_td3_cnnclip.evaluation import drive_episode
-from sb3_td3_cnnclip.session import ALGORITHM_CLASSES
+from sb3_td3_cnnclip.session import ALGORITHM_CLASSES, flush_denormal_floats
 
 #: keyword arguments shared by every configuration (the CLI's defaults)
 COMMON: dict[str, Any] = {"learning_rate": 3e-4, "gamma": 0.99, "tau": 0.005}
@@ -415,8 +414,8 @@ def run_job(args: argparse.Namespace, config: str, scenario: int, seed: int) -> 
     :return: a line describing what was done
     """
     set_threads(args.threads)
-    if args.flush_denormal and not th.set_flush_denormal(True):
-        raise RuntimeError("--flush-denormal: this CPU cannot flush denormal floats (it needs an x86 CPU with SSE3).")
+    if args.flush_denormal:
+        flush_denormal_floats()
     folder = job_folder(args, config, scenario, seed)
     folder.mkdir(parents=True, exist_ok=True)
     settings = job_settings(args, config, scenario, seed)

@@ -210,10 +210,19 @@ def configure_torch(config: TrainConfig) -> None:
     """
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    if config.flush_denormal and not torch.set_flush_denormal(True):
+    if config.flush_denormal:
+        flush_denormal_floats()
+
+
+def flush_denormal_floats() -> None:
+    """Make the CPU treat denormal floats as zero for the rest of the process (``torch.set_flush_denormal(True)``).
+
+    :raises RuntimeError: on a CPU that cannot flush them
+    """
+    if not torch.set_flush_denormal(True):
         raise RuntimeError(
-            "flush_denormal=True, but this CPU cannot flush denormal floats (torch.set_flush_denormal needs an x86 CPU "
-            "with SSE3): leave the option off."
+            "flush_denormal is on, but this CPU cannot flush denormal floats (torch.set_flush_denormal needs an x86 "
+            "CPU with SSE3): leave the option off."
         )
 
 

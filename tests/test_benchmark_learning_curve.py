@@ -11,6 +11,7 @@ from types import ModuleType
 
 import gymnasium as gym
 import pytest
+import torch
 from conftest import require
 
 from sb3_td3_cnnclip import TD3CnnClip
@@ -107,7 +108,7 @@ def test_other_settings_in_the_run_folder_raise(tmp_path, learning_curve):
 
 def test_flush_denormal_is_a_job_setting_switched_on_before_the_job_runs(tmp_path, monkeypatch, learning_curve):
     calls = []
-    monkeypatch.setattr(learning_curve.th, "set_flush_denormal", lambda flush: calls.append(flush) or True)
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda flush: calls.append(flush) or True)
     off = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path)])
     on = learning_curve.parse_args(["--size", "tiny", "--run-dir", str(tmp_path), "--flush-denormal"])
     assert "flush_denormal" not in learning_curve.job_settings(off, "td3", 0, 0)  # run folders from before resume
@@ -118,7 +119,7 @@ def test_flush_denormal_is_a_job_setting_switched_on_before_the_job_runs(tmp_pat
     with pytest.raises(ValueError, match="other settings"):  # a run trained without the flush does not go on with it
         learning_curve.run_job(on, "td3", 0, 0)
     assert calls == [True]
-    monkeypatch.setattr(learning_curve.th, "set_flush_denormal", lambda flush: False)  # a CPU that cannot flush
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda flush: False)  # a CPU that cannot flush
     with pytest.raises(RuntimeError, match="cannot flush denormal floats"):
         learning_curve.run_job(on, "td3", 0, 0)
 
